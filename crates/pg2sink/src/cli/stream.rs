@@ -1,0 +1,264 @@
+//! `pg2sink stream`: set up the publication and slot, then stream to the
+//! sink until told to stop, reconnecting after transient failures.
+
+use std::io::Write;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::args::StreamArgs;
+use crate::config::connection::ConnectionConfig;
+use crate::error::{Error, Problem};
+use crate::migrations;
+use crate::model::Lsn;
+use crate::retry::Backoff;
+use crate::sink::file::{FileSink, FileSinkConfig};
+use crate::sink::{self, FlushPolicy};
+use crate::source::catalog::{self, slot_name_for};
+use crate::source::connection::ReplicationStream;
+use crate::source::pgoutput::{self, PgTimestamp};
+use crate::source::replication::{start_replication_sql, Progress, Session};
+use crate::source::subscription::{SubscriptionManager, SubscriptionOptions};
+use crate::source::walframe::{self, WalFrame};
+
+/// Events queued between the source and the sink: enough to keep both busy,
+/// few enough to bound memory.
+const SINK_QUEUE: usize = 4096;
+
+pub async fn run(args: StreamArgs) -> Result<(), Error> {
+    let connection =
+        ConnectionConfig::from_env(args.url.as_deref()).map_err(|e| Problem::new(e.to_string()))?;
+    let mut client = connection.connect().await?;
+    let server = catalog::check_server(&client).await?;
+    tracing::info!(server = %connection.describe(), version = server.version_num, "connected");
+    migrations::run(&mut client, &args.schema).await?;
+    catalog::ensure_publication(&client, &args.subscription_name).await?;
+
+    let mut manager = args.manager_enabled.then(|| {
+        SubscriptionManager::new(SubscriptionOptions {
+            publication: args.subscription_name.clone(),
+            schemas: args.manager_schemas.clone(),
+            include: args.manager_include.clone(),
+            exclude: args.manager_exclude.clone(),
+            internal_schema: args.schema.clone(),
+        })
+    });
+    if let Some(manager) = manager.as_mut() {
+        manager.sync(&client).await?;
+    }
+    let slot_name = slot_name_for(&args.subscription_name, &server.database);
+    let slot = catalog::ensure_slot(&client, &slot_name, &server).await?;
+    catalog::record_subscription(&client, &args.schema, &args.subscription_name, &slot_name)
+        .await?;
+    tracing::info!(slot = %slot.name, created = slot.created, confirmed = %slot.confirmed_flush, "streaming from slot");
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: finishing, flushing and confirming before exit");
+        let _ = shutdown_tx.send(true);
+    });
+
+    let manager_task = manager.map(|manager| {
+        tokio::spawn(manage_subscription(
+            manager,
+            client,
+            connection.clone(),
+            args.manager_poll_interval,
+            shutdown.clone(),
+        ))
+    });
+
+    let result = if args.decode_only {
+        decode_only(
+            &connection,
+            &slot.name,
+            &args.subscription_name,
+            slot.confirmed_flush,
+            shutdown,
+        )
+        .await
+    } else {
+        stream_to_sink(
+            &connection,
+            &args,
+            &slot.name,
+            slot.confirmed_flush,
+            shutdown.clone(),
+        )
+        .await
+    };
+    if let Some(task) = manager_task {
+        task.abort();
+    }
+    result
+}
+
+async fn stream_to_sink(
+    connection: &ConnectionConfig,
+    args: &StreamArgs,
+    slot: &str,
+    start: Lsn,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let sink = FileSink::open(&FileSinkConfig {
+        schemas_path: args.file_schemas_path.clone(),
+        modifications_path: args.file_modifications_path.clone(),
+    })?;
+    let (events, events_rx) = mpsc::channel(SINK_QUEUE);
+    let (durable_tx, durable) = watch::channel(start);
+    let policy = FlushPolicy {
+        max_unflushed_bytes: args.sink_batch_bytes,
+        max_delay: args.sink_flush_interval,
+    };
+    let sink_task = tokio::spawn(sink::run(sink, events_rx, durable_tx, policy));
+
+    let mut progress = Progress::starting_at(start);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let result = loop {
+        let attempt = async {
+            let conn = connection.connect_replication().await?;
+            let sql = start_replication_sql(slot, &args.subscription_name, progress.confirmed);
+            let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
+            Session::new(
+                stream,
+                &events,
+                durable.clone(),
+                &mut progress,
+                args.status_interval,
+            )
+            .run(shutdown.clone(), Duration::from_secs(60))
+            .await
+        };
+        match attempt.await {
+            Ok(()) => break Ok(()),
+            Err(e) if sink_task.is_finished() => break Err(e),
+            Err(e)
+                if e.sqlstate() == Some("55006")
+                    && progress.forwarded == start
+                    && progress.confirmed == start =>
+            {
+                // Still in use by another consumer: the slot check passed at
+                // start, so this is another process that started meanwhile.
+                break Err(catalog::slot_active(slot, None).into());
+            }
+            Err(e) if e.is_transient() => {
+                if *shutdown.borrow() {
+                    break Ok(());
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "replication interrupted; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wait_true(shutdown.clone()) => break Ok(()),
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    drop(events);
+    match sink_task.await {
+        Ok(Ok(())) => result,
+        // The sink's own failure explains the source's.
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(Problem::new(format!("the sink task failed: {e}")).into()),
+    }
+}
+
+/// Prints every decoded message, one per line; confirms nothing.
+async fn decode_only(
+    connection: &ConnectionConfig,
+    slot: &str,
+    publication: &str,
+    start: Lsn,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let conn = connection.connect_replication().await?;
+    let mut stream: ReplicationStream = conn
+        .start_replication(&start_replication_sql(slot, publication, start))
+        .await?;
+    let mut status = tokio::time::interval(Duration::from_secs(10));
+    let mut received = start;
+    let mut out = std::io::stdout().lock();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = status.tick() => {
+                // Keeps the connection alive; flush stays at the start.
+                let s = walframe::encode_standby_status(received, start, start, PgTimestamp::now(), false);
+                stream.send_payload(&s).await?;
+            }
+            payload = stream.next_payload() => {
+                let Some(payload) = payload? else { return Err(Error::StreamEnded) };
+                match walframe::decode_frame(payload)? {
+                    WalFrame::Keepalive { wal_end, reply_requested, .. } => {
+                        received = received.max(wal_end);
+                        if reply_requested {
+                            let s = walframe::encode_standby_status(received, start, start, PgTimestamp::now(), false);
+                            stream.send_payload(&s).await?;
+                        }
+                    }
+                    WalFrame::XLogData { wal_start, data, .. } => {
+                        received = received.max(wal_start);
+                        let line = match pgoutput::decode(data) {
+                            Ok(message) => message.to_string(),
+                            Err(e) => format!("UNDECODABLE {e}"),
+                        };
+                        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                            break; // stdout closed (e.g. piped to head)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    stream.finish(Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+async fn manage_subscription(
+    mut manager: SubscriptionManager,
+    mut client: tokio_postgres::Client,
+    connection: ConnectionConfig,
+    poll_interval: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wait_true(shutdown.clone()) => return,
+        }
+        if client.is_closed() {
+            match connection.connect().await {
+                Ok(c) => client = c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscription manager cannot reconnect; retrying at the next poll");
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = manager.sync(&client).await {
+            tracing::warn!(error = %e, "subscription manager pass failed; retrying at the next poll");
+        }
+    }
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,3 @@
+//! Configuration: one place for each setting's parsing and defaults.
+
+pub mod connection;

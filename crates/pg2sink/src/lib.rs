@@ -1,0 +1,15 @@
+//! pg2sink: Postgres change capture to sinks, with nothing lost.
+//!
+//! Layout: `source` (replication connection, pgoutput decoding, catalog,
+//! subscription manager), `model` (positions, tables, values, messages),
+//! `sink` (the contract and one folder per sink), `migrations` (pg2sink's
+//! own schema), `config` (where to connect), `cli` (flags and commands).
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod migrations;
+pub mod model;
+pub mod retry;
+pub mod sink;
+pub mod source;

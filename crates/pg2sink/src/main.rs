@@ -1,0 +1,39 @@
+//! The `pg2sink` binary: parses flags, sets up logging, runs a command, and
+//! turns any error into a clear message and a non-zero exit code.
+
+use clap::Parser;
+use pg2sink::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match cli.command {
+        Some(Command::Stream(args)) => args,
+        None => cli.stream,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pg2sink: error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pg2sink::cli::stream::run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let err = anyhow::Error::from(e);
+            eprintln!("pg2sink: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The domain model: positions, identifiers, tables, values, and the
+//! messages pg2sink emits.
+
+pub mod ids;
+pub mod lsn;
+pub mod message;
+pub mod pgtype;
+pub mod table;
+pub mod value;
+
+pub use ids::{RelationId, TypeOid, Xid};
+pub use lsn::Lsn;
+#[cfg(test)]
+pub use message::format_timestamp_for_tests;
+pub use message::{format_timestamp, Modification, Op, Row, Schema};
+pub use table::{Column, Table};

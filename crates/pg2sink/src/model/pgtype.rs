@@ -1,0 +1,141 @@
+//! The one place that knows Postgres's built-in types: their oids, names,
+//! and which array type holds which element type.
+//!
+//! Every other mapping (JSON values, Avro schemas) starts from `PgType`.
+
+use super::TypeOid;
+
+/// The built-in types pg2sink maps specially. Anything else is `Other` and
+/// travels as its text form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PgType {
+    Bool,
+    Bytea,
+    Char,
+    Name,
+    Int8,
+    Int2,
+    Int4,
+    Text,
+    Oid,
+    Json,
+    Xml,
+    Float4,
+    Float8,
+    Money,
+    Bpchar,
+    Varchar,
+    Date,
+    Time,
+    Timestamp,
+    Timestamptz,
+    Interval,
+    Timetz,
+    Bit,
+    Varbit,
+    Numeric,
+    Uuid,
+    Jsonb,
+    PgLsn,
+    Inet,
+    Cidr,
+    Macaddr,
+    Macaddr8,
+    /// An array of the given element type.
+    Array(&'static PgType),
+    Other(TypeOid),
+}
+
+macro_rules! builtin_types {
+    ($( $variant:ident = $oid:literal, $array_oid:literal, $name:literal; )*) => {
+        const SCALARS: &[(PgType, u32, u32, &str)] = &[$( (PgType::$variant, $oid, $array_oid, $name), )*];
+    };
+}
+
+// (type, oid, array oid, name) from pg_type.dat.
+builtin_types! {
+    Bool = 16, 1000, "bool";
+    Bytea = 17, 1001, "bytea";
+    Char = 18, 1002, "char";
+    Name = 19, 1003, "name";
+    Int8 = 20, 1016, "int8";
+    Int2 = 21, 1005, "int2";
+    Int4 = 23, 1007, "int4";
+    Text = 25, 1009, "text";
+    Oid = 26, 1028, "oid";
+    Json = 114, 199, "json";
+    Xml = 142, 143, "xml";
+    Float4 = 700, 1021, "float4";
+    Float8 = 701, 1022, "float8";
+    Money = 790, 791, "money";
+    Bpchar = 1042, 1014, "bpchar";
+    Varchar = 1043, 1015, "varchar";
+    Date = 1082, 1182, "date";
+    Time = 1083, 1183, "time";
+    Timestamp = 1114, 1115, "timestamp";
+    Timestamptz = 1184, 1185, "timestamptz";
+    Interval = 1186, 1187, "interval";
+    Timetz = 1266, 1270, "timetz";
+    Bit = 1560, 1561, "bit";
+    Varbit = 1562, 1563, "varbit";
+    Numeric = 1700, 1231, "numeric";
+    Uuid = 2950, 2951, "uuid";
+    Jsonb = 3802, 3807, "jsonb";
+    PgLsn = 3220, 3221, "pg_lsn";
+    Inet = 869, 1041, "inet";
+    Cidr = 650, 651, "cidr";
+    Macaddr = 829, 1040, "macaddr";
+    Macaddr8 = 774, 775, "macaddr8";
+}
+
+impl PgType {
+    pub fn from_oid(oid: TypeOid) -> PgType {
+        for (ty, scalar, array, _) in SCALARS {
+            if oid.0 == *scalar {
+                return *ty;
+            }
+            if oid.0 == *array {
+                return PgType::Array(ty);
+            }
+        }
+        PgType::Other(oid)
+    }
+
+    /// The type's name as `pg_type.typname` spells it (`_int4` for arrays).
+    pub fn name(&self) -> String {
+        match self {
+            PgType::Array(element) => format!("_{}", element.name()),
+            PgType::Other(oid) => format!("oid:{oid}"),
+            ty => SCALARS
+                .iter()
+                .find(|(t, ..)| t == ty)
+                .map(|(.., name)| name.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The delimiter between elements of an array of this type.
+    pub fn array_delimiter(&self) -> u8 {
+        b','
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oids_and_arrays() {
+        assert_eq!(PgType::from_oid(TypeOid(20)), PgType::Int8);
+        assert_eq!(
+            PgType::from_oid(TypeOid(1016)),
+            PgType::Array(&PgType::Int8)
+        );
+        assert_eq!(
+            PgType::from_oid(TypeOid(99999)),
+            PgType::Other(TypeOid(99999))
+        );
+        assert_eq!(PgType::from_oid(TypeOid(1016)).name(), "_int8");
+        assert_eq!(PgType::Timestamptz.name(), "timestamptz");
+    }
+}

@@ -1,0 +1,162 @@
+//! Sinks and the contract they follow.
+//!
+//! # The contract
+//!
+//! A sink receives [`SinkEvent`]s in commit order: schemas and modifications,
+//! and after each transaction a [`SinkEvent::Commit`] carrying the WAL
+//! position that ends it. [`Sink::flush`] makes everything written so far
+//! durable. The driver ([`run`]) reports, through a `watch` channel, the
+//! newest commit position whose events are all durable; the source confirms
+//! to Postgres only up to that position, never further.
+//!
+//! Delivery is at least once: after a crash, changes past the last confirmed
+//! position are sent again. Each sink documents how replays are made
+//! harmless (the file sink: consumers de-duplicate on (`lsn`, `sequence`)).
+
+pub mod file;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::model::{Lsn, Modification, Schema};
+
+/// What flows from the source to a sink, in commit order.
+#[derive(Debug)]
+pub enum SinkEvent {
+    Schema(Schema),
+    Modification(Modification),
+    /// Every event before this one belongs to a transaction that ended at or
+    /// before `end_lsn`; once they are durable, `end_lsn` may be confirmed.
+    Commit {
+        end_lsn: Lsn,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: the sink's server or storage may recover.
+    #[error("{context}: {source}")]
+    Transient {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Retrying will not help; stop and say why.
+    #[error("{context}: {source}")]
+    Definite {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl SinkError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Transient { .. })
+    }
+}
+
+/// One destination. Implementations buffer as they like; `flush` is the
+/// only durability point.
+#[allow(async_fn_in_trait)]
+pub trait Sink: Send {
+    /// A short name for logs and metrics (`file`, `bigquery`, ...).
+    fn name(&self) -> &'static str;
+    async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError>;
+    async fn write_modification(&mut self, modification: &Modification) -> Result<(), SinkError>;
+    /// Makes every write so far durable.
+    async fn flush(&mut self) -> Result<(), SinkError>;
+    /// Bytes written but not yet flushed; the driver flushes past a limit.
+    fn unflushed_bytes(&self) -> usize;
+}
+
+/// When the driver flushes.
+#[derive(Clone, Debug)]
+pub struct FlushPolicy {
+    /// Flush once this many bytes are unflushed, even mid-stream.
+    pub max_unflushed_bytes: usize,
+    /// Flush a finished transaction no later than this after it arrived.
+    pub max_delay: Duration,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        FlushPolicy {
+            max_unflushed_bytes: 8 << 20,
+            max_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Drives a sink: writes events in order and flushes when a finished
+/// transaction is waiting and either no more events are queued (group
+/// commit: under load, events queue up while a flush runs), the byte limit
+/// is reached, or `max_delay` has passed. Publishes the durable position on
+/// `durable`. Returns when `events` closes, after a final flush.
+pub async fn run<S: Sink>(
+    mut sink: S,
+    mut events: mpsc::Receiver<SinkEvent>,
+    durable: watch::Sender<Lsn>,
+    policy: FlushPolicy,
+) -> Result<(), SinkError> {
+    // The newest commit written but not yet flushed, and when the oldest
+    // such commit arrived.
+    let mut pending: Option<(Lsn, Instant)> = None;
+    loop {
+        let event = match pending {
+            Some((_, since)) if since.elapsed() >= policy.max_delay => None,
+            Some(_) => match events.try_recv() {
+                Ok(event) => Some(event),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    flush(&mut sink, &mut pending, &durable).await?;
+                    return Ok(());
+                }
+            },
+            None => match events.recv().await {
+                Some(event) => Some(event),
+                None => {
+                    // Only events of an unfinished transaction can be left:
+                    // flushing them is harmless, confirming them is not.
+                    sink.flush().await?;
+                    return Ok(());
+                }
+            },
+        };
+        let Some(event) = event else {
+            flush(&mut sink, &mut pending, &durable).await?;
+            continue;
+        };
+        match event {
+            SinkEvent::Schema(schema) => sink.write_schema(&schema).await?,
+            SinkEvent::Modification(m) => sink.write_modification(&m).await?,
+            SinkEvent::Commit { end_lsn } => {
+                let since = pending.map_or_else(Instant::now, |(_, since)| since);
+                pending = Some((end_lsn, since));
+            }
+        }
+        if pending.is_some() && sink.unflushed_bytes() >= policy.max_unflushed_bytes {
+            flush(&mut sink, &mut pending, &durable).await?;
+        }
+    }
+}
+
+async fn flush<S: Sink>(
+    sink: &mut S,
+    pending: &mut Option<(Lsn, Instant)>,
+    durable: &watch::Sender<Lsn>,
+) -> Result<(), SinkError> {
+    sink.flush().await?;
+    if let Some((lsn, _)) = pending.take() {
+        durable.send_if_modified(|current| {
+            let advanced = lsn > *current;
+            if advanced {
+                *current = lsn;
+            }
+            advanced
+        });
+    }
+    Ok(())
+}

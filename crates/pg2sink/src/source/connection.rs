@@ -1,0 +1,1557 @@
+//! A walsender connection: the PostgreSQL wire protocol spoken directly (via
+//! `postgres_protocol`'s message codecs), in logical replication mode
+//! (`replication=database`), for the replication commands and the CopyBoth
+//! stream that tokio-postgres does not support.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::config::connection::{BoxError, ConnectError, ConnectionConfig};
+
+/// The largest message accepted from the server: PostgreSQL's own limit for
+/// one allocation (1 GiB) plus room for the framing.
+const MAX_MESSAGE_LEN: usize = (1 << 30) + 1024;
+/// Tag of CopyBothResponse, which `postgres_protocol` does not parse.
+const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
+/// Tag of NegotiateProtocolVersion, which `postgres_protocol` does not parse.
+const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
+/// How long `finish` waits to hand the server its Terminate message.
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A server ErrorResponse, in PostgreSQL's primary/detail/hint shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// `ERROR`, `FATAL` or `PANIC` (the non-localized one when the server sends it).
+    pub severity: String,
+    /// The SQLSTATE.
+    pub code: String,
+    /// The primary message.
+    pub message: String,
+    /// The optional detail.
+    pub detail: Option<String>,
+    /// The optional hint.
+    pub hint: Option<String>,
+}
+
+impl ServerError {
+    /// Connection exceptions (class 08), shutdowns (57P01 admin_shutdown,
+    /// 57P02 crash_shutdown, 57P03 cannot_connect_now) and 53300
+    /// too_many_connections may go away on their own.
+    pub fn is_transient(&self) -> bool {
+        self.code.starts_with("08")
+            || matches!(self.code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+    }
+
+    /// The same shape from a tokio-postgres error.
+    pub fn from_db_error(error: &tokio_postgres::error::DbError) -> Self {
+        ServerError {
+            severity: error.severity().to_owned(),
+            code: error.code().code().to_owned(),
+            message: error.message().to_owned(),
+            detail: error.detail().map(str::to_owned),
+            hint: error.hint().map(str::to_owned),
+        }
+    }
+
+    fn from_fields(mut fields: ErrorFields<'_>) -> Result<Self, ConnectError> {
+        let mut error = ServerError {
+            severity: String::new(),
+            code: String::new(),
+            message: String::new(),
+            detail: None,
+            hint: None,
+        };
+        let mut non_localized_severity = None;
+        while let Some(field) = fields.next().map_err(|e| {
+            ConnectError::Protocol(format!("malformed error or notice from the server: {e}"))
+        })? {
+            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+            match field.type_() {
+                b'S' => error.severity = value,
+                b'V' => non_localized_severity = Some(value),
+                b'C' => error.code = value,
+                b'M' => error.message = value,
+                b'D' => error.detail = Some(value),
+                b'H' => error.hint = Some(value),
+                _ => {}
+            }
+        }
+        if let Some(severity) = non_localized_severity {
+            error.severity = severity;
+        }
+        Ok(error)
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
+        if let Some(detail) = &self.detail {
+            write!(f, "\nDETAIL: {detail}")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\nHINT: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// One row of a simple-query result, every column as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The column names, shared by the rows of one result set.
+    pub columns: Arc<[String]>,
+    /// The values, `None` for NULL.
+    pub values: Vec<Option<String>>,
+}
+
+impl Row {
+    /// The value of the (first) column with this name; `None` if it is NULL
+    /// or there is no such column.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let index = self.columns.iter().position(|column| column == name)?;
+        self.get_index(index)
+    }
+
+    /// The value of the column at `index`; `None` if NULL or out of range.
+    pub fn get_index(&self, index: usize) -> Option<&str> {
+        self.values.get(index)?.as_deref()
+    }
+}
+
+/// Any byte stream the connection can run on (TCP, Unix socket, TLS, or an
+/// in-memory pipe in tests).
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+/// A message from the server.
+enum Frame {
+    Message(Message),
+    CopyBothResponse,
+}
+
+/// The framing layer: buffered reads of whole messages and queued writes.
+struct Wire {
+    io: Box<dyn Transport>,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+}
+
+impl Wire {
+    fn new(io: Box<dyn Transport>) -> Self {
+        Wire {
+            io,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: BytesMut::with_capacity(1024),
+        }
+    }
+
+    /// Appends one encoded message to the output queue.
+    fn queue(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> io::Result<()>,
+    ) -> Result<(), ConnectError> {
+        let before = self.write_buf.len();
+        encode(&mut self.write_buf)
+            .map_err(|e| {
+                ConnectError::Protocol(format!("cannot encode a message for the server: {e}"))
+            })
+            .inspect_err(|_| self.write_buf.truncate(before))
+    }
+
+    /// Writes out everything queued. If this future is dropped midway, the
+    /// unwritten rest stays queued and goes out with the next flush, so the
+    /// stream never carries a torn message.
+    async fn flush(&mut self) -> Result<(), ConnectError> {
+        while self.write_buf.has_remaining() {
+            let written = self.io.write_buf(&mut self.write_buf).await?;
+            if written == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+            }
+        }
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// The next whole message. Cancel-safe: bytes read are kept in
+    /// `read_buf` until a whole message is there.
+    async fn read_frame(&mut self) -> Result<Frame, ConnectError> {
+        loop {
+            if let Some(frame) = self.parse_frame()? {
+                return Ok(frame);
+            }
+            if self.read_buf.capacity() - self.read_buf.len() < 8 * 1024 {
+                self.read_buf.reserve(64 * 1024);
+            }
+            if self.io.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )
+                .into());
+            }
+        }
+    }
+
+    fn parse_frame(&mut self) -> Result<Option<Frame>, ConnectError> {
+        if self.read_buf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.read_buf[0];
+        let len = u32::from_be_bytes([
+            self.read_buf[1],
+            self.read_buf[2],
+            self.read_buf[3],
+            self.read_buf[4],
+        ]) as usize;
+        if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+            return Err(ConnectError::Protocol(format!(
+                "the server sent a message of type {:?} with an invalid length {len}",
+                char::from(tag)
+            )));
+        }
+        match tag {
+            COPY_BOTH_RESPONSE_TAG => {
+                if self.read_buf.len() < len + 1 {
+                    self.read_buf.reserve(len + 1 - self.read_buf.len());
+                    return Ok(None);
+                }
+                self.read_buf.advance(len + 1);
+                Ok(Some(Frame::CopyBothResponse))
+            }
+            NEGOTIATE_PROTOCOL_VERSION_TAG => Err(ConnectError::Protocol(
+                "the server does not support protocol version 3.0 (NegotiateProtocolVersion)"
+                    .into(),
+            )),
+            _ => match Message::parse(&mut self.read_buf) {
+                Ok(message) => Ok(message.map(Frame::Message)),
+                Err(e) => Err(ConnectError::Protocol(format!(
+                    "malformed message from the server: {e}"
+                ))),
+            },
+        }
+    }
+
+    /// Best effort: Terminate, then close the stream.
+    async fn terminate(&mut self) {
+        if self
+            .queue(|buf| {
+                frontend::terminate(buf);
+                Ok(())
+            })
+            .is_ok()
+            && self.flush().await.is_ok()
+        {
+            let _ = self.io.shutdown().await;
+        }
+    }
+}
+
+/// Logs a NoticeResponse.
+fn log_notice(fields: ErrorFields<'_>) {
+    match ServerError::from_fields(fields) {
+        Ok(notice) if notice.severity == "WARNING" => {
+            tracing::warn!(code = %notice.code, "server warning: {notice}");
+        }
+        Ok(notice) => {
+            tracing::info!(code = %notice.code, severity = %notice.severity, "server notice: {notice}")
+        }
+        Err(error) => tracing::warn!(%error, "unreadable notice from the server"),
+    }
+}
+
+fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::AuthenticationOk
+        | Message::AuthenticationCleartextPassword
+        | Message::AuthenticationMd5Password(_)
+        | Message::AuthenticationSasl(_)
+        | Message::AuthenticationSaslContinue(_)
+        | Message::AuthenticationSaslFinal(_)
+        | Message::AuthenticationGss
+        | Message::AuthenticationGssContinue(_)
+        | Message::AuthenticationKerberosV5
+        | Message::AuthenticationScmCredential
+        | Message::AuthenticationSspi => "Authentication",
+        Message::BackendKeyData(_) => "BackendKeyData",
+        Message::BindComplete => "BindComplete",
+        Message::CloseComplete => "CloseComplete",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::CopyData(_) => "CopyData",
+        Message::CopyDone => "CopyDone",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::EmptyQueryResponse => "EmptyQueryResponse",
+        Message::ErrorResponse(_) => "ErrorResponse",
+        Message::NoData => "NoData",
+        Message::NoticeResponse(_) => "NoticeResponse",
+        Message::NotificationResponse(_) => "NotificationResponse",
+        Message::ParameterDescription(_) => "ParameterDescription",
+        Message::ParameterStatus(_) => "ParameterStatus",
+        Message::ParseComplete => "ParseComplete",
+        Message::PortalSuspended => "PortalSuspended",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::RowDescription(_) => "RowDescription",
+        _ => "unknown",
+    }
+}
+
+fn unexpected(frame: &Frame, during: &str) -> ConnectError {
+    let name = match frame {
+        Frame::Message(message) => message_name(message),
+        Frame::CopyBothResponse => "CopyBothResponse",
+    };
+    ConnectError::Protocol(format!(
+        "unexpected {name} message from the server during {during}"
+    ))
+}
+
+/// What the startup packet carries.
+struct Startup<'a> {
+    user: &'a str,
+    password: Option<&'a str>,
+    dbname: &'a str,
+    application_name: &'a str,
+}
+
+/// A walsender connection in logical replication mode, ready for commands.
+pub struct ReplicationConnection {
+    wire: Wire,
+    parameters: HashMap<String, String>,
+    backend_key: Option<(i32, i32)>,
+    user: String,
+    /// A command's response was not read to the end (its future was
+    /// dropped), so the connection is out of step with the server.
+    desynchronized: bool,
+}
+
+impl fmt::Debug for ReplicationConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationConnection")
+            .field("server_version", &self.server_version())
+            .field("backend_pid", &self.backend_pid())
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicationConnection {
+    /// Connects per `config` (see [`ConnectionConfig::connect_replication`]):
+    /// TCP with TLS per sslmode, or the Unix socket; then authentication.
+    pub async fn connect(config: &ConnectionConfig) -> Result<Self, ConnectError> {
+        let attempt = Self::connect_unbounded(config);
+        match config.connect_timeout {
+            None => attempt.await,
+            Some(limit) => tokio::time::timeout(limit, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ConnectError::Unreachable {
+                        target: config.target(),
+                        source: io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no connection within {limit:?} (connect_timeout)"),
+                        ),
+                    })
+                }),
+        }
+    }
+
+    async fn connect_unbounded(config: &ConnectionConfig) -> Result<Self, ConnectError> {
+        let unreachable = |source: io::Error| ConnectError::Unreachable {
+            target: config.target(),
+            source,
+        };
+        let io: Box<dyn Transport> = match config.socket_path() {
+            Some(path) => Box::new(UnixStream::connect(&path).await.map_err(unreachable)?),
+            None => {
+                let tcp = TcpStream::connect((config.host.as_str(), config.port))
+                    .await
+                    .map_err(unreachable)?;
+                tcp.set_nodelay(true)?;
+                negotiate_tls(tcp, config).await?
+            }
+        };
+        let startup = Startup {
+            user: &config.user,
+            password: config.password.as_deref(),
+            dbname: &config.dbname,
+            application_name: &config.application_name,
+        };
+        Self::handshake(io, &startup).await
+    }
+
+    /// Startup packet, authentication, and the server's parameters up to
+    /// the first ReadyForQuery.
+    async fn handshake(
+        io: Box<dyn Transport>,
+        startup: &Startup<'_>,
+    ) -> Result<Self, ConnectError> {
+        let mut wire = Wire::new(io);
+        let parameters = [
+            ("user", startup.user),
+            ("database", startup.dbname),
+            ("replication", "database"),
+            ("application_name", startup.application_name),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO"),
+        ];
+        wire.queue(|buf| frontend::startup_message(parameters, buf))?;
+        wire.flush().await?;
+        authenticate(&mut wire, startup).await?;
+
+        let mut connection = ReplicationConnection {
+            wire,
+            parameters: HashMap::new(),
+            backend_key: None,
+            user: startup.user.to_owned(),
+            desynchronized: false,
+        };
+        loop {
+            let frame = connection.wire.read_frame().await?;
+            match frame {
+                Frame::Message(Message::ParameterStatus(body)) => {
+                    connection.note_parameter(&body)?
+                }
+                Frame::Message(Message::BackendKeyData(body)) => {
+                    connection.backend_key = Some((body.process_id(), body.secret_key()));
+                }
+                Frame::Message(Message::NoticeResponse(body)) => log_notice(body.fields()),
+                Frame::Message(Message::ErrorResponse(body)) => {
+                    return Err(ConnectError::from_server(
+                        ServerError::from_fields(body.fields())?,
+                        startup.user,
+                    ));
+                }
+                Frame::Message(Message::ReadyForQuery(_)) => return Ok(connection),
+                other => return Err(unexpected(&other, "startup")),
+            }
+        }
+    }
+
+    fn note_parameter(
+        &mut self,
+        body: &postgres_protocol::message::backend::ParameterStatusBody,
+    ) -> Result<(), ConnectError> {
+        let malformed =
+            |e: io::Error| ConnectError::Protocol(format!("malformed ParameterStatus: {e}"));
+        let name = body.name().map_err(malformed)?;
+        let value = body.value().map_err(malformed)?;
+        self.parameters.insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    fn check_synchronized(&self) -> Result<(), ConnectError> {
+        if self.desynchronized {
+            return Err(ConnectError::Protocol(
+                "the connection is unusable: an earlier command was interrupted before its response was read".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` with the simple-query protocol: walsender commands
+    /// (IDENTIFY_SYSTEM, CREATE_REPLICATION_SLOT ... LOGICAL pgoutput, ...)
+    /// or plain SQL, which walsenders accept in database mode. Returns the
+    /// rows of all result sets, each column as text (`None` for NULL).
+    ///
+    /// Not cancel-safe: if the future is dropped before it completes, the
+    /// connection is unusable (later calls fail with a protocol error).
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Row>, ConnectError> {
+        self.check_synchronized()?;
+        self.wire.queue(|buf| frontend::query(sql, buf))?;
+        self.desynchronized = true;
+        self.wire.flush().await?;
+        let mut rows = Vec::new();
+        let mut columns: Option<Arc<[String]>> = None;
+        let mut error = None;
+        loop {
+            let frame = self.wire.read_frame().await?;
+            let message = match frame {
+                Frame::Message(message) => message,
+                Frame::CopyBothResponse => {
+                    return Err(ConnectError::Protocol(
+                        "the server started streaming in response to simple_query; use start_replication".into(),
+                    ));
+                }
+            };
+            match message {
+                Message::RowDescription(body) => {
+                    let names: Vec<String> = body
+                        .fields()
+                        .map(|field| Ok(field.name().to_owned()))
+                        .collect()
+                        .map_err(|e| {
+                            ConnectError::Protocol(format!("malformed RowDescription: {e}"))
+                        })?;
+                    columns = Some(names.into());
+                }
+                Message::DataRow(body) => {
+                    let columns = columns.clone().ok_or_else(|| {
+                        ConnectError::Protocol("DataRow without RowDescription".into())
+                    })?;
+                    let buffer = body.buffer();
+                    let values: Vec<Option<String>> = body
+                        .ranges()
+                        .map(|range| {
+                            range
+                                .map(|range| {
+                                    std::str::from_utf8(&buffer[range])
+                                        .map(str::to_owned)
+                                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+                                })
+                                .transpose()
+                        })
+                        .collect()
+                        .map_err(|e| ConnectError::Protocol(format!("malformed DataRow: {e}")))?;
+                    if values.len() != columns.len() {
+                        return Err(ConnectError::Protocol(format!(
+                            "DataRow with {} values for {} columns",
+                            values.len(),
+                            columns.len()
+                        )));
+                    }
+                    rows.push(Row { columns, values });
+                }
+                Message::CommandComplete(_) | Message::EmptyQueryResponse => columns = None,
+                Message::ErrorResponse(body) => {
+                    error = Some(ServerError::from_fields(body.fields())?)
+                }
+                Message::NoticeResponse(body) => log_notice(body.fields()),
+                Message::ParameterStatus(body) => self.note_parameter(&body)?,
+                Message::CopyInResponse(_) => {
+                    self.wire
+                        .queue(|buf| frontend::copy_fail("pg2sink does not send COPY data", buf))?;
+                    self.wire.flush().await?;
+                }
+                // COPY TO STDOUT output is not collected.
+                Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {}
+                Message::ReadyForQuery(_) => break,
+                other => return Err(unexpected(&Frame::Message(other), "a simple query")),
+            }
+        }
+        self.desynchronized = false;
+        match error {
+            Some(error) => Err(ConnectError::Server(error)),
+            None => Ok(rows),
+        }
+    }
+
+    /// Sends `sql` (a complete START_REPLICATION command) and expects the
+    /// server to start streaming (CopyBothResponse).
+    pub async fn start_replication(mut self, sql: &str) -> Result<ReplicationStream, ConnectError> {
+        self.check_synchronized()?;
+        self.wire.queue(|buf| frontend::query(sql, buf))?;
+        self.wire.flush().await?;
+        let mut error = None;
+        loop {
+            let frame = self.wire.read_frame().await?;
+            match frame {
+                Frame::CopyBothResponse => {
+                    return Ok(ReplicationStream {
+                        connection: self,
+                        state: StreamState::Streaming,
+                    });
+                }
+                Frame::Message(Message::ErrorResponse(body)) => {
+                    error = Some(ServerError::from_fields(body.fields())?)
+                }
+                Frame::Message(Message::NoticeResponse(body)) => log_notice(body.fields()),
+                Frame::Message(Message::ParameterStatus(body)) => self.note_parameter(&body)?,
+                Frame::Message(
+                    Message::RowDescription(_) | Message::DataRow(_) | Message::CommandComplete(_),
+                ) => {}
+                Frame::Message(Message::ReadyForQuery(_)) => {
+                    return Err(match error {
+                        Some(error) => ConnectError::Server(error),
+                        None => ConnectError::Protocol(format!(
+                            "the server completed {sql:?} without starting to stream"
+                        )),
+                    });
+                }
+                other => return Err(unexpected(&other, "START_REPLICATION")),
+            }
+        }
+    }
+
+    /// The server's version as a number (`150018` for 15.18, `170000` for
+    /// 17devel, `90624` for 9.6.24), from its `server_version` parameter.
+    pub fn server_version_num(&self) -> Option<u32> {
+        self.server_version().and_then(parse_server_version)
+    }
+
+    /// The `server_version` text the server reported.
+    pub fn server_version(&self) -> Option<&str> {
+        self.parameter("server_version")
+    }
+
+    /// A parameter the server reported with ParameterStatus.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// The walsender's process ID (for `pg_stat_replication`, logs).
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend_key.map(|(pid, _)| pid)
+    }
+
+    /// Ends the session politely (Terminate), best effort.
+    pub async fn close(mut self) {
+        self.wire.terminate().await;
+    }
+}
+
+/// Where the server is in ending the CopyBoth stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamState {
+    Streaming,
+    /// The server sent CopyDone; it waits for ours.
+    ServerCopyDone,
+    /// The server sent CommandComplete (for instance while shutting down).
+    Completed,
+    /// The server sent ReadyForQuery.
+    Ready,
+}
+
+/// The CopyBoth stream after START_REPLICATION.
+pub struct ReplicationStream {
+    connection: ReplicationConnection,
+    state: StreamState,
+}
+
+impl fmt::Debug for ReplicationStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationStream")
+            .field("connection", &self.connection)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl ReplicationStream {
+    /// The next CopyData payload from the server (raw bytes, starting with
+    /// `w` for XLogData or `k` for a keepalive). `Ok(None)` once the server
+    /// ends the copy (CopyDone, CommandComplete or ReadyForQuery), and on
+    /// every call after that. NoticeResponse and ParameterStatus are
+    /// skipped (notices are logged); an ErrorResponse is returned as
+    /// `ConnectError::Server`.
+    ///
+    /// Cancel-safe: bytes already read stay buffered until their message is
+    /// complete, so the future can be dropped (e.g. in `tokio::select!`).
+    pub async fn next_payload(&mut self) -> Result<Option<Bytes>, ConnectError> {
+        while self.state == StreamState::Streaming {
+            let frame = self.connection.wire.read_frame().await?;
+            match frame {
+                Frame::Message(Message::CopyData(body)) => return Ok(Some(body.into_bytes())),
+                Frame::Message(Message::CopyDone) => self.state = StreamState::ServerCopyDone,
+                Frame::Message(Message::CommandComplete(_)) => self.state = StreamState::Completed,
+                Frame::Message(Message::ReadyForQuery(_)) => self.state = StreamState::Ready,
+                Frame::Message(Message::NoticeResponse(body)) => log_notice(body.fields()),
+                Frame::Message(Message::ParameterStatus(body)) => {
+                    self.connection.note_parameter(&body)?
+                }
+                Frame::Message(Message::ErrorResponse(body)) => {
+                    return Err(ConnectError::Server(ServerError::from_fields(
+                        body.fields(),
+                    )?));
+                }
+                other => return Err(unexpected(&other, "streaming")),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sends one CopyData message (e.g. a standby status update) and flushes.
+    ///
+    /// If the future is dropped before it completes, the message is still
+    /// queued whole and goes out (completed) with the next `send_payload` or
+    /// `finish`; the stream never carries a torn message.
+    pub async fn send_payload(&mut self, payload: &[u8]) -> Result<(), ConnectError> {
+        self.connection.wire.queue(|buf| {
+            frontend::CopyData::new(payload)?.write(buf);
+            Ok(())
+        })?;
+        self.connection.wire.flush().await
+    }
+
+    /// The server's version, as [`ReplicationConnection::server_version_num`].
+    pub fn server_version_num(&self) -> Option<u32> {
+        self.connection.server_version_num()
+    }
+
+    /// The walsender's process ID.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.connection.backend_pid()
+    }
+
+    /// Clean shutdown: sends CopyDone, waits (at most `timeout`) for the
+    /// server to end the stream (data it still sends is discarded), then
+    /// sends Terminate. A server that just closes the connection counts as
+    /// ended (PostgreSQL does so while shutting down). Fails with an `Io`
+    /// error of kind `TimedOut` if the server took longer, or with the
+    /// server's error if it reported one.
+    pub async fn finish(mut self, timeout: Duration) -> Result<(), ConnectError> {
+        let outcome = tokio::time::timeout(timeout, self.wind_down()).await;
+        let _ = tokio::time::timeout(TERMINATE_TIMEOUT, self.connection.wire.terminate()).await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the server did not end replication within {timeout:?}"),
+            ))),
+        }
+    }
+
+    async fn wind_down(&mut self) -> Result<(), ConnectError> {
+        if matches!(
+            self.state,
+            StreamState::Streaming | StreamState::ServerCopyDone
+        ) {
+            self.connection.wire.queue(|buf| {
+                frontend::copy_done(buf);
+                Ok(())
+            })?;
+            self.connection.wire.flush().await?;
+        }
+        let mut error = None;
+        let mut discarded = 0_u64;
+        while self.state != StreamState::Ready {
+            let frame = match self.connection.wire.read_frame().await {
+                Ok(frame) => frame,
+                // The server may just exit: after its final CommandComplete, after
+                // a FATAL error, or (seen while it shuts down) right after our
+                // CopyDone. Either way the stream has ended.
+                Err(ConnectError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(state = ?self.state, "the server closed the connection while replication was ending");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            match frame {
+                Frame::Message(Message::CopyData(_)) => discarded += 1,
+                Frame::Message(Message::CopyDone) => {
+                    if self.state == StreamState::Streaming {
+                        self.state = StreamState::ServerCopyDone;
+                    }
+                }
+                Frame::Message(Message::CommandComplete(_)) => self.state = StreamState::Completed,
+                Frame::Message(Message::ReadyForQuery(_)) => self.state = StreamState::Ready,
+                Frame::Message(Message::NoticeResponse(body)) => log_notice(body.fields()),
+                Frame::Message(Message::ParameterStatus(body)) => {
+                    self.connection.note_parameter(&body)?
+                }
+                Frame::Message(Message::ErrorResponse(body)) => {
+                    error = Some(ServerError::from_fields(body.fields())?)
+                }
+                Frame::Message(Message::RowDescription(_) | Message::DataRow(_)) => {}
+                other => return Err(unexpected(&other, "the end of streaming")),
+            }
+        }
+        if discarded > 0 {
+            tracing::debug!(
+                discarded,
+                "discarded messages the server sent after we asked it to stop streaming"
+            );
+        }
+        match error {
+            Some(error) => Err(ConnectError::Server(error)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// SSLRequest and the TLS handshake per sslmode, on a fresh TCP stream.
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    config: &ConnectionConfig,
+) -> Result<Box<dyn Transport>, ConnectError> {
+    let Some(tls) = config.tls_config()? else {
+        return Ok(Box::new(tcp));
+    };
+    let server_name = config.tls_server_name()?;
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await?;
+    // Exactly one byte: nothing the server sends before the handshake may be
+    // taken as part of the encrypted stream.
+    let mut answer = [0_u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+            let stream = connector.connect(server_name, tcp).await.map_err(|e| {
+                // The rustls error inside the io::Error, if there is one.
+                let source: BoxError = if e.get_ref().is_some() {
+                    e.into_inner()
+                        .unwrap_or_else(|| "TLS handshake failed".into())
+                } else {
+                    Box::new(e)
+                };
+                ConnectError::Tls {
+                    target: config.target(),
+                    source,
+                }
+            })?;
+            Ok(Box::new(stream))
+        }
+        b'N' if config.ssl_mode.allows_plaintext() => Ok(Box::new(tcp)),
+        b'N' => Err(ConnectError::Tls {
+            target: config.target(),
+            source: format!(
+                "the server does not accept TLS connections, but sslmode is {}",
+                config.ssl_mode
+            )
+            .into(),
+        }),
+        other => Err(ConnectError::Protocol(format!(
+            "unexpected answer {:?} to the TLS request",
+            char::from(other)
+        ))),
+    }
+}
+
+fn need_password<'a>(startup: &Startup<'a>) -> Result<&'a str, ConnectError> {
+    startup.password.ok_or_else(|| ConnectError::Auth {
+        user: startup.user.to_owned(),
+        source: "the server asks for a password, but none was given".into(),
+    })
+}
+
+/// Answers the server's authentication requests until AuthenticationOk.
+async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), ConnectError> {
+    let auth_error = |reason: String| ConnectError::Auth {
+        user: startup.user.to_owned(),
+        source: reason.into(),
+    };
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let frame = wire.read_frame().await?;
+        let message = match frame {
+            Frame::Message(message) => message,
+            other => return Err(unexpected(&other, "authentication")),
+        };
+        match message {
+            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationCleartextPassword => {
+                let password = need_password(startup)?;
+                wire.queue(|buf| frontend::password_message(password.as_bytes(), buf))?;
+                wire.flush().await?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let password = need_password(startup)?;
+                let hash = md5_hash(startup.user.as_bytes(), password.as_bytes(), body.salt());
+                wire.queue(|buf| frontend::password_message(hash.as_bytes(), buf))?;
+                wire.flush().await?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let offered: Vec<String> = body
+                    .mechanisms()
+                    .map(|mechanism| Ok(mechanism.to_owned()))
+                    .collect()
+                    .map_err(|e| {
+                        ConnectError::Protocol(format!("malformed AuthenticationSASL: {e}"))
+                    })?;
+                if !offered
+                    .iter()
+                    .any(|mechanism| mechanism == sasl::SCRAM_SHA_256)
+                {
+                    return Err(auth_error(format!(
+                        "the server offers only SASL mechanisms pg2sink does not support: {}",
+                        offered.join(", ")
+                    )));
+                }
+                let password = need_password(startup)?;
+                // Plain SCRAM-SHA-256 without channel binding ("n" flag), even
+                // if the -PLUS variant is offered.
+                let exchange = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                wire.queue(|buf| {
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, exchange.message(), buf)
+                })?;
+                wire.flush().await?;
+                scram = Some(exchange);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let exchange = scram.as_mut().ok_or_else(|| {
+                    ConnectError::Protocol("SASL continuation without a SASL exchange".into())
+                })?;
+                exchange
+                    .update(body.data())
+                    .map_err(|e| auth_error(format!("SCRAM exchange failed: {e}")))?;
+                wire.queue(|buf| frontend::sasl_response(exchange.message(), buf))?;
+                wire.flush().await?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let exchange = scram.as_mut().ok_or_else(|| {
+                    ConnectError::Protocol("SASL final message without a SASL exchange".into())
+                })?;
+                exchange.finish(body.data()).map_err(|e| {
+                    auth_error(format!("the server's SCRAM signature did not verify: {e}"))
+                })?;
+            }
+            Message::ErrorResponse(body) => {
+                return Err(ConnectError::from_server(
+                    ServerError::from_fields(body.fields())?,
+                    startup.user,
+                ));
+            }
+            Message::NoticeResponse(body) => log_notice(body.fields()),
+            Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
+                return Err(auth_error(
+                    "the server asks for GSSAPI authentication, which pg2sink does not support"
+                        .into(),
+                ));
+            }
+            Message::AuthenticationSspi => {
+                return Err(auth_error(
+                    "the server asks for SSPI authentication, which pg2sink does not support"
+                        .into(),
+                ));
+            }
+            Message::AuthenticationKerberosV5 | Message::AuthenticationScmCredential => {
+                return Err(auth_error("the server asks for an obsolete authentication method pg2sink does not support".into()));
+            }
+            other => return Err(unexpected(&Frame::Message(other), "authentication")),
+        }
+    }
+}
+
+/// `15.18 (Debian 15.18-1.pgdg120+1)` → 150018, `17devel` → 170000,
+/// `16beta2` → 160000, `9.6.24` → 90624.
+fn parse_server_version(text: &str) -> Option<u32> {
+    let word = text.split_whitespace().next()?;
+    let mut parts = Vec::new();
+    for part in word.split('.') {
+        let digits = part.len() - part.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            break;
+        }
+        parts.push(part[..digits].parse::<u32>().ok()?);
+        if digits != part.len() {
+            break;
+        }
+    }
+    let major = *parts.first()?;
+    let minor = parts.get(1).copied().unwrap_or(0);
+    if major >= 10 {
+        Some(major * 10_000 + minor)
+    } else {
+        Some(major * 10_000 + minor * 100 + parts.get(2).copied().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    // ---- a scripted fake server over an in-memory pipe ----
+
+    fn backend(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut message = vec![tag];
+        message.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        message.extend_from_slice(body);
+        message
+    }
+
+    fn cstr(text: &str) -> Vec<u8> {
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.push(0);
+        bytes
+    }
+
+    fn auth(code: i32, extra: &[u8]) -> Vec<u8> {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(extra);
+        backend(b'R', &body)
+    }
+
+    fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+        backend(b'S', &[cstr(name), cstr(value)].concat())
+    }
+
+    fn ready() -> Vec<u8> {
+        backend(b'Z', b"I")
+    }
+
+    fn error_response(severity: &str, code: &str, message: &str, hint: Option<&str>) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (tag, value) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', code),
+            (b'M', message),
+        ] {
+            body.push(tag);
+            body.extend(cstr(value));
+        }
+        if let Some(hint) = hint {
+            body.push(b'H');
+            body.extend(cstr(hint));
+        }
+        body.push(0);
+        backend(b'E', &body)
+    }
+
+    fn notice(message: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (tag, value) in [(b'S', "NOTICE"), (b'C', "00000"), (b'M', message)] {
+            body.push(tag);
+            body.extend(cstr(value));
+        }
+        body.push(0);
+        backend(b'N', &body)
+    }
+
+    fn row_description(names: &[&str]) -> Vec<u8> {
+        let mut body = u16::try_from(names.len()).unwrap().to_be_bytes().to_vec();
+        for name in names {
+            body.extend(cstr(name));
+            body.extend_from_slice(&0_i32.to_be_bytes()); // table oid
+            body.extend_from_slice(&0_i16.to_be_bytes()); // column number
+            body.extend_from_slice(&25_i32.to_be_bytes()); // type oid (text)
+            body.extend_from_slice(&(-1_i16).to_be_bytes()); // type size
+            body.extend_from_slice(&(-1_i32).to_be_bytes()); // type modifier
+            body.extend_from_slice(&0_i16.to_be_bytes()); // format
+        }
+        backend(b'T', &body)
+    }
+
+    fn data_row(values: &[Option<&str>]) -> Vec<u8> {
+        let mut body = u16::try_from(values.len()).unwrap().to_be_bytes().to_vec();
+        for value in values {
+            match value {
+                Some(value) => {
+                    body.extend_from_slice(&i32::try_from(value.len()).unwrap().to_be_bytes());
+                    body.extend_from_slice(value.as_bytes());
+                }
+                None => body.extend_from_slice(&(-1_i32).to_be_bytes()),
+            }
+        }
+        backend(b'D', &body)
+    }
+
+    fn command_complete(tag: &str) -> Vec<u8> {
+        backend(b'C', &cstr(tag))
+    }
+
+    fn copy_both() -> Vec<u8> {
+        backend(b'W', &[0, 0, 0])
+    }
+
+    fn copy_data(payload: &[u8]) -> Vec<u8> {
+        backend(b'd', payload)
+    }
+
+    /// Reads the startup packet and returns its parameters.
+    async fn read_startup(server: &mut DuplexStream) -> HashMap<String, String> {
+        let len = server.read_u32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        server.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body[..4], &196_608_u32.to_be_bytes(), "protocol 3.0");
+        let fields: Vec<String> = body[4..]
+            .split(|b| *b == 0)
+            .map(|s| String::from_utf8(s.to_vec()).unwrap())
+            .collect();
+        fields
+            .chunks(2)
+            .filter(|pair| pair.len() == 2 && !pair[0].is_empty())
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect()
+    }
+
+    /// Reads one frontend message: (tag, body).
+    async fn read_message(server: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let tag = server.read_u8().await.unwrap();
+        let len = server.read_u32().await.unwrap() as usize;
+        let mut body = vec![0; len - 4];
+        server.read_exact(&mut body).await.unwrap();
+        (tag, body)
+    }
+
+    fn startup(password: Option<&'static str>) -> Startup<'static> {
+        Startup {
+            user: "bob",
+            password,
+            dbname: "shop",
+            application_name: "pg2sink",
+        }
+    }
+
+    async fn greet(server: &mut DuplexStream) {
+        let params = read_startup(server).await;
+        assert_eq!(params["user"], "bob");
+        assert_eq!(params["database"], "shop");
+        assert_eq!(params["replication"], "database");
+        assert_eq!(params["application_name"], "pg2sink");
+        assert_eq!(params["client_encoding"], "UTF8");
+        let mut reply = auth(0, &[]);
+        reply.extend(parameter_status(
+            "server_version",
+            "15.18 (Debian 15.18-1.pgdg120+1)",
+        ));
+        reply.extend(backend(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
+        reply.extend(notice("hello"));
+        reply.extend(ready());
+        server.write_all(&reply).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn handshake_query_stream_and_finish() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let big: Vec<u8> = (0..3_000_000_u32).map(|i| (i % 251) as u8).collect();
+        let big_for_server = big.clone();
+        let server_task = tokio::spawn(async move {
+            greet(&mut server).await;
+
+            let (tag, body) = read_message(&mut server).await;
+            assert_eq!(tag, b'Q');
+            assert_eq!(body, cstr("IDENTIFY_SYSTEM"));
+            let mut reply = row_description(&["systemid", "timeline", "xlogpos", "dbname"]);
+            reply.extend(data_row(&[Some("7312"), Some("1"), Some("0/1A2B3C"), None]));
+            reply.extend(command_complete("IDENTIFY_SYSTEM"));
+            reply.extend(ready());
+            server.write_all(&reply).await.unwrap();
+
+            let (tag, _) = read_message(&mut server).await;
+            assert_eq!(tag, b'Q');
+            let mut reply = error_response(
+                "ERROR",
+                "42704",
+                "replication slot \"x\" does not exist",
+                Some("create it"),
+            );
+            reply.extend(ready());
+            server.write_all(&reply).await.unwrap();
+
+            let (tag, body) = read_message(&mut server).await;
+            assert_eq!(tag, b'Q');
+            assert!(body.starts_with(b"START_REPLICATION"));
+            server.write_all(&copy_both()).await.unwrap();
+
+            // Dribble the stream out in small pieces so frames straddle reads.
+            let mut stream = copy_data(b"k-first");
+            stream.extend(notice("in the middle"));
+            stream.extend(parameter_status("is_superuser", "on"));
+            stream.extend(copy_data(&[b"w".as_slice(), &big_for_server].concat()));
+            stream.extend(copy_data(b"k-last"));
+            for chunk in stream.chunks(1000) {
+                server.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+
+            let (tag, body) = read_message(&mut server).await;
+            assert_eq!((tag, body.as_slice()), (b'd', b"r-status".as_slice()));
+
+            // finish(): our CopyDone; the server may still send data, then ends.
+            let (tag, _) = read_message(&mut server).await;
+            assert_eq!(tag, b'c');
+            let mut reply = copy_data(b"w-late");
+            reply.extend(backend(b'c', &[]));
+            reply.extend(command_complete("START_STREAMING"));
+            reply.extend(ready());
+            server.write_all(&reply).await.unwrap();
+            let (tag, _) = read_message(&mut server).await;
+            assert_eq!(tag, b'X');
+        });
+
+        let mut connection = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap();
+        assert_eq!(connection.server_version_num(), Some(150_018));
+        assert_eq!(connection.backend_pid(), Some(42));
+
+        let rows = connection.simple_query("IDENTIFY_SYSTEM").await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].get("systemid"), Some("7312"));
+        assert_eq!(rows[0].get("xlogpos"), Some("0/1A2B3C"));
+        assert_eq!(rows[0].get("dbname"), None);
+        assert_eq!(rows[0].get("nope"), None);
+        assert_eq!(rows[0].get_index(1), Some("1"));
+
+        let err = connection
+            .simple_query("DROP_REPLICATION_SLOT x")
+            .await
+            .unwrap_err();
+        let ConnectError::Server(server_error) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(server_error.code, "42704");
+        assert_eq!(server_error.severity, "ERROR");
+        assert_eq!(
+            err.to_string(),
+            "replication slot \"x\" does not exist (SQLSTATE 42704)\nHINT: create it"
+        );
+        assert!(!err.is_transient());
+
+        let mut stream = connection
+            .start_replication("START_REPLICATION SLOT s LOGICAL 0/0")
+            .await
+            .unwrap();
+        // Poll with a timer that fires constantly, dropping next_payload
+        // futures midway: nothing may be lost.
+        let mut payloads = Vec::new();
+        let mut cancelled = 0;
+        while payloads.len() < 3 {
+            tokio::select! {
+                payload = stream.next_payload() => payloads.push(payload.unwrap().unwrap()),
+                () = tokio::task::yield_now() => cancelled += 1,
+            }
+        }
+        assert!(cancelled > 0);
+        assert_eq!(&payloads[0][..], b"k-first");
+        assert_eq!(payloads[1][0], b'w');
+        assert_eq!(&payloads[1][1..], &big[..]);
+        assert_eq!(&payloads[2][..], b"k-last");
+        assert_eq!(stream.connection.parameter("is_superuser"), Some("on"));
+
+        stream.send_payload(b"r-status").await.unwrap();
+        stream.finish(Duration::from_secs(5)).await.unwrap();
+        server_task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn server_ending_the_stream_and_errors_mid_stream() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let server_task = tokio::spawn(async move {
+            greet(&mut server).await;
+            read_message(&mut server).await;
+            let mut reply = copy_both();
+            reply.extend(copy_data(b"k1"));
+            // As a walsender at shutdown: CommandComplete without CopyDone, then exit.
+            reply.extend(command_complete("COPY 0"));
+            server.write_all(&reply).await.unwrap();
+            // The walsender exits: the client sees EOF.
+            server.shutdown().await.unwrap();
+            // finish() must not send CopyDone now; only Terminate may follow.
+            let (tag, _) = read_message(&mut server).await;
+            assert_eq!(tag, b'X');
+        });
+        let connection = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap();
+        let mut stream = connection
+            .start_replication("START_REPLICATION")
+            .await
+            .unwrap();
+        assert_eq!(&stream.next_payload().await.unwrap().unwrap()[..], b"k1");
+        assert!(stream.next_payload().await.unwrap().is_none());
+        assert!(stream.next_payload().await.unwrap().is_none());
+        let finish = stream.finish(Duration::from_secs(5));
+        let (result, ()) = tokio::join!(finish, async { server_task.await.unwrap() });
+        // The server closed without ReadyForQuery: still a clean end.
+        result.unwrap();
+
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            greet(&mut server).await;
+            read_message(&mut server).await;
+            let mut reply = copy_both();
+            reply.extend(error_response(
+                "FATAL",
+                "57P01",
+                "terminating connection due to administrator command",
+                None,
+            ));
+            server.write_all(&reply).await.unwrap();
+        });
+        let connection = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap();
+        let mut stream = connection
+            .start_replication("START_REPLICATION")
+            .await
+            .unwrap();
+        let err = stream.next_payload().await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(err.sqlstate(), Some("57P01"));
+    }
+
+    #[tokio::test]
+    async fn start_replication_failure_returns_the_server_error() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            greet(&mut server).await;
+            read_message(&mut server).await;
+            let mut reply = error_response(
+                "ERROR",
+                "55006",
+                "replication slot \"s\" is active for PID 9",
+                None,
+            );
+            reply.extend(ready());
+            server.write_all(&reply).await.unwrap();
+        });
+        let connection = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap();
+        let err = connection
+            .start_replication("START_REPLICATION")
+            .await
+            .unwrap_err();
+        assert_eq!(err.sqlstate(), Some("55006"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn finish_times_out_when_the_server_does_not_answer() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let server_task = tokio::spawn(async move {
+            greet(&mut server).await;
+            read_message(&mut server).await;
+            server.write_all(&copy_both()).await.unwrap();
+            // Swallow whatever comes, never answer.
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+        });
+        let connection = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap();
+        let stream = connection
+            .start_replication("START_REPLICATION")
+            .await
+            .unwrap();
+        let err = stream.finish(Duration::from_millis(100)).await.unwrap_err();
+        let ConnectError::Io(io_error) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(io_error.kind(), io::ErrorKind::TimedOut);
+        server_task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn md5_and_cleartext_passwords() {
+        for (method, salt) in [(5, Some([1_u8, 2, 3, 4])), (3, None)] {
+            let (client, mut server) = tokio::io::duplex(4096);
+            let server_task = tokio::spawn(async move {
+                read_startup(&mut server).await;
+                server
+                    .write_all(&auth(method, salt.as_ref().map_or(&[][..], |s| &s[..])))
+                    .await
+                    .unwrap();
+                let (tag, body) = read_message(&mut server).await;
+                assert_eq!(tag, b'p');
+                let expected = match salt {
+                    Some(salt) => md5_hash(b"bob", b"pw", salt),
+                    None => "pw".to_owned(),
+                };
+                assert_eq!(body, cstr(&expected));
+                let mut reply = auth(0, &[]);
+                reply.extend(ready());
+                server.write_all(&reply).await.unwrap();
+            });
+            ReplicationConnection::handshake(Box::new(client), &startup(Some("pw")))
+                .await
+                .unwrap();
+            server_task.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn authentication_failures_are_auth_errors() {
+        // No password to give.
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            read_startup(&mut server).await;
+            server.write_all(&auth(5, &[1, 2, 3, 4])).await.unwrap();
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+        });
+        let err = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Auth { .. }), "{err:?}");
+        assert!(err.to_string().contains("none was given"), "{err}");
+
+        // Wrong password.
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            read_startup(&mut server).await;
+            server.write_all(&auth(3, &[])).await.unwrap();
+            read_message(&mut server).await;
+            server
+                .write_all(&error_response(
+                    "FATAL",
+                    "28P01",
+                    "password authentication failed for user \"bob\"",
+                    None,
+                ))
+                .await
+                .unwrap();
+        });
+        let err = ReplicationConnection::handshake(Box::new(client), &startup(Some("wrong")))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Auth { .. }), "{err:?}");
+        assert_eq!(err.sqlstate(), Some("28P01"));
+        assert!(!err.is_transient());
+
+        // Unsupported SASL mechanism.
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            read_startup(&mut server).await;
+            server
+                .write_all(&auth(10, &[cstr("OAUTHBEARER"), vec![0]].concat()))
+                .await
+                .unwrap();
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+        });
+        let err = ReplicationConnection::handshake(Box::new(client), &startup(Some("pw")))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("OAUTHBEARER"), "{err}");
+
+        // Too many connections at startup: a transient server error.
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            read_startup(&mut server).await;
+            server
+                .write_all(&error_response(
+                    "FATAL",
+                    "53300",
+                    "sorry, too many clients already",
+                    None,
+                ))
+                .await
+                .unwrap();
+        });
+        let err = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Server(_)), "{err:?}");
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn garbage_and_eof_are_reported() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            read_startup(&mut server).await;
+            server
+                .write_all(&[b'R', 0xff, 0xff, 0xff, 0xff])
+                .await
+                .unwrap();
+        });
+        let err = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Protocol(_)), "{err:?}");
+
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            read_startup(&mut server).await;
+        });
+        let err = ReplicationConnection::handshake(Box::new(client), &startup(None))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Io(_)), "{err:?}");
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn server_versions() {
+        assert_eq!(
+            parse_server_version("15.18 (Debian 15.18-1.pgdg120+1)"),
+            Some(150_018)
+        );
+        assert_eq!(parse_server_version("17.0"), Some(170_000));
+        assert_eq!(parse_server_version("17devel"), Some(170_000));
+        assert_eq!(parse_server_version("16beta2"), Some(160_000));
+        assert_eq!(parse_server_version("14rc1"), Some(140_000));
+        assert_eq!(parse_server_version("10.1"), Some(100_001));
+        assert_eq!(parse_server_version("9.6.24"), Some(90_624));
+        assert_eq!(parse_server_version("EnterpriseDB"), None);
+        assert_eq!(parse_server_version(""), None);
+    }
+
+    /// Against a real server: `PG2SINK_TEST_URL='postgres://...' cargo test
+    /// -p pg2sink --lib source::connection -- --ignored`. Needs a database
+    /// with wal_level=logical and a user that may replicate and create
+    /// publications and tables.
+    #[tokio::test]
+    #[ignore = "needs a Postgres server: set PG2SINK_TEST_URL"]
+    async fn real_server_round_trip() {
+        let url = std::env::var("PG2SINK_TEST_URL").expect("PG2SINK_TEST_URL");
+        let config = ConnectionConfig::from_env(Some(&url)).unwrap();
+        let client = config.connect().await.unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS pg2sink_conn_test (id serial PRIMARY KEY, note text);
+                 DROP PUBLICATION IF EXISTS pg2sink_conn_test;
+                 CREATE PUBLICATION pg2sink_conn_test FOR TABLE pg2sink_conn_test;",
+            )
+            .await
+            .unwrap();
+
+        let mut replication = config.connect_replication().await.unwrap();
+        assert!(replication.server_version_num().unwrap() >= 100_000);
+        let system = replication.simple_query("IDENTIFY_SYSTEM").await.unwrap();
+        assert_eq!(system[0].get("dbname"), Some(config.dbname()));
+        let slot = replication
+            .simple_query("CREATE_REPLICATION_SLOT pg2sink_conn_test TEMPORARY LOGICAL pgoutput")
+            .await
+            .unwrap();
+        assert_eq!(slot[0].get("slot_name"), Some("pg2sink_conn_test"));
+        let sql_rows = replication
+            .simple_query("SELECT 1 AS one, NULL AS nothing")
+            .await
+            .unwrap();
+        assert_eq!(sql_rows[0].get("one"), Some("1"));
+        assert_eq!(sql_rows[0].get_index(1), None);
+
+        let mut stream = replication
+            .start_replication(
+                "START_REPLICATION SLOT pg2sink_conn_test LOGICAL 0/0 \
+                 (proto_version '1', publication_names 'pg2sink_conn_test')",
+            )
+            .await
+            .unwrap();
+        client
+            .execute("INSERT INTO pg2sink_conn_test (note) VALUES ('hello')", &[])
+            .await
+            .unwrap();
+        let (mut data, mut keepalives) = (0, 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while data < 3 || keepalives == 0 {
+            let payload = tokio::time::timeout_at(deadline, stream.next_payload())
+                .await
+                .expect("no data and keepalive within 30 s")
+                .unwrap()
+                .unwrap();
+            match payload[0] {
+                b'w' => data += 1,
+                b'k' => {
+                    keepalives += 1;
+                    // Ask for a reply-requested keepalive by sending a status update.
+                    let lsn = u64::from_be_bytes(payload[1..9].try_into().unwrap());
+                    let mut update = vec![b'r'];
+                    for _ in 0..3 {
+                        update.extend_from_slice(&lsn.to_be_bytes());
+                    }
+                    update.extend_from_slice(&0_i64.to_be_bytes());
+                    update.push(1);
+                    stream.send_payload(&update).await.unwrap();
+                }
+                other => panic!("unexpected payload type {other}"),
+            }
+        }
+        stream.finish(Duration::from_secs(10)).await.unwrap();
+        client
+            .batch_execute("DROP PUBLICATION pg2sink_conn_test; DROP TABLE pg2sink_conn_test;")
+            .await
+            .unwrap();
+    }
+}

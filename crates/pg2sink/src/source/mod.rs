@@ -1,0 +1,9 @@
+//! The source: a logical replication connection to Postgres, the pgoutput
+//! decoder, the catalog queries, and the subscription manager.
+
+pub mod catalog;
+pub mod connection;
+pub mod pgoutput;
+pub mod replication;
+pub mod subscription;
+pub mod walframe;

@@ -1,0 +1,413 @@
+//! Streaming from the slot: walsender frames → pgoutput messages →
+//! transactions → sink events, and acknowledgements back to the server.
+//!
+//! ```text
+//!   walsender ──XLogData──▶ decode ──▶ Schema/Modification/Commit ──▶ sink
+//!       ▲                                                            │
+//!       └──── standby status (flush = newest durable commit) ◀── durable
+//! ```
+//!
+//! Promises:
+//! - The position confirmed to the server never passes a commit whose
+//!   events the sink has not made durable.
+//! - When no transaction is open and everything forwarded is durable, the
+//!   keepalive's position is confirmed too, so an idle slot (or one whose
+//!   tables are quiet while the server writes other WAL) never holds WAL.
+//! - After a reconnect within one process, transactions already handed to
+//!   the sink are skipped rather than sent twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{Error, Problem};
+use crate::model::pgtype::PgType;
+use crate::model::value::text_to_json;
+use crate::model::{
+    format_timestamp, Column, Lsn, Modification, Op, RelationId, Row, Schema, Table,
+};
+use crate::sink::SinkEvent;
+use crate::source::catalog::{quote_ident, quote_literal};
+use crate::source::connection::ReplicationStream;
+use crate::source::pgoutput::{
+    self, ColumnValue, OldTuple, PgOutputMessage, PgTimestamp, TupleData,
+};
+use crate::source::walframe::{self, WalFrame};
+
+/// What one process remembers across reconnects.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// End of the newest transaction handed to the sink.
+    pub forwarded: Lsn,
+    /// Newest position confirmed to the server.
+    pub confirmed: Lsn,
+    /// The schema last emitted per table (`schema.table`).
+    schemas: HashMap<String, Value>,
+}
+
+impl Progress {
+    pub fn starting_at(confirmed: Lsn) -> Progress {
+        Progress {
+            forwarded: confirmed,
+            confirmed,
+            schemas: HashMap::new(),
+        }
+    }
+}
+
+/// The `START_REPLICATION` command for a slot and publication.
+pub fn start_replication_sql(slot: &str, publication: &str, start: Lsn) -> String {
+    format!(
+        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
+        quote_ident(slot),
+        quote_literal(&quote_ident(publication))
+    )
+}
+
+/// A transaction being received.
+struct OpenTransaction {
+    lsn: Lsn,
+    timestamp: String,
+    sequence: u64,
+    /// Already handed to the sink before a reconnect.
+    skip: bool,
+}
+
+pub struct Session<'a> {
+    stream: ReplicationStream,
+    events: &'a mpsc::Sender<SinkEvent>,
+    durable: watch::Receiver<Lsn>,
+    progress: &'a mut Progress,
+    status_interval: Duration,
+    relations: HashMap<RelationId, Table>,
+    transaction: Option<OpenTransaction>,
+    /// Newest keepalive position seen while no transaction was open.
+    idle_position: Lsn,
+    /// Newest WAL position received.
+    received: Lsn,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        stream: ReplicationStream,
+        events: &'a mpsc::Sender<SinkEvent>,
+        durable: watch::Receiver<Lsn>,
+        progress: &'a mut Progress,
+        status_interval: Duration,
+    ) -> Session<'a> {
+        Session {
+            stream,
+            events,
+            durable,
+            progress,
+            status_interval,
+            relations: HashMap::new(),
+            transaction: None,
+            idle_position: Lsn::ZERO,
+            received: Lsn::ZERO,
+        }
+    }
+
+    /// Streams until `shutdown` fires (then finishes the open transaction,
+    /// waits for the sink to make everything durable, confirms it and
+    /// returns `Ok`), or until an error.
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        drain_timeout: Duration,
+    ) -> Result<(), Error> {
+        let mut status = tokio::time::interval(self.status_interval);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping = *shutdown.borrow();
+        while !(stopping && self.transaction.is_none()) {
+            tokio::select! {
+                changed = shutdown.changed(), if !stopping => {
+                    stopping = changed.is_err() || *shutdown.borrow();
+                    if stopping && self.transaction.is_some() {
+                        tracing::info!("stopping once the transaction being received is complete");
+                    }
+                }
+                payload = self.stream.next_payload() => match payload? {
+                    Some(payload) => self.handle_frame(payload).await?,
+                    None => return Err(Error::StreamEnded),
+                },
+                changed = self.durable.changed() => {
+                    if changed.is_err() {
+                        return Err(Error::Definite(Problem::new("the sink stopped")));
+                    }
+                    self.send_status(false).await?;
+                }
+                _ = status.tick() => self.send_status(false).await?,
+            }
+        }
+        // Wait for the sink to make everything forwarded durable, then
+        // confirm it, so a clean restart repeats nothing.
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        while *self.durable.borrow() < self.progress.forwarded {
+            match tokio::time::timeout_at(deadline, self.durable.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::warn!("the sink did not make everything durable in time; the rest will be sent again after a restart");
+                    break;
+                }
+            }
+        }
+        self.send_status(false).await?;
+        tracing::info!(confirmed = %self.progress.confirmed, "stopped streaming");
+        self.stream.finish(Duration::from_secs(5)).await?;
+        Ok(())
+    }
+
+    /// The position that may be confirmed now.
+    fn confirmable(&self) -> Lsn {
+        let durable = *self.durable.borrow();
+        let mut target = durable.min(self.progress.forwarded);
+        if durable >= self.progress.forwarded && self.transaction.is_none() {
+            // Nothing of ours is in flight: the server's idle position holds
+            // nothing we still need.
+            target = target.max(self.idle_position);
+        }
+        target.max(self.progress.confirmed)
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), Error> {
+        self.progress.confirmed = self.confirmable();
+        let confirmed = self.progress.confirmed;
+        let status = walframe::encode_standby_status(
+            self.received.max(confirmed),
+            confirmed,
+            confirmed,
+            PgTimestamp::now(),
+            reply_requested,
+        );
+        self.stream.send_payload(&status).await?;
+        tracing::trace!(%confirmed, "sent standby status");
+        Ok(())
+    }
+
+    async fn handle_frame(&mut self, payload: Bytes) -> Result<(), Error> {
+        match walframe::decode_frame(payload)? {
+            WalFrame::Keepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.received = self.received.max(wal_end);
+                if self.transaction.is_none() {
+                    self.idle_position = self.idle_position.max(wal_end);
+                }
+                if reply_requested {
+                    self.send_status(false).await?;
+                }
+            }
+            WalFrame::XLogData {
+                wal_start, data, ..
+            } => {
+                self.received = self.received.max(wal_start);
+                let message = pgoutput::decode(data)?;
+                self.handle_message(message).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_message(&mut self, message: PgOutputMessage) -> Result<(), Error> {
+        match message {
+            PgOutputMessage::Begin(begin) => {
+                let skip = begin.final_lsn < self.progress.forwarded;
+                self.transaction = Some(OpenTransaction {
+                    lsn: begin.final_lsn,
+                    timestamp: format_timestamp(begin.commit_time.unix_micros()),
+                    sequence: 0,
+                    skip,
+                });
+            }
+            PgOutputMessage::Commit(commit) => {
+                let Some(tx) = self.transaction.take() else {
+                    return Err(protocol_violation("COMMIT without BEGIN"));
+                };
+                if !tx.skip {
+                    self.forward(SinkEvent::Commit {
+                        end_lsn: commit.end_lsn,
+                    })
+                    .await?;
+                    self.progress.forwarded = commit.end_lsn;
+                }
+            }
+            PgOutputMessage::Relation(relation) => {
+                let table = Table {
+                    id: relation.id,
+                    namespace: relation.namespace,
+                    name: relation.name,
+                    columns: relation
+                        .columns
+                        .into_iter()
+                        .map(|c| Column {
+                            name: c.name,
+                            type_oid: c.type_oid,
+                            type_modifier: c.type_modifier,
+                            is_key: c.is_key,
+                        })
+                        .collect(),
+                };
+                self.relations.insert(table.id, table);
+            }
+            PgOutputMessage::Insert(insert) => {
+                let table = self.table(insert.relation)?;
+                let (after, unchanged) = tuple_to_row(table, &insert.new, None, false);
+                self.emit(insert.relation, Op::Insert, None, Some(after), unchanged)
+                    .await?;
+            }
+            PgOutputMessage::Update(update) => {
+                let table = self.table(update.relation)?;
+                let (before, full_old) = match &update.old {
+                    None => (None, None),
+                    Some(OldTuple::Key(old)) => {
+                        (Some(tuple_to_row(table, old, None, true).0), None)
+                    }
+                    Some(OldTuple::Full(old)) => {
+                        (Some(tuple_to_row(table, old, None, false).0), Some(old))
+                    }
+                };
+                let (after, unchanged) = tuple_to_row(table, &update.new, full_old, false);
+                self.emit(update.relation, Op::Update, before, Some(after), unchanged)
+                    .await?;
+            }
+            PgOutputMessage::Delete(delete) => {
+                let table = self.table(delete.relation)?;
+                let before = match &delete.old {
+                    OldTuple::Key(old) => tuple_to_row(table, old, None, true).0,
+                    OldTuple::Full(old) => tuple_to_row(table, old, None, false).0,
+                };
+                self.emit(delete.relation, Op::Delete, Some(before), None, vec![])
+                    .await?;
+            }
+            PgOutputMessage::Truncate(truncate) => {
+                for relation in truncate.relations {
+                    self.emit(relation, Op::Truncate, None, None, vec![])
+                        .await?;
+                }
+            }
+            PgOutputMessage::Type(_) | PgOutputMessage::Origin(_) | PgOutputMessage::Message(_) => {
+            }
+        }
+        Ok(())
+    }
+
+    fn table(&self, id: RelationId) -> Result<&Table, Error> {
+        self.relations.get(&id).ok_or_else(|| {
+            protocol_violation(&format!(
+                "a change of relation {id} arrived before its RELATION message"
+            ))
+        })
+    }
+
+    async fn emit(
+        &mut self,
+        relation: RelationId,
+        op: Op,
+        before: Option<Row>,
+        after: Option<Row>,
+        unchanged: Vec<String>,
+    ) -> Result<(), Error> {
+        let Some(tx) = self.transaction.as_mut() else {
+            return Err(protocol_violation("a change arrived outside a transaction"));
+        };
+        if tx.skip {
+            return Ok(());
+        }
+        tx.sequence += 1;
+        let (lsn, sequence, timestamp) = (tx.lsn, tx.sequence, tx.timestamp.clone());
+        let table = self.table(relation)?;
+        let (namespace, name) = (table.namespace.clone(), table.name.clone());
+        let schema = table.avro_schema();
+        let qualified = table.qualified_name();
+        if self.progress.schemas.get(&qualified) != Some(&schema) {
+            self.progress.schemas.insert(qualified, schema.clone());
+            self.forward(SinkEvent::Schema(Schema {
+                timestamp: timestamp.clone(),
+                schema,
+            }))
+            .await?;
+        }
+        let modification = Modification {
+            timestamp,
+            lsn,
+            sequence,
+            op,
+            namespace,
+            name,
+            before,
+            after,
+            unchanged,
+        };
+        self.forward(SinkEvent::Modification(modification)).await
+    }
+
+    /// Hands an event to the sink, answering the server meanwhile so a slow
+    /// sink does not make the server drop the connection.
+    async fn forward(&mut self, event: SinkEvent) -> Result<(), Error> {
+        let events = self.events;
+        let send = events.send(event);
+        tokio::pin!(send);
+        loop {
+            tokio::select! {
+                sent = &mut send => {
+                    return sent.map_err(|_| Error::Definite(Problem::new("the sink stopped")));
+                }
+                _ = tokio::time::sleep(self.status_interval) => self.send_status(false).await?,
+            }
+        }
+    }
+}
+
+fn protocol_violation(what: &str) -> Error {
+    Error::Definite(
+        Problem::new(format!("unexpected replication stream: {what}"))
+            .hint("this is a bug in pg2sink or an incompatible server; please report it with the server version"),
+    )
+}
+
+/// Turns a tuple into a row. `keys_only` keeps only key columns (an old key
+/// tuple carries nulls elsewhere). Unchanged TOAST values are taken from
+/// `full_old` when the old row was sent whole, else left out and named in
+/// the returned list.
+fn tuple_to_row(
+    table: &Table,
+    tuple: &TupleData,
+    full_old: Option<&TupleData>,
+    keys_only: bool,
+) -> (Row, Vec<String>) {
+    let mut row = Row::new();
+    let mut unchanged = Vec::new();
+    for (i, column) in table.columns.iter().enumerate() {
+        if keys_only && !column.is_key {
+            continue;
+        }
+        let mut value = tuple.0.get(i);
+        if matches!(value, Some(ColumnValue::UnchangedToast)) {
+            if let Some(old) = full_old.and_then(|old| old.0.get(i)) {
+                value = Some(old);
+            }
+        }
+        let json = match value {
+            None | Some(ColumnValue::Null) => Value::Null,
+            Some(ColumnValue::UnchangedToast) => {
+                unchanged.push(column.name.clone());
+                continue;
+            }
+            Some(ColumnValue::Text(text)) => {
+                text_to_json(column.pg_type(), &String::from_utf8_lossy(text))
+            }
+            Some(ColumnValue::Binary(bytes)) => {
+                text_to_json(PgType::Bytea, &format!("\\x{}", hex::encode(bytes)))
+            }
+        };
+        row.insert(column.name.clone(), json);
+    }
+    (row, unchanged)
+}

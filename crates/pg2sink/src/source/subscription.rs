@@ -1,0 +1,184 @@
+//! The subscription manager: keeps the publication equal to the base tables
+//! of the watched schemas (filtered by include/exclude).
+//!
+//! Promises: never adds a table whose UPDATEs and DELETEs would then fail at
+//! the source (no primary key and no usable replica identity): such tables
+//! are skipped with a warning saying how to make them capturable. A table
+//! that later loses its key is removed from the publication for the same
+//! reason. pg2sink's own schema is never captured.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use tokio_postgres::Client;
+
+use crate::error::{query, Error};
+use crate::source::catalog::quote_ident;
+
+#[derive(Clone, Debug)]
+pub struct SubscriptionOptions {
+    pub publication: String,
+    /// Schemas whose base tables are captured.
+    pub schemas: Vec<String>,
+    /// If non-empty, only these `schema.table`s are captured.
+    pub include: Vec<String>,
+    /// Never captured.
+    pub exclude: Vec<String>,
+    /// pg2sink's internal schema: never captured.
+    pub internal_schema: String,
+}
+
+/// A table and whether it can be captured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub schema: String,
+    pub name: String,
+    /// Why it cannot be captured, if it cannot.
+    pub skip_reason: Option<String>,
+}
+
+pub struct SubscriptionManager {
+    options: SubscriptionOptions,
+    /// Tables already warned about, so each warning is logged once.
+    warned: HashSet<(String, String)>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+impl SubscriptionManager {
+    pub fn new(options: SubscriptionOptions) -> SubscriptionManager {
+        SubscriptionManager {
+            options,
+            warned: HashSet::new(),
+        }
+    }
+
+    /// Base tables of the watched schemas, each with whether it is capturable.
+    pub async fn candidates(&self, client: &Client) -> Result<Vec<Candidate>, Error> {
+        let rows = client
+            .query(
+                "select n.nspname::text, c.relname::text, c.relreplident::text,
+                        exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary) as has_pk,
+                        exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisreplident) as has_ri_index
+                   from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                  where c.relkind = 'r' and c.relpersistence = 'p' and not c.relispartition
+                    and (n.nspname = any($1) or (n.nspname || '.' || c.relname) = any($2))
+                    and n.nspname <> $3
+                  order by 1, 2",
+                &[&self.options.schemas, &self.options.include, &self.options.internal_schema],
+            )
+            .await
+            .map_err(query("listing the tables of the watched schemas"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (schema, name): (String, String) = (row.get(0), row.get(1));
+            let qualified = format!("{schema}.{name}");
+            if !self.options.include.is_empty() && !self.options.include.contains(&qualified) {
+                continue;
+            }
+            if self.options.exclude.contains(&qualified) {
+                continue;
+            }
+            let replident: String = row.get(2);
+            let (has_pk, has_ri_index): (bool, bool) = (row.get(3), row.get(4));
+            let skip_reason = match replident.as_str() {
+                "f" => None,
+                "i" if has_ri_index => None,
+                "d" if has_pk => None,
+                "n" => Some("its REPLICA IDENTITY is NOTHING".to_string()),
+                _ => Some("it has no primary key and no replica identity".to_string()),
+            };
+            out.push(Candidate {
+                schema,
+                name,
+                skip_reason,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One pass: makes the publication hold exactly the capturable tables.
+    pub async fn sync(&mut self, client: &Client) -> Result<SyncReport, Error> {
+        let candidates = self.candidates(client).await?;
+        let current: BTreeSet<(String, String)> = client
+            .query(
+                "select schemaname::text, tablename::text from pg_publication_tables where pubname = $1",
+                &[&self.options.publication],
+            )
+            .await
+            .map_err(query("listing the publication's tables"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut wanted = BTreeMap::new();
+        let mut report = SyncReport::default();
+        for c in candidates {
+            let key = (c.schema.clone(), c.name.clone());
+            match &c.skip_reason {
+                None => {
+                    wanted.insert(key, ());
+                }
+                Some(reason) => {
+                    report.skipped.push(format!("{}.{}", c.schema, c.name));
+                    if self.warned.insert(key) {
+                        tracing::warn!(
+                            table = %format!("{}.{}", c.schema, c.name),
+                            "not capturing: {reason}, so its UPDATEs and DELETEs would fail once it is published; add a primary key, or run ALTER TABLE {}.{} REPLICA IDENTITY FULL",
+                            quote_ident(&c.schema), quote_ident(&c.name)
+                        );
+                    }
+                }
+            }
+        }
+        let publication = quote_ident(&self.options.publication);
+        for (schema, name) in wanted.keys().filter(|k| !current.contains(*k)) {
+            let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
+            match client.batch_execute(&format!("alter publication {publication} add table {table}")).await {
+                Ok(()) => {
+                    tracing::info!(table = %format!("{schema}.{name}"), "table added to the publication");
+                    report.added.push(format!("{schema}.{name}"));
+                }
+                // Dropped or added concurrently: the next pass sees the truth.
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                    || e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {}
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    return Err(crate::error::Problem::new(format!(
+                        "cannot add {schema}.{name} to publication {:?}: permission denied", self.options.publication
+                    ))
+                    .detail(e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string()))
+                    .hint("the role must own the publication and the table (ALTER TABLE ... OWNER TO ...); or leave the table out with --subscription-manager.exclude")
+                    .into())
+                }
+                Err(e) => return Err(query(format!("adding {schema}.{name} to the publication"))(e)),
+            }
+        }
+        for (schema, name) in current.iter().filter(|k| !wanted.contains_key(*k)) {
+            let table = format!("{}.{}", quote_ident(schema), quote_ident(name));
+            match client
+                .batch_execute(&format!(
+                    "alter publication {publication} drop table {table}"
+                ))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(table = %format!("{schema}.{name}"), "table removed from the publication");
+                    report.removed.push(format!("{schema}.{name}"));
+                }
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                        || e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                }
+                Err(e) => {
+                    return Err(query(format!(
+                        "removing {schema}.{name} from the publication"
+                    ))(e))
+                }
+            }
+        }
+        Ok(report)
+    }
+}

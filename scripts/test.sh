@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what is missing,
+# checks formatting and lints, runs unit and integration tests against a
+# real Postgres (started by the test harness), then stops the servers.
+#   PG2SINK_TEST_PG_VERSION=17 scripts/test.sh   # another Postgres (14-18)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+version=${PG2SINK_TEST_PG_VERSION:-15}
+export PG2SINK_TEST_PG_BIN=${PG2SINK_TEST_PG_BIN:-$(scripts/install-postgres.sh "$version" | tail -n 1)}
+export PG2SINK_TEST_PG_VERSION=$version
+command -v psql >/dev/null || apt-get install -y -q postgresql-client >/dev/null
+
+trap 'scripts/stop-test-postgres.sh >/dev/null 2>&1 || true' EXIT
+
+echo "==> cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "==> cargo clippy" >&2
+cargo clippy --all-targets --quiet -- -D warnings
+echo "==> cargo test (Postgres $version)" >&2
+cargo test --all-targets -- "$@"
