@@ -31,9 +31,22 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(pg2sink::cli::stream::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let err = anyhow::Error::from(e);
-            eprintln!("pg2sink: error: {err:#}");
+            eprintln!("pg2sink: error: {}", describe(&anyhow::Error::from(e)));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause added only if the message does not
+/// already say it (many errors quote their source in their own message).
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

@@ -46,13 +46,10 @@ impl Streamer {
             "--subscription-manager.poll-interval=200ms",
             "--status-interval=1s",
         ];
-        let mut p = Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=debug,info")]);
+        let mut p = Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=trace,info")]);
         wait_until(WAIT, "pg2sink's slot to become active", || {
             assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());
-            db.psql(&format!(
-                "select count(*) from pg_replication_slots where database = '{}' and active",
-                db.name()
-            )) == "1"
+            slot_streaming(db)
         });
         p
     }
@@ -73,6 +70,17 @@ impl Streamer {
         });
         got
     }
+}
+
+/// Whether a walsender streams from the test database's slot. (A slot is
+/// also "active" while `pg_create_logical_replication_slot` is still
+/// building it, before changes are captured.)
+pub fn slot_streaming(db: &TestDb) -> bool {
+    db.psql(&format!(
+        "select count(*) from pg_replication_slots s join pg_stat_replication r on r.pid = s.active_pid
+          where s.database = '{}'",
+        db.name()
+    )) == "1"
 }
 
 pub fn read_lines(path: &Path) -> Vec<Value> {
@@ -426,4 +434,107 @@ fn idle_slot_keeps_advancing_while_other_tables_and_databases_are_written() {
         1,
         "nothing from outside the publication"
     );
+}
+
+#[test]
+fn connects_as_a_scram_role_over_verified_tls_from_pg_variables() {
+    let db = test_db("scramtls");
+    let role = db.create_role("capture", "s3cret pass", "LOGIN REPLICATION");
+    db.psql(&format!(
+        "grant create on database {0} to {1};
+         create table owned (id int primary key); alter table owned owner to {1};",
+        db.name(),
+        role
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let modifications = dir.path().join("m.jsonl");
+    let port = db.server().port().to_string();
+    let root_cert = db.server().ca_cert_path().display().to_string();
+    let modifications_arg = format!("--sink.file.modifications-path={}", modifications.display());
+    let mut p = Pg2Sink::spawn(
+        &[
+            "--sink=file",
+            "--sink.file.schemas-path=/dev/null",
+            &modifications_arg,
+        ],
+        &[
+            ("PGHOST", "localhost"),
+            ("PGPORT", &port),
+            ("PGUSER", &role),
+            ("PGPASSWORD", "s3cret pass"),
+            ("PGDATABASE", db.name()),
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", &root_cert),
+        ],
+    );
+    wait_until(WAIT, "the slot to become active", || {
+        assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());
+        slot_streaming(&db)
+    });
+    let ssl = db.psql(&format!(
+        "select bool_and(s.ssl) from pg_stat_ssl s join pg_stat_activity a using (pid) where a.usename = '{role}'"
+    ));
+    assert_eq!(ssl, "t", "every pg2sink connection uses TLS");
+    db.psql("insert into owned values (1)");
+    wait_until(WAIT, "the row", || read_lines(&modifications).len() == 1);
+    stop(&mut p);
+}
+
+#[test]
+fn table_without_key_is_skipped_so_its_updates_keep_working() {
+    let db = test_db("nokey");
+    let dir = tempfile::tempdir().unwrap();
+    db.psql(
+        "create table keyless (v text); insert into keyless values ('a');
+         create table full_identity (v text); alter table full_identity replica identity full;",
+    );
+    let s = Streamer::new(&db, dir.path());
+    let mut p = s.start(&db);
+    db.psql("update keyless set v = 'b'; delete from keyless;");
+    db.psql("insert into full_identity values ('x'); update full_identity set v = 'y'");
+    let got = s.wait_for_modifications(2);
+    p.wait_for_stderr("keyless", WAIT);
+    stop(&mut p);
+    assert!(
+        p.stderr().contains("REPLICA IDENTITY FULL"),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(
+        summary(&got[1]),
+        json!(["update", "full_identity", 1, {"v": "x"}, {"v": "y"}])
+    );
+    assert_eq!(
+        db.psql("select count(*) from pg_publication_tables where tablename = 'keyless'"),
+        "0"
+    );
+}
+
+#[test]
+fn decode_only_prints_protocol_messages_and_confirms_nothing() {
+    let db = test_db("decode");
+    db.psql("create table t (id int primary key, msg text)");
+    let url = format!("--url={}", db.url());
+    // First run creates the slot; then a change is made while nothing runs.
+    let mut p = Pg2Sink::spawn(&["--sink=file", "--decode-only", &url], &[]);
+    wait_until(WAIT, "slot", || {
+        assert!(p.is_running(), "{}", p.stderr());
+        slot_streaming(&db)
+    });
+    let before = confirmed_flush(&db);
+    db.psql("insert into t values (1, 'hello world')");
+    wait_until(WAIT, "the decoded insert", || p.stdout().contains("INSERT"));
+    stop(&mut p);
+    let out = p.stdout();
+    for needle in [
+        "BEGIN",
+        "RELATION",
+        "public.t",
+        "INSERT",
+        "'hello world'",
+        "COMMIT",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from:\n{out}");
+    }
+    assert_eq!(confirmed_flush(&db), before, "decode-only confirms nothing");
 }

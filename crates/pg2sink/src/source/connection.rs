@@ -408,7 +408,14 @@ impl ReplicationConnection {
             ("replication", "database"),
             ("application_name", startup.application_name),
             ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO"),
+            // pgoutput renders values with the walsender's settings: fix
+            // them so the text form (and so the JSON) never depends on the
+            // server's or the role's defaults.
+            ("DateStyle", "ISO, YMD"),
+            ("TimeZone", "UTC"),
+            ("IntervalStyle", "postgres"),
+            ("extra_float_digits", "1"),
+            ("bytea_output", "hex"),
         ];
         wire.queue(|buf| frontend::startup_message(parameters, buf))?;
         wire.flush().await?;

@@ -185,7 +185,7 @@ impl<'a> Session<'a> {
             reply_requested,
         );
         self.stream.send_payload(&status).await?;
-        tracing::trace!(%confirmed, "sent standby status");
+        tracing::debug!(%confirmed, "sent standby status");
         Ok(())
     }
 
@@ -209,6 +209,7 @@ impl<'a> Session<'a> {
             } => {
                 self.received = self.received.max(wal_start);
                 let message = pgoutput::decode(data)?;
+                tracing::trace!(%message, "received");
                 self.handle_message(message).await?;
             }
         }
