@@ -11,6 +11,9 @@ version=${PG2SINK_TEST_PG_VERSION:-15}
 export PG2SINK_TEST_PG_BIN=${PG2SINK_TEST_PG_BIN:-$(scripts/install-postgres.sh "$version" | tail -n 1)}
 export PG2SINK_TEST_PG_VERSION=$version
 command -v psql >/dev/null || apt-get install -y -q postgresql-client >/dev/null
+# The type tests validate every schema and row with Python's fastavro.
+command -v python3 >/dev/null || apt-get install -y -q python3 python3-pip >/dev/null
+python3 -c 'import fastavro' 2>/dev/null || python3 -m pip install --quiet fastavro
 
 trap 'scripts/stop-test-postgres.sh >/dev/null 2>&1 || true' EXIT
 

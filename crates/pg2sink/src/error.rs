@@ -58,7 +58,7 @@ pub enum Error {
     Definite(Problem),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe_query_error(source))]
     Query {
         context: String,
         #[source]
@@ -120,5 +120,22 @@ fn query_error_is_transient(e: &tokio_postgres::Error) -> bool {
         }
         // No server error: the connection broke.
         None => e.is_closed() || std::error::Error::source(e).is_some(),
+    }
+}
+
+/// tokio-postgres prints only "db error"; the server's words are inside.
+fn describe_query_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        None => e.to_string(),
     }
 }

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod import;
 pub mod migrations;
 pub mod model;
 pub mod retry;

@@ -14,10 +14,6 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = match cli.command {
-        Some(Command::Stream(args)) => args,
-        None => cli.stream,
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,7 +24,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pg2sink::cli::stream::run(args)) {
+    let work = async move {
+        match cli.command {
+            Some(Command::Stream(args)) => pg2sink::cli::stream::run(args).await,
+            Some(Command::Import { command }) => pg2sink::cli::import::run(command).await,
+            None => pg2sink::cli::stream::run(cli.stream).await,
+        }
+    };
+    match runtime.block_on(work) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pg2sink: error: {}", describe(&anyhow::Error::from(e)));

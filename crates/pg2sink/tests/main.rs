@@ -3,7 +3,9 @@
 mod harness;
 
 mod errors;
+mod imports;
 mod streaming;
+mod types;
 
 mod harness_selftest {
     use super::harness::{self, Pg2Sink};

@@ -31,13 +31,18 @@ impl Streamer {
 
     /// Starts pg2sink and waits until its slot is active.
     pub fn start(&self, db: &TestDb) -> Pg2Sink {
+        self.start_with(db, &[])
+    }
+
+    /// Starts pg2sink with extra flags and waits until its slot is active.
+    pub fn start_with(&self, db: &TestDb, extra: &[&str]) -> Pg2Sink {
         let schemas = format!("--sink.file.schemas-path={}", self.schemas.display());
         let modifications = format!(
             "--sink.file.modifications-path={}",
             self.modifications.display()
         );
         let url = format!("--url={}", self.url);
-        let args = [
+        let mut args = vec![
             "stream",
             "--sink=file",
             url.as_str(),
@@ -46,6 +51,7 @@ impl Streamer {
             "--subscription-manager.poll-interval=200ms",
             "--status-interval=1s",
         ];
+        args.extend_from_slice(extra);
         let mut p = Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=trace,info")]);
         wait_until(WAIT, "pg2sink's slot to become active", || {
             assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());

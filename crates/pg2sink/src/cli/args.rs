@@ -28,6 +28,24 @@ pub struct Cli {
 pub enum Command {
     /// Stream changes from the slot to the sink (the default).
     Stream(StreamArgs),
+    /// Inspect or restart the imports of existing rows.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// List import jobs and their progress.
+    Status(SourceArgs),
+    /// Start a table's import over (the running pg2sink picks it up).
+    Resync {
+        /// The table, as schema.table.
+        table: String,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -36,8 +54,9 @@ pub enum SinkKind {
     File,
 }
 
+/// Where the source database is and which of pg2sink's objects to use.
 #[derive(Args, Debug, Clone)]
-pub struct StreamArgs {
+pub struct SourceArgs {
     /// Postgres connection URL (postgres://user:password@host:port/db?sslmode=...)
     /// or libpq key=value string. Parts left out come from PG* variables.
     #[arg(long, env = "PG2SINK_URL", hide_env_values = true)]
@@ -54,6 +73,12 @@ pub struct StreamArgs {
         default_value = "pg2sink"
     )]
     pub subscription_name: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StreamArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
 
     /// Where changes go.
     #[arg(long, env = "PG2SINK_SINK", value_enum, default_value = "file")]
@@ -121,6 +146,31 @@ pub struct StreamArgs {
     /// How often the subscription manager re-reads the catalog.
     #[arg(long = "subscription-manager.poll-interval", env = "PG2SINK_SUBSCRIPTION_MANAGER_POLL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub manager_poll_interval: Duration,
+
+    /// Set REPLICA IDENTITY FULL on watched tables that have no primary key
+    /// and no replica identity, so they can be captured (otherwise they are
+    /// skipped with a warning). This changes the tables: their UPDATEs and
+    /// DELETEs then log the whole old row.
+    #[arg(long = "subscription-manager.replica-identity-full", env = "PG2SINK_SUBSCRIPTION_MANAGER_REPLICA_IDENTITY_FULL", default_value_t = false, action = clap::ArgAction::Set, default_missing_value = "true", num_args = 0..=1, require_equals = true)]
+    pub manager_replica_identity_full: bool,
+
+    /// Import workers: tables imported in parallel (0 disables imports).
+    #[arg(
+        long = "import-worker-count",
+        env = "PG2SINK_IMPORT_WORKER_COUNT",
+        default_value_t = 2
+    )]
+    pub import_workers: usize,
+
+    /// Rows per import chunk (one short statement each).
+    #[arg(long = "import-worker.batch-limit", env = "PG2SINK_IMPORT_WORKER_BATCH_LIMIT", default_value_t = 5000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub import_batch_limit: u32,
+
+    /// How long a chunk waits for the stream to reach its high watermark
+    /// before it is read again.
+    #[arg(long = "import-worker.chunk-timeout", env = "PG2SINK_IMPORT_WORKER_CHUNK_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub import_chunk_timeout: Duration,
 
     /// How often a standby status update is sent to the server.
     #[arg(long = "status-interval", env = "PG2SINK_STATUS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -4,11 +4,14 @@
 use std::io::Write;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, watch};
 
 use super::args::StreamArgs;
 use crate::config::connection::ConnectionConfig;
 use crate::error::{Error, Problem};
+use crate::import::{self, watermark::Watermarks, worker::ImportOptions};
 use crate::migrations;
 use crate::model::Lsn;
 use crate::retry::Backoff;
@@ -19,6 +22,7 @@ use crate::source::connection::ReplicationStream;
 use crate::source::pgoutput::{self, PgTimestamp};
 use crate::source::replication::{start_replication_sql, Progress, Session};
 use crate::source::subscription::{SubscriptionManager, SubscriptionOptions};
+use crate::source::types::TypeRegistry;
 use crate::source::walframe::{self, WalFrame};
 
 /// Events queued between the source and the sink: enough to keep both busy,
@@ -26,30 +30,36 @@ use crate::source::walframe::{self, WalFrame};
 const SINK_QUEUE: usize = 4096;
 
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
-    let connection =
-        ConnectionConfig::from_env(args.url.as_deref()).map_err(|e| Problem::new(e.to_string()))?;
+    let connection = ConnectionConfig::from_env(args.source.url.as_deref())
+        .map_err(|e| Problem::new(e.to_string()))?;
     let mut client = connection.connect().await?;
     let server = catalog::check_server(&client).await?;
     tracing::info!(server = %connection.describe(), version = server.version_num, "connected");
-    migrations::run(&mut client, &args.schema).await?;
-    catalog::ensure_publication(&client, &args.subscription_name).await?;
+    migrations::run(&mut client, &args.source.schema).await?;
+    catalog::ensure_publication(&client, &args.source.subscription_name).await?;
 
     let mut manager = args.manager_enabled.then(|| {
         SubscriptionManager::new(SubscriptionOptions {
-            publication: args.subscription_name.clone(),
+            publication: args.source.subscription_name.clone(),
             schemas: args.manager_schemas.clone(),
             include: args.manager_include.clone(),
             exclude: args.manager_exclude.clone(),
-            internal_schema: args.schema.clone(),
+            internal_schema: args.source.schema.clone(),
+            replica_identity_full: args.manager_replica_identity_full,
         })
     });
     if let Some(manager) = manager.as_mut() {
         manager.sync(&client).await?;
     }
-    let slot_name = slot_name_for(&args.subscription_name, &server.database);
+    let slot_name = slot_name_for(&args.source.subscription_name, &server.database);
     let slot = catalog::ensure_slot(&client, &slot_name, &server).await?;
-    catalog::record_subscription(&client, &args.schema, &args.subscription_name, &slot_name)
-        .await?;
+    catalog::record_subscription(
+        &client,
+        &args.source.schema,
+        &args.source.subscription_name,
+        &slot_name,
+    )
+    .await?;
     tracing::info!(slot = %slot.name, created = slot.created, confirmed = %slot.confirmed_flush, "streaming from slot");
 
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -73,7 +83,7 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         decode_only(
             &connection,
             &slot.name,
-            &args.subscription_name,
+            &args.source.subscription_name,
             slot.confirmed_flush,
             shutdown,
         )
@@ -113,12 +123,38 @@ async fn stream_to_sink(
     };
     let sink_task = tokio::spawn(sink::run(sink, events_rx, durable_tx, policy));
 
+    // Shared across reconnects and with imports: each type is read from the
+    // catalog once.
+    let types = TypeRegistry::new(connection.clone());
+    let watermarks = Arc::new(Watermarks::default());
+    let import_options = ImportOptions {
+        schema: args.source.schema.clone(),
+        publication: args.source.subscription_name.clone(),
+        batch_limit: args.import_batch_limit as usize,
+        workers: args.import_workers,
+        chunk_timeout: args.import_chunk_timeout,
+    };
+    let workers: Vec<_> = (0..args.import_workers)
+        .map(|n| {
+            tokio::spawn(import::worker::run(
+                n,
+                connection.clone(),
+                import_options.clone(),
+                watermarks.clone(),
+                types.clone(),
+                durable.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+
     let mut progress = Progress::starting_at(start);
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let result = loop {
         let attempt = async {
             let conn = connection.connect_replication().await?;
-            let sql = start_replication_sql(slot, &args.subscription_name, progress.confirmed);
+            let sql =
+                start_replication_sql(slot, &args.source.subscription_name, progress.confirmed);
             let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
             Session::new(
                 stream,
@@ -127,6 +163,8 @@ async fn stream_to_sink(
                 &mut progress,
                 args.status_interval,
             )
+            .with_imports(watermarks.clone())
+            .with_types(types.clone())
             .run(shutdown.clone(), Duration::from_secs(60))
             .await
         };
@@ -157,6 +195,17 @@ async fn stream_to_sink(
         }
     };
     drop(events);
+    for worker in workers {
+        // Workers notice the shutdown between statements and give their
+        // jobs back; one stuck in a statement is abandoned (its lease ends).
+        let abort = worker.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), worker)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
     match sink_task.await {
         Ok(Ok(())) => result,
         // The sink's own failure explains the source's.

@@ -24,6 +24,12 @@ use rustls::{
 
 use crate::source::connection::{ReplicationConnection, ServerError};
 
+/// Session settings of every query connection: the same as the replication
+/// connection's startup parameters (`source::connection`), so a value reads
+/// the same through either and `model::value` can render it.
+const QUERY_SESSION_OPTIONS: &str =
+    "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=1 -c bytea_output=hex";
+
 /// A boxed error that can cross threads, used to keep causes attached.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -500,7 +506,10 @@ impl ConnectionConfig {
         pg.user(&self.user)
             .dbname(&self.dbname)
             .application_name(&self.application_name)
-            .port(self.port);
+            .port(self.port)
+            // The session settings of the replication connection, so values
+            // read here (imports, the catalog) render identically.
+            .options(QUERY_SESSION_OPTIONS);
         if let Some(password) = &self.password {
             pg.password(password);
         }

@@ -10,11 +10,14 @@ use crate::error::{query, Error, Problem};
 use crate::source::catalog::quote_ident;
 
 /// (version, name, SQL with `{schema}` standing for the quoted schema name).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "subscriptions",
-    include_str!("sql/0001_subscriptions.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "subscriptions",
+        include_str!("sql/0001_subscriptions.sql"),
+    ),
+    (2, "import_jobs", include_str!("sql/0002_import_jobs.sql")),
+];
 
 /// A constant key for `pg_advisory_xact_lock`: "pg2sink" in ASCII.
 const LOCK_KEY: i64 = 0x0070_6732_7369_6e6b;

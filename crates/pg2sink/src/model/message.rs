@@ -17,6 +17,8 @@ pub enum Op {
     Update,
     Delete,
     Truncate,
+    /// A row read by an import, not a change: `before` is null, `after` the row.
+    Import,
 }
 
 /// A row: column name to typed JSON value, in the table's column order.

@@ -3,6 +3,8 @@
 //!
 //! Every other mapping (JSON values, Avro schemas) starts from `PgType`.
 
+use std::sync::Arc;
+
 use super::TypeOid;
 
 /// The built-in types pg2sink maps specially. Anything else is `Other` and
@@ -41,6 +43,7 @@ pub enum PgType {
     Cidr,
     Macaddr,
     Macaddr8,
+    Box,
     /// An array of the given element type.
     Array(&'static PgType),
     Other(TypeOid),
@@ -86,6 +89,7 @@ builtin_types! {
     Cidr = 650, 651, "cidr";
     Macaddr = 829, 1040, "macaddr";
     Macaddr8 = 774, 775, "macaddr8";
+    Box = 603, 1020, "box";
 }
 
 impl PgType {
@@ -114,9 +118,118 @@ impl PgType {
         }
     }
 
-    /// The delimiter between elements of an array of this type.
+    /// The delimiter between elements of an array of this type
+    /// (`pg_type.typdelim`: `;` for `box`, `,` for every other built-in).
     pub fn array_delimiter(&self) -> u8 {
-        b','
+        match self {
+            PgType::Box => b';',
+            _ => b',',
+        }
+    }
+}
+
+/// Everything the value mapping and the Avro schema need to know of a
+/// column's type, built-in or not. Built-in types need no catalog access
+/// ([`TypeInfo::builtin`]); enums, domains, composites, extension types and
+/// arrays of those are resolved from the catalog by
+/// `source::types::TypeRegistry`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeInfo {
+    pub oid: TypeOid,
+    /// How users name the type: `int4`, `_int4`, `public.mood`.
+    pub name: String,
+    pub kind: TypeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypeKind {
+    /// A built-in scalar (`PgType::Other` for one pg2sink passes as text).
+    Scalar(PgType),
+    /// An array; `delimiter` separates elements in its text form.
+    Array {
+        element: Arc<TypeInfo>,
+        delimiter: u8,
+    },
+    /// An enum; labels in their sort order, as of when the type was read.
+    Enum { labels: Vec<String> },
+    /// A domain: values are rendered as its base type.
+    Domain {
+        base: Arc<TypeInfo>,
+        /// The domain's own type modifier (`pg_type.typtypmod`).
+        base_modifier: i32,
+    },
+    /// A composite type (or a table's row type): an object of its attributes.
+    Composite { fields: Vec<CompositeField> },
+    /// The `hstore` extension's type: `to_jsonb` renders it as an object.
+    Hstore,
+    /// Anything else (a range, an extension type, a type the catalog no
+    /// longer knows): its text form.
+    Text,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompositeField {
+    pub name: String,
+    pub ty: Arc<TypeInfo>,
+    pub type_modifier: i32,
+}
+
+impl TypeInfo {
+    /// The type of `oid` if it is a built-in pg2sink knows without the
+    /// catalog (scalars of the table above and their arrays).
+    pub fn builtin(oid: TypeOid) -> Option<TypeInfo> {
+        match PgType::from_oid(oid) {
+            PgType::Other(_) => None,
+            PgType::Array(element) => Some(TypeInfo {
+                oid,
+                name: format!("_{}", element.name()),
+                kind: TypeKind::Array {
+                    element: Arc::new(TypeInfo::scalar(*element)),
+                    delimiter: element.array_delimiter(),
+                },
+            }),
+            scalar => Some(TypeInfo::scalar(scalar)),
+        }
+    }
+
+    /// A built-in scalar.
+    pub fn scalar(ty: PgType) -> TypeInfo {
+        let oid = SCALARS
+            .iter()
+            .find(|(t, ..)| *t == ty)
+            .map_or(0, |(_, oid, ..)| *oid);
+        TypeInfo {
+            oid: TypeOid(oid),
+            name: ty.name(),
+            kind: TypeKind::Scalar(ty),
+        }
+    }
+
+    /// A type pg2sink passes as its text form.
+    pub fn text(oid: TypeOid, name: impl Into<String>) -> TypeInfo {
+        TypeInfo {
+            oid,
+            name: name.into(),
+            kind: TypeKind::Text,
+        }
+    }
+
+    /// The built-in type if known, else an unresolved type passed as text.
+    pub fn builtin_or_text(oid: TypeOid) -> TypeInfo {
+        TypeInfo::builtin(oid).unwrap_or_else(|| TypeInfo::text(oid, format!("oid:{oid}")))
+    }
+
+    /// The type values are rendered as: domains are replaced by their base.
+    pub fn base(&self) -> &TypeInfo {
+        let mut ty = self;
+        // Domains over domains; bounded so a malformed chain cannot loop.
+        for _ in 0..64 {
+            match &ty.kind {
+                TypeKind::Domain { base, .. } => ty = base,
+                _ => break,
+            }
+        }
+        ty
     }
 }
 
@@ -137,5 +250,16 @@ mod tests {
         );
         assert_eq!(PgType::from_oid(TypeOid(1016)).name(), "_int8");
         assert_eq!(PgType::Timestamptz.name(), "timestamptz");
+        let boxes = TypeInfo::builtin(TypeOid(1020)).unwrap();
+        assert_eq!(boxes.name, "_box");
+        assert!(matches!(
+            boxes.kind,
+            TypeKind::Array {
+                delimiter: b';',
+                ..
+            }
+        ));
+        assert_eq!(TypeInfo::builtin(TypeOid(20)).unwrap().oid, TypeOid(20));
+        assert!(TypeInfo::builtin(TypeOid(600)).is_none());
     }
 }

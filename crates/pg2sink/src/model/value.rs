@@ -1,14 +1,67 @@
 //! The one value mapping: a column's Postgres text form to typed JSON, as
-//! Postgres's own `to_jsonb()` would render it. Every sink uses this.
+//! Postgres's own `to_jsonb()` would render it. Every sink uses this, and
+//! imports too, so a row reads the same whichever way it arrived.
+//!
+//! The text form must come from a session with `DateStyle=ISO`,
+//! `IntervalStyle=postgres`, `TimeZone=UTC`, `extra_float_digits=1` and
+//! `bytea_output=hex` (pg2sink sets them on every connection it opens).
+//! `docs/types.md` lists the mapping and the few deviations from `to_jsonb`.
 //!
 //! Promises: never panics on any input; a value it cannot interpret is
 //! passed on as its text form rather than dropped; numbers keep every digit.
 
+use std::cmp::Ordering;
+
 use serde_json::{Map, Number, Value};
 
-use super::pgtype::PgType;
+use super::pgtype::{PgType, TypeInfo, TypeKind};
 
-/// Converts one non-null column value (Postgres text output) to JSON.
+/// Converts one non-null column value (Postgres text output) of any type,
+/// built-in or resolved from the catalog, to JSON.
+pub fn value_to_json(ty: &TypeInfo, text: &str) -> Value {
+    match &ty.base().kind {
+        TypeKind::Scalar(scalar) => text_to_json(*scalar, text),
+        TypeKind::Array { element, delimiter } => match parse_array(text, *delimiter) {
+            Some(parsed) => array_to_json(&|t| value_to_json(element, t), parsed),
+            None => Value::String(text.to_string()),
+        },
+        TypeKind::Composite { fields } => {
+            let parsed = if fields.is_empty() {
+                (text == "()").then(Vec::new)
+            } else {
+                parse_record(text).filter(|values| values.len() == fields.len())
+            };
+            match parsed {
+                Some(values) => Value::Object(
+                    fields
+                        .iter()
+                        .zip(values)
+                        .map(|(field, value)| {
+                            let json = match value {
+                                None => Value::Null,
+                                Some(v) => value_to_json(&field.ty, &v),
+                            };
+                            (field.name.clone(), json)
+                        })
+                        .collect(),
+                ),
+                // The type changed since it was read: keep the text.
+                None => Value::String(text.to_string()),
+            }
+        }
+        TypeKind::Hstore => match parse_hstore(text) {
+            Some(pairs) => Value::Object(sorted_like_jsonb(pairs)),
+            None => Value::String(text.to_string()),
+        },
+        // Domain is resolved by base(); enums and others are their label/text.
+        TypeKind::Enum { .. } | TypeKind::Domain { .. } | TypeKind::Text => {
+            Value::String(text.to_string())
+        }
+    }
+}
+
+/// Converts one non-null value of a built-in type (Postgres text output) to
+/// JSON.
 pub fn text_to_json(ty: PgType, text: &str) -> Value {
     match ty {
         PgType::Bool => match text {
@@ -16,17 +69,27 @@ pub fn text_to_json(ty: PgType, text: &str) -> Value {
             "f" => Value::Bool(false),
             other => Value::String(other.to_string()),
         },
-        PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Float4 | PgType::Float8 => {
-            number_or_string(text)
-        }
-        PgType::Numeric => number_or_string(text),
-        PgType::Json | PgType::Jsonb => {
+        // Their text output is already numeric's canonical form.
+        PgType::Int2 | PgType::Int4 | PgType::Int8 | PgType::Numeric => number_or_string(text),
+        // to_jsonb passes float output through numeric_in: `1e+16` becomes
+        // `10000000000000000`, `-0` becomes `0`.
+        PgType::Float4 | PgType::Float8 => match canonical_numeric(text) {
+            Some(n) => number_or_string(&n),
+            None => Value::String(text.to_string()),
+        },
+        // jsonb's output is canonical already; json is parsed the way
+        // to_jsonb parses it into jsonb (see `jsonb_like`).
+        PgType::Jsonb => {
             serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
         }
+        PgType::Json => match serde_json::from_str(text) {
+            Ok(value) => jsonb_like(value),
+            Err(_) => Value::String(text.to_string()),
+        },
         PgType::Timestamp => Value::String(iso_timestamp(text, false)),
         PgType::Timestamptz => Value::String(iso_timestamp(text, true)),
         PgType::Array(element) => match parse_array(text, element.array_delimiter()) {
-            Some(parsed) => array_to_json(*element, parsed),
+            Some(parsed) => array_to_json(&|t| text_to_json(*element, t), parsed),
             None => Value::String(text.to_string()),
         },
         _ => Value::String(text.to_string()),
@@ -44,32 +107,121 @@ fn number_or_string(text: &str) -> Value {
     }
 }
 
-/// `2019-10-04 16:05:55.123456+00` → `2019-10-04T16:05:55.123456+00:00`.
-/// Needs the session's DateStyle to be ISO (pg2sink sets it when connecting).
+/// A JSON number's text as `numeric_in` followed by `numeric_out` prints it
+/// (what `to_jsonb` does to float output and to numbers inside `json`):
+/// exponents are expanded, the scale is the digits after the point minus
+/// the exponent, `-0` is `0`. `None` for anything that is not a JSON number,
+/// or whose exponent is beyond numeric's range (the text is then kept).
+pub fn canonical_numeric(text: &str) -> Option<String> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = match mantissa.split_once('.') {
+        Some((int, frac)) if !frac.is_empty() => (int, frac),
+        Some(_) => return None,
+        None => (mantissa, ""),
+    };
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !all_digits(int) || !all_digits(frac) || exponent.abs() > 1000 {
+        return None;
+    }
+    let digits: Vec<u8> = int.bytes().chain(frac.bytes()).collect();
+    let digit_at = |i: i64| -> u8 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(b'0')
+    };
+    // Digits before the decimal point, and after it.
+    let point = int.len() as i64 + exponent;
+    let scale = (frac.len() as i64 - exponent).max(0);
+    let mut out = String::with_capacity((point.max(1) + scale + 2) as usize);
+    if negative && digits.iter().any(|&d| d != b'0') {
+        out.push('-');
+    }
+    let mut leading = true;
+    for i in 0..point {
+        let d = digit_at(i);
+        if leading && d == b'0' && i + 1 < point {
+            continue;
+        }
+        leading = false;
+        out.push(d as char);
+    }
+    if point <= 0 {
+        out.push('0');
+    }
+    if scale > 0 {
+        out.push('.');
+        for i in point..point + scale {
+            out.push(digit_at(i) as char);
+        }
+    }
+    Some(out)
+}
+
+/// A `json` value as `to_jsonb` turns it into `jsonb`: numbers in numeric's
+/// canonical form, duplicate keys resolved to the last value, keys in
+/// jsonb's order (shorter first, then bytewise).
+fn jsonb_like(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match canonical_numeric(&n.to_string()) {
+            Some(c) => number_or_string(&c),
+            None => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(jsonb_like).collect()),
+        // serde_json keeps the last of duplicate keys, as jsonb does.
+        Value::Object(map) => Value::Object(sorted_like_jsonb(
+            map.into_iter().map(|(k, v)| (k, jsonb_like(v))).collect(),
+        )),
+        other => other,
+    }
+}
+
+fn sorted_like_jsonb(mut pairs: Vec<(String, Value)>) -> Map<String, Value> {
+    pairs.sort_by(|(a, _), (b, _)| jsonb_key_order(a, b));
+    pairs.into_iter().collect()
+}
+
+fn jsonb_key_order(a: &str, b: &str) -> Ordering {
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+}
+
+/// `2019-10-04 16:05:55.123456+00` → `2019-10-04T16:05:55.123456+00:00`,
+/// `0044-03-15 12:00:00+00 BC` → `0044-03-15T12:00:00+00:00 BC`, as
+/// to_jsonb prints them. Needs the session's DateStyle to be ISO.
 fn iso_timestamp(text: &str, with_zone: bool) -> String {
-    let Some((date, time)) = text.split_once(' ') else {
+    let (body, era) = match text.strip_suffix(" BC") {
+        Some(body) => (body, " BC"),
+        None => (text, ""),
+    };
+    let Some((date, time)) = body.split_once(' ') else {
         return text.to_string(); // infinity, -infinity
     };
-    if time.ends_with("BC") {
-        return text.to_string();
-    }
     let mut out = String::with_capacity(text.len() + 4);
     out.push_str(date);
     out.push('T');
-    if with_zone {
+    match time.rfind(['+', '-']).filter(|_| with_zone) {
         // The zone is the last +hh, +hh:mm or +hh:mm:ss; to_jsonb always
         // prints at least hh:mm.
-        if let Some(pos) = time.rfind(['+', '-']) {
+        Some(pos) => {
             let (clock, zone) = time.split_at(pos);
             out.push_str(clock);
             out.push_str(zone);
             if zone.len() == 3 {
                 out.push_str(":00");
             }
-            return out;
         }
+        None => out.push_str(time),
     }
-    out.push_str(time);
+    out.push_str(era);
     out
 }
 
@@ -80,10 +232,10 @@ enum ArrayNode {
     List(Vec<ArrayNode>),
 }
 
-fn array_to_json(element: PgType, node: ArrayNode) -> Value {
+fn array_to_json(element: &dyn Fn(&str) -> Value, node: ArrayNode) -> Value {
     match node {
         ArrayNode::Element(None) => Value::Null,
-        ArrayNode::Element(Some(text)) => text_to_json(element, &text),
+        ArrayNode::Element(Some(text)) => element(&text),
         ArrayNode::List(items) => Value::Array(
             items
                 .into_iter()
@@ -170,6 +322,115 @@ fn parse_list(b: &[u8], mut pos: usize, delim: u8, depth: usize) -> Option<(Arra
     }
 }
 
+/// Parses `record_out`'s text (`(1,"a b",)`): one entry per attribute,
+/// `None` for NULL (nothing between the delimiters), quoted parts with `""`
+/// and backslash escapes. `None` if the text is not a well-formed record.
+fn parse_record(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.strip_prefix('(')?.strip_suffix(')')?.as_bytes();
+    let mut fields = Vec::new();
+    let mut pos = 0;
+    loop {
+        let mut value = Vec::new();
+        let mut quoted_or_nonempty = false;
+        let mut in_quotes = false;
+        while let Some(&c) = inner.get(pos) {
+            match c {
+                b',' if !in_quotes => break,
+                b'"' if in_quotes && inner.get(pos + 1) == Some(&b'"') => {
+                    value.push(b'"');
+                    pos += 1;
+                }
+                b'"' => {
+                    in_quotes = !in_quotes;
+                    quoted_or_nonempty = true;
+                }
+                b'\\' => {
+                    value.push(*inner.get(pos + 1)?);
+                    quoted_or_nonempty = true;
+                    pos += 1;
+                }
+                c => {
+                    value.push(c);
+                    quoted_or_nonempty = true;
+                }
+            }
+            pos += 1;
+        }
+        if in_quotes {
+            return None;
+        }
+        fields.push(if quoted_or_nonempty {
+            Some(String::from_utf8(value).ok()?)
+        } else {
+            None
+        });
+        if pos >= inner.len() {
+            return Some(fields);
+        }
+        pos += 1; // the comma
+    }
+}
+
+/// Parses `hstore`'s text (`"a"=>"1", "b"=>NULL`) into its pairs, in order.
+fn parse_hstore(text: &str) -> Option<Vec<(String, Value)>> {
+    let b = text.as_bytes();
+    let mut pos = 0;
+    let mut pairs = Vec::new();
+    let skip_spaces = |pos: &mut usize| {
+        while b.get(*pos).is_some_and(u8::is_ascii_whitespace) {
+            *pos += 1;
+        }
+    };
+    let quoted = |pos: &mut usize| -> Option<String> {
+        if b.get(*pos) != Some(&b'"') {
+            return None;
+        }
+        *pos += 1;
+        let mut out = Vec::new();
+        loop {
+            match *b.get(*pos)? {
+                b'\\' => {
+                    out.push(*b.get(*pos + 1)?);
+                    *pos += 2;
+                }
+                b'"' => {
+                    *pos += 1;
+                    return String::from_utf8(out).ok();
+                }
+                c => {
+                    out.push(c);
+                    *pos += 1;
+                }
+            }
+        }
+    };
+    skip_spaces(&mut pos);
+    while pos < b.len() {
+        let key = quoted(&mut pos)?;
+        skip_spaces(&mut pos);
+        if !b[pos..].starts_with(b"=>") {
+            return None;
+        }
+        pos += 2;
+        skip_spaces(&mut pos);
+        let value = if b[pos..].starts_with(b"NULL") {
+            pos += 4;
+            Value::Null
+        } else {
+            Value::String(quoted(&mut pos)?)
+        };
+        pairs.push((key, value));
+        skip_spaces(&mut pos);
+        match b.get(pos) {
+            None => break,
+            Some(b',') => pos += 1,
+            Some(_) => return None,
+        }
+        skip_spaces(&mut pos);
+    }
+    Some(pairs)
+}
+
 /// Builds a JSON object from (name, value) pairs, keeping column order.
 pub fn row_from_pairs(pairs: impl IntoIterator<Item = (String, Value)>) -> Map<String, Value> {
     pairs.into_iter().collect()
@@ -178,8 +439,11 @@ pub fn row_from_pairs(pairs: impl IntoIterator<Item = (String, Value)>) -> Map<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::pgtype::CompositeField;
+    use crate::model::TypeOid;
     use proptest::prelude::*;
     use serde_json::json;
+    use std::sync::Arc;
 
     #[test]
     fn scalars() {
@@ -242,12 +506,195 @@ mod tests {
         assert_eq!(text_to_json(texts, "{unterminated"), json!("{unterminated"));
     }
 
+    fn num(text: &str) -> Value {
+        Value::Number(text.parse().unwrap())
+    }
+
+    #[test]
+    fn floats_render_as_numeric_does() {
+        for (float, expected) in [
+            ("1e+16", "10000000000000000"),
+            ("-0", "0"),
+            ("1e-07", "0.0000001"),
+            ("1.5e-07", "0.00000015"),
+            ("0.30000000000000004", "0.30000000000000004"),
+            ("3.4028235e+38", "340282350000000000000000000000000000000"),
+            ("-1.5e-3", "-0.0015"),
+            ("123", "123"),
+        ] {
+            assert_eq!(
+                text_to_json(PgType::Float8, float),
+                num(expected),
+                "{float}"
+            );
+        }
+        assert_eq!(text_to_json(PgType::Float4, "NaN"), json!("NaN"));
+        assert_eq!(
+            text_to_json(PgType::Float4, "-Infinity"),
+            json!("-Infinity")
+        );
+        assert_eq!(canonical_numeric("-0.00").as_deref(), Some("0.00"));
+        assert_eq!(canonical_numeric("1.0E+2").as_deref(), Some("100"));
+        assert_eq!(canonical_numeric("-0.0e5").as_deref(), Some("0"));
+        assert_eq!(canonical_numeric("0.00"), Some("0.00".into()));
+        assert_eq!(canonical_numeric("1e2000"), None);
+        assert_eq!(canonical_numeric("1."), None);
+        assert_eq!(canonical_numeric("NaN"), None);
+    }
+
+    #[test]
+    fn json_is_parsed_like_jsonb_does() {
+        let v = text_to_json(
+            PgType::Json,
+            r#"{"b":1,"aa":[1.0E+2, -0, 0.00],"a":3,"a":4}"#,
+        );
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"a":4,"b":1,"aa":[100,0,0.00]}"#
+        );
+        assert_eq!(text_to_json(PgType::Json, "not json"), json!("not json"));
+    }
+
+    #[test]
+    fn bc_and_far_future_timestamps() {
+        assert_eq!(
+            text_to_json(PgType::Timestamp, "0044-03-15 12:00:00 BC"),
+            json!("0044-03-15T12:00:00 BC")
+        );
+        assert_eq!(
+            text_to_json(PgType::Timestamptz, "0044-03-15 12:00:00+00 BC"),
+            json!("0044-03-15T12:00:00+00:00 BC")
+        );
+        assert_eq!(
+            text_to_json(PgType::Timestamp, "12345-01-02 01:02:03"),
+            json!("12345-01-02T01:02:03")
+        );
+        assert_eq!(
+            text_to_json(PgType::Timestamptz, "1900-01-01 00:00:00+05:53:28"),
+            json!("1900-01-01T00:00:00+05:53:28")
+        );
+        assert_eq!(
+            text_to_json(PgType::Date, "0044-03-15 BC"),
+            json!("0044-03-15 BC")
+        );
+    }
+
+    fn info(name: &str, kind: TypeKind) -> Arc<TypeInfo> {
+        Arc::new(TypeInfo {
+            oid: TypeOid(99999),
+            name: name.into(),
+            kind,
+        })
+    }
+
+    fn composite() -> Arc<TypeInfo> {
+        let field = |name: &str, ty: TypeInfo| CompositeField {
+            name: name.into(),
+            ty: Arc::new(ty),
+            type_modifier: -1,
+        };
+        info(
+            "public.pair",
+            TypeKind::Composite {
+                fields: vec![
+                    field("n", TypeInfo::scalar(PgType::Int4)),
+                    field("t", TypeInfo::scalar(PgType::Text)),
+                    field("ok", TypeInfo::scalar(PgType::Bool)),
+                ],
+            },
+        )
+    }
+
+    #[test]
+    fn composites_are_objects() {
+        let ty = composite();
+        assert_eq!(
+            value_to_json(&ty, r#"(1,"a ""b"" \\c",)"#),
+            json!({"n": 1, "t": "a \"b\" \\c", "ok": null})
+        );
+        assert_eq!(
+            value_to_json(&ty, r#"(,"",t)"#),
+            json!({"n": null, "t": "", "ok": true})
+        );
+        // A shape the type no longer has: the text, not a wrong object.
+        assert_eq!(value_to_json(&ty, "(1,2)"), json!("(1,2)"));
+        let empty = info("public.nothing", TypeKind::Composite { fields: vec![] });
+        assert_eq!(value_to_json(&empty, "()"), json!({}));
+        let array = info(
+            "public._pair",
+            TypeKind::Array {
+                element: ty,
+                delimiter: b',',
+            },
+        );
+        assert_eq!(
+            value_to_json(&array, r#"{"(1,x,f)",NULL,"(,,)"}"#),
+            json!([{"n": 1, "t": "x", "ok": false}, null, {"n": null, "t": null, "ok": null}])
+        );
+    }
+
+    #[test]
+    fn domains_enums_hstore_and_boxes() {
+        let domain = info(
+            "public.posint",
+            TypeKind::Domain {
+                base: Arc::new(TypeInfo::scalar(PgType::Int8)),
+                base_modifier: -1,
+            },
+        );
+        assert_eq!(value_to_json(&domain, "42"), json!(42));
+        let mood = info(
+            "public.mood",
+            TypeKind::Enum {
+                labels: vec!["ok".into()],
+            },
+        );
+        assert_eq!(value_to_json(&mood, "ok"), json!("ok"));
+        let hstore = info("public.hstore", TypeKind::Hstore);
+        let v = value_to_json(&hstore, r#""b"=>"1", "aa"=>NULL, "a\"q"=>"x\\y""#);
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"b":"1","aa":null,"a\"q":"x\\y"}"#
+        );
+        assert_eq!(value_to_json(&hstore, ""), json!({}));
+        assert_eq!(value_to_json(&hstore, "garbage"), json!("garbage"));
+        let boxes = TypeInfo::builtin(TypeOid(1020)).unwrap();
+        assert_eq!(
+            value_to_json(&boxes, "{(1,1),(0,0);(3,3),(2,2)}"),
+            json!(["(1,1),(0,0)", "(3,3),(2,2)"])
+        );
+    }
+
     proptest! {
         #[test]
         fn never_panics(s in ".*") {
-            for ty in [PgType::Array(&PgType::Text), PgType::Timestamptz, PgType::Numeric, PgType::Jsonb] {
+            for ty in [PgType::Array(&PgType::Text), PgType::Timestamptz, PgType::Numeric, PgType::Jsonb, PgType::Json, PgType::Float8] {
                 let _ = text_to_json(ty, &s);
             }
+            let _ = canonical_numeric(&s);
+            for ty in [composite(), info("h", TypeKind::Hstore)] {
+                let _ = value_to_json(&ty, &s);
+            }
+        }
+
+        #[test]
+        fn records_never_panic(s in r#"\(([0-9a-z ,"\\()]|é){0,40}\)?"#) {
+            let _ = value_to_json(&composite(), &s);
+            let _ = parse_record(&s);
+        }
+
+        #[test]
+        fn hstore_never_panics(s in r#"([a-z "=>\\,]|NULL|é){0,40}"#) {
+            let _ = value_to_json(&info("h", TypeKind::Hstore), &s);
+        }
+
+        #[test]
+        fn numbers_keep_their_value(int in "-?[0-9]{1,20}", frac in "[0-9]{0,10}", exp in -30i32..30) {
+            let text = if frac.is_empty() { format!("{int}e{exp}") } else { format!("{int}.{frac}e{exp}") };
+            let canonical = canonical_numeric(&text).unwrap();
+            let a: f64 = text.parse().unwrap();
+            let b: f64 = canonical.parse().unwrap();
+            prop_assert!(a == b || (a - b).abs() <= a.abs() * 1e-15, "{} {}", text, canonical);
         }
 
         #[test]

@@ -101,21 +101,44 @@ pub async fn check_server(client: &Client) -> Result<ServerInfo, Error> {
 }
 
 /// Creates the publication if it does not exist. Tables are added by the
-/// subscription manager.
+/// subscription manager. The publication publishes partitioned tables via
+/// their root (`publish_via_partition_root`), so a partitioned table's rows
+/// arrive under the root's name whichever partition holds them; an existing
+/// publication without it is altered.
 pub async fn ensure_publication(client: &Client, publication: &str) -> Result<(), Error> {
-    let exists = client
+    let existing = client
         .query_opt(
-            "select 1 from pg_publication where pubname = $1",
+            "select pubviaroot from pg_publication where pubname = $1",
             &[&publication],
         )
         .await
-        .map_err(query("looking up the publication"))?
-        .is_some();
-    if exists {
+        .map_err(query("looking up the publication"))?;
+    if let Some(row) = existing {
+        if !row.get::<_, bool>(0) {
+            tracing::info!(
+                publication,
+                "setting publish_via_partition_root on the publication"
+            );
+            client
+                .batch_execute(&format!(
+                    "alter publication {} set (publish_via_partition_root = true)",
+                    quote_ident(publication)
+                ))
+                .await
+                .map_err(query(
+                    "setting publish_via_partition_root on the publication",
+                ))?;
+        }
         return Ok(());
     }
     tracing::info!(publication, "creating publication");
-    match client.batch_execute(&format!("create publication {}", quote_ident(publication))).await {
+    match client
+        .batch_execute(&format!(
+            "create publication {} with (publish_via_partition_root = true)",
+            quote_ident(publication)
+        ))
+        .await
+    {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Err(Problem::new(format!(

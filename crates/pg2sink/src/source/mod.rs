@@ -6,4 +6,5 @@ pub mod connection;
 pub mod pgoutput;
 pub mod replication;
 pub mod subscription;
+pub mod types;
 pub mod walframe;

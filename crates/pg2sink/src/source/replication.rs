@@ -16,7 +16,8 @@
 //! - After a reconnect within one process, transactions already handed to
 //!   the sink are skipped rather than sent twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,8 +25,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Problem};
+use crate::import::watermark::{self, Watermarks};
 use crate::model::pgtype::PgType;
-use crate::model::value::text_to_json;
+use crate::model::value::{text_to_json, value_to_json};
 use crate::model::{
     format_timestamp, Column, Lsn, Modification, Op, RelationId, Row, Schema, Table,
 };
@@ -33,8 +35,9 @@ use crate::sink::SinkEvent;
 use crate::source::catalog::{quote_ident, quote_literal};
 use crate::source::connection::ReplicationStream;
 use crate::source::pgoutput::{
-    self, ColumnValue, OldTuple, PgOutputMessage, PgTimestamp, TupleData,
+    self, ColumnValue, LogicalMessage, OldTuple, PgOutputMessage, PgTimestamp, TupleData,
 };
+use crate::source::types::TypeRegistry;
 use crate::source::walframe::{self, WalFrame};
 
 /// What one process remembers across reconnects.
@@ -61,7 +64,7 @@ impl Progress {
 /// The `START_REPLICATION` command for a slot and publication.
 pub fn start_replication_sql(slot: &str, publication: &str, start: Lsn) -> String {
     format!(
-        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {}, messages 'true')",
         quote_ident(slot),
         quote_literal(&quote_ident(publication))
     )
@@ -74,6 +77,8 @@ struct OpenTransaction {
     sequence: u64,
     /// Already handed to the sink before a reconnect.
     skip: bool,
+    /// Import workers waiting for this transaction's end position.
+    notify: Vec<tokio::sync::oneshot::Sender<Lsn>>,
 }
 
 pub struct Session<'a> {
@@ -83,7 +88,14 @@ pub struct Session<'a> {
     progress: &'a mut Progress,
     status_interval: Duration,
     relations: HashMap<RelationId, Table>,
+    /// Relations whose current shape has been announced to the sink.
+    announced: HashSet<RelationId>,
     transaction: Option<OpenTransaction>,
+    /// Imports in progress, whose watermarks this session resolves.
+    watermarks: Option<Arc<Watermarks>>,
+    /// Where non-built-in column types are resolved; without it they
+    /// travel as text.
+    types: Option<Arc<TypeRegistry>>,
     /// Newest keepalive position seen while no transaction was open.
     idle_position: Lsn,
     /// Newest WAL position received.
@@ -105,10 +117,26 @@ impl<'a> Session<'a> {
             progress,
             status_interval,
             relations: HashMap::new(),
+            announced: HashSet::new(),
             transaction: None,
+            watermarks: None,
+            types: None,
             idle_position: Lsn::ZERO,
             received: Lsn::ZERO,
         }
+    }
+
+    /// Resolves the watermarks of these imports.
+    pub fn with_imports(mut self, watermarks: Arc<Watermarks>) -> Self {
+        self.watermarks = Some(watermarks);
+        self
+    }
+
+    /// Resolves enums, domains, composites and extension types through
+    /// `types`, so their values render as `to_jsonb()` renders them.
+    pub fn with_types(mut self, types: Arc<TypeRegistry>) -> Self {
+        self.types = Some(types);
+        self
     }
 
     /// Streams until `shutdown` fires (then finishes the open transaction,
@@ -225,36 +253,44 @@ impl<'a> Session<'a> {
                     timestamp: format_timestamp(begin.commit_time.unix_micros()),
                     sequence: 0,
                     skip,
+                    notify: Vec::new(),
                 });
             }
             PgOutputMessage::Commit(commit) => {
                 let Some(tx) = self.transaction.take() else {
                     return Err(protocol_violation("COMMIT without BEGIN"));
                 };
+                tracing::debug!(lsn = %tx.lsn, end_lsn = %commit.end_lsn, changes = tx.sequence, skipped = tx.skip, "transaction received");
                 if !tx.skip {
                     self.forward(SinkEvent::Commit {
                         end_lsn: commit.end_lsn,
                     })
                     .await?;
                     self.progress.forwarded = commit.end_lsn;
+                    for waiting in tx.notify {
+                        let _ = waiting.send(commit.end_lsn);
+                    }
                 }
             }
             PgOutputMessage::Relation(relation) => {
-                let table = Table {
+                let mut table = Table {
                     id: relation.id,
                     namespace: relation.namespace,
                     name: relation.name,
                     columns: relation
                         .columns
                         .into_iter()
-                        .map(|c| Column {
-                            name: c.name,
-                            type_oid: c.type_oid,
-                            type_modifier: c.type_modifier,
-                            is_key: c.is_key,
-                        })
+                        .map(|c| Column::new(c.name, c.type_oid, c.type_modifier, c.is_key))
                         .collect(),
                 };
+                // Non-built-in types are read from the catalog here, once
+                // per shape, never per row.
+                if let Some(types) = &self.types {
+                    types.resolve_table(&mut table).await?;
+                }
+                // A new shape (or a new session) is announced again before
+                // the next change, if it differs from the last one sent.
+                self.announced.remove(&table.id);
                 self.relations.insert(table.id, table);
             }
             PgOutputMessage::Insert(insert) => {
@@ -293,8 +329,15 @@ impl<'a> Session<'a> {
                         .await?;
                 }
             }
-            PgOutputMessage::Type(_) | PgOutputMessage::Origin(_) | PgOutputMessage::Message(_) => {
+            PgOutputMessage::Message(message) => self.handle_logical_message(message).await?,
+            // Sent before a Relation that uses a non-built-in type: the
+            // Relation then reads the type afresh.
+            PgOutputMessage::Type(ty) => {
+                if let Some(types) = &self.types {
+                    types.invalidate(ty.id);
+                }
             }
+            PgOutputMessage::Origin(_) => {}
         }
         Ok(())
     }
@@ -325,15 +368,17 @@ impl<'a> Session<'a> {
         let (lsn, sequence, timestamp) = (tx.lsn, tx.sequence, tx.timestamp.clone());
         let table = self.table(relation)?;
         let (namespace, name) = (table.namespace.clone(), table.name.clone());
-        let schema = table.avro_schema();
         let qualified = table.qualified_name();
-        if self.progress.schemas.get(&qualified) != Some(&schema) {
-            self.progress.schemas.insert(qualified, schema.clone());
-            self.forward(SinkEvent::Schema(Schema {
-                timestamp: timestamp.clone(),
-                schema,
-            }))
-            .await?;
+        if let Some(watermarks) = self.watermarks.as_ref().filter(|w| w.any()) {
+            match op {
+                Op::Truncate => watermarks.truncated(&qualified),
+                _ => watermarks.changed(&qualified, [before.as_ref(), after.as_ref()]),
+            }
+        }
+        if !self.announced.contains(&relation) {
+            let schema = table.avro_schema();
+            self.announce(qualified, schema, &timestamp).await?;
+            self.announced.insert(relation);
         }
         let modification = Modification {
             timestamp,
@@ -347,6 +392,71 @@ impl<'a> Session<'a> {
             unchanged,
         };
         self.forward(SinkEvent::Modification(modification)).await
+    }
+
+    /// Sends a table's schema unless it is the one last sent for the table.
+    async fn announce(
+        &mut self,
+        qualified: String,
+        schema: Value,
+        timestamp: &str,
+    ) -> Result<(), Error> {
+        if self.progress.schemas.get(&qualified) == Some(&schema) {
+            return Ok(());
+        }
+        self.progress.schemas.insert(qualified, schema.clone());
+        self.forward(SinkEvent::Schema(Schema {
+            timestamp: timestamp.to_string(),
+            schema,
+        }))
+        .await
+    }
+
+    /// A logical message: watermarks of imports; anything else is ignored.
+    async fn handle_logical_message(&mut self, message: LogicalMessage) -> Result<(), Error> {
+        let Some(watermarks) = self.watermarks.clone() else {
+            return Ok(());
+        };
+        let Some((id, high)) = watermark::parse(&message.prefix, &message.content) else {
+            return Ok(());
+        };
+        let Some(tx) = self.transaction.as_ref().filter(|tx| !tx.skip) else {
+            // Outside a transaction (not ours) or already forwarded before a
+            // reconnect: the worker times out and reads the chunk again.
+            return Ok(());
+        };
+        if !high {
+            watermarks.low(&id);
+            return Ok(());
+        }
+        let Some(ready) = watermarks.high(&id) else {
+            return Ok(());
+        };
+        let timestamp = tx.timestamp.clone();
+        let table = &ready.rows.table;
+        self.announce(table.qualified_name(), table.avro_schema(), &timestamp)
+            .await?;
+        let (namespace, name) = (table.namespace.clone(), table.name.clone());
+        for (_, row) in ready.rows.rows {
+            let tx = self.transaction.as_mut().expect("checked above");
+            tx.sequence += 1;
+            let modification = Modification {
+                timestamp: timestamp.clone(),
+                lsn: tx.lsn,
+                sequence: tx.sequence,
+                op: Op::Import,
+                namespace: namespace.clone(),
+                name: name.clone(),
+                before: None,
+                after: Some(row),
+                unchanged: vec![],
+            };
+            self.forward(SinkEvent::Modification(modification)).await?;
+        }
+        if let (Some(notify), Some(tx)) = (ready.notify, self.transaction.as_mut()) {
+            tx.notify.push(notify);
+        }
+        Ok(())
     }
 
     /// Hands an event to the sink, answering the server meanwhile so a slow
@@ -402,7 +512,7 @@ fn tuple_to_row(
                 continue;
             }
             Some(ColumnValue::Text(text)) => {
-                text_to_json(column.pg_type(), &String::from_utf8_lossy(text))
+                value_to_json(&column.ty, &String::from_utf8_lossy(text))
             }
             Some(ColumnValue::Binary(bytes)) => {
                 text_to_json(PgType::Bytea, &format!("\\x{}", hex::encode(bytes)))

@@ -3,9 +3,14 @@
 //!
 //! Promises: never adds a table whose UPDATEs and DELETEs would then fail at
 //! the source (no primary key and no usable replica identity): such tables
-//! are skipped with a warning saying how to make them capturable. A table
-//! that later loses its key is removed from the publication for the same
-//! reason. pg2sink's own schema is never captured.
+//! are skipped with a warning saying how to make them capturable, unless
+//! the user opted in to `replica_identity_full`, which sets REPLICA IDENTITY
+//! FULL on them first. A table that later loses its key is removed from the
+//! publication for the same reason. Partitioned tables are published by
+//! their root (the publication publishes via the root), never by their
+//! partitions; a root is capturable when every leaf partition is.
+//! Unlogged and temporary tables are never published (Postgres does not
+//! replicate them). pg2sink's own schema is never captured.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -25,6 +30,9 @@ pub struct SubscriptionOptions {
     pub exclude: Vec<String>,
     /// pg2sink's internal schema: never captured.
     pub internal_schema: String,
+    /// Set REPLICA IDENTITY FULL on tables that have neither a primary key
+    /// nor a replica identity (instead of skipping them).
+    pub replica_identity_full: bool,
 }
 
 /// A table and whether it can be captured.
@@ -34,6 +42,11 @@ pub struct Candidate {
     pub name: String,
     /// Why it cannot be captured, if it cannot.
     pub skip_reason: Option<String>,
+    /// The relations (the table, or a partitioned table and the leaf
+    /// partitions that lack a usable identity) that REPLICA IDENTITY FULL
+    /// would make capturable; empty if it is capturable or its replica
+    /// identity was set to NOTHING on purpose.
+    pub needs_identity: Vec<String>,
 }
 
 pub struct SubscriptionManager {
@@ -47,6 +60,22 @@ pub struct SyncReport {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub skipped: Vec<String>,
+    /// Tables given REPLICA IDENTITY FULL (when opted in).
+    pub identity_set: Vec<String>,
+}
+
+/// `ALTER TABLE ... REPLICA IDENTITY FULL` on each (quoted) relation, all
+/// or none (one simple query is one implicit transaction).
+async fn set_replica_identity_full(client: &Client, relations: &[String]) -> Result<(), Error> {
+    let sql: String = relations
+        .iter()
+        .map(|r| format!("alter table {r} replica identity full;"))
+        .collect();
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(query("setting REPLICA IDENTITY FULL"))?;
+    Ok(())
 }
 
 impl SubscriptionManager {
@@ -63,9 +92,21 @@ impl SubscriptionManager {
             .query(
                 "select n.nspname::text, c.relname::text, c.relreplident::text,
                         exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary) as has_pk,
-                        exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisreplident) as has_ri_index
+                        exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisreplident) as has_ri_index,
+                        c.relkind = 'p' as partitioned,
+                        case when c.relkind = 'p' then array(
+                          select quote_ident(ln.nspname) || '.' || quote_ident(l.relname)
+                            from pg_partition_tree(c.oid) p
+                            join pg_class l on l.oid = p.relid
+                            join pg_namespace ln on ln.oid = l.relnamespace
+                           where p.isleaf and not (
+                                 l.relreplident = 'f'
+                              or (l.relreplident = 'd' and exists (select 1 from pg_index i where i.indrelid = l.oid and i.indisprimary))
+                              or (l.relreplident = 'i' and exists (select 1 from pg_index i where i.indrelid = l.oid and i.indisreplident)))
+                           order by 1)
+                        else '{}' end as leaves_without_identity
                    from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                  where c.relkind = 'r' and c.relpersistence = 'p' and not c.relispartition
+                  where c.relkind in ('r', 'p') and c.relpersistence = 'p' and not c.relispartition
                     and (n.nspname = any($1) or (n.nspname || '.' || c.relname) = any($2))
                     and n.nspname <> $3
                   order by 1, 2",
@@ -85,17 +126,48 @@ impl SubscriptionManager {
             }
             let replident: String = row.get(2);
             let (has_pk, has_ri_index): (bool, bool) = (row.get(3), row.get(4));
-            let skip_reason = match replident.as_str() {
-                "f" => None,
-                "i" if has_ri_index => None,
-                "d" if has_pk => None,
-                "n" => Some("its REPLICA IDENTITY is NOTHING".to_string()),
-                _ => Some("it has no primary key and no replica identity".to_string()),
+            let (partitioned, leaves): (bool, Vec<String>) = (row.get(5), row.get(6));
+            let table = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+            let usable = match replident.as_str() {
+                "f" => true,
+                "i" => has_ri_index,
+                "d" => has_pk,
+                _ => false,
+            };
+            let (skip_reason, needs_identity) = if partitioned {
+                // Changes happen in the leaves: each needs an identity. The
+                // root's decides whether `before` is the key or the row.
+                if leaves.is_empty() {
+                    (None, vec![])
+                } else {
+                    let mut needs = vec![];
+                    if !usable && replident != "n" {
+                        needs.push(table);
+                    }
+                    needs.extend(leaves.iter().cloned());
+                    (
+                        Some(format!(
+                            "its partitions {} have no primary key and no replica identity",
+                            leaves.join(", ")
+                        )),
+                        needs,
+                    )
+                }
+            } else if usable {
+                (None, vec![])
+            } else if replident == "n" {
+                (Some("its REPLICA IDENTITY is NOTHING".to_string()), vec![])
+            } else {
+                (
+                    Some("it has no primary key and no replica identity".to_string()),
+                    vec![table],
+                )
             };
             out.push(Candidate {
                 schema,
                 name,
                 skip_reason,
+                needs_identity,
             });
         }
         Ok(out)
@@ -116,8 +188,35 @@ impl SubscriptionManager {
             .collect();
         let mut wanted = BTreeMap::new();
         let mut report = SyncReport::default();
-        for c in candidates {
+        for mut c in candidates {
             let key = (c.schema.clone(), c.name.clone());
+            if c.skip_reason.is_some()
+                && self.options.replica_identity_full
+                && !c.needs_identity.is_empty()
+            {
+                match set_replica_identity_full(client, &c.needs_identity).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            table = %format!("{}.{}", c.schema, c.name),
+                            relations = %c.needs_identity.join(", "),
+                            "set REPLICA IDENTITY FULL (--subscription-manager.replica-identity-full)"
+                        );
+                        report.identity_set.push(format!("{}.{}", c.schema, c.name));
+                        c.skip_reason = None;
+                    }
+                    Err(e) => {
+                        if self.warned.insert(key.clone()) {
+                            tracing::warn!(
+                                table = %format!("{}.{}", c.schema, c.name),
+                                error = %e,
+                                "not capturing: cannot set REPLICA IDENTITY FULL"
+                            );
+                        }
+                        report.skipped.push(format!("{}.{}", c.schema, c.name));
+                        continue;
+                    }
+                }
+            }
             match &c.skip_reason {
                 None => {
                     wanted.insert(key, ());

@@ -1,0 +1,345 @@
+//! Import workers: claim a job, walk its table in key-ordered chunks, each
+//! merged into the stream between a low and a high watermark, and advance
+//! the cursor only once the sink has made the chunk durable.
+//!
+//! Promises: each chunk is one short statement outside any long
+//! transaction; no lock beyond what a plain SELECT takes; a chunk waits for
+//! every transaction that was open at its low watermark to finish, so a row
+//! committed just before the watermark (or by a transaction that was open
+//! when its table joined the publication) is never missed or overtaken.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::jobs::{Job, Jobs};
+use super::table::{self, ImportTable, KeyChoice};
+use super::watermark::{key_of, ChunkRows, Watermarks, WATERMARK_PREFIX};
+use crate::config::connection::ConnectionConfig;
+use crate::error::{query, Error, Problem};
+use crate::model::value::value_to_json;
+use crate::model::{Lsn, Row};
+use crate::source::types::TypeRegistry;
+
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    pub schema: String,
+    pub publication: String,
+    pub batch_limit: usize,
+    pub workers: usize,
+    /// How long to wait for the stream to reach a chunk's high watermark
+    /// before reading the chunk again.
+    pub chunk_timeout: Duration,
+}
+
+/// A lease outlives a chunk by far; it only matters after a crash.
+const LEASE: Duration = Duration::from_secs(60);
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Runs one worker until `shutdown`.
+pub async fn run(
+    worker: usize,
+    connection: ConnectionConfig,
+    options: ImportOptions,
+    watermarks: Arc<Watermarks>,
+    types: Arc<TypeRegistry>,
+    durable: watch::Receiver<Lsn>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let owner = format!("{}:{}:{worker}", hostname(), std::process::id());
+    let jobs = Jobs::new(&options.schema, &options.publication);
+    let mut backoff = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    while !*shutdown.borrow() {
+        let client = match connection.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(worker, error = %e, "import worker cannot connect; retrying");
+                sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+                continue;
+            }
+        };
+        let mut worker = Worker {
+            client,
+            jobs: jobs.clone(),
+            options: options.clone(),
+            watermarks: watermarks.clone(),
+            types: types.clone(),
+            durable: durable.clone(),
+            shutdown: shutdown.clone(),
+            owner: owner.clone(),
+        };
+        match worker.work().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "import worker failed; retrying");
+                sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
+            }
+        }
+    }
+}
+
+struct Worker {
+    client: Client,
+    jobs: Jobs,
+    options: ImportOptions,
+    watermarks: Arc<Watermarks>,
+    types: Arc<TypeRegistry>,
+    durable: watch::Receiver<Lsn>,
+    shutdown: watch::Receiver<bool>,
+    owner: String,
+}
+
+impl Worker {
+    async fn work(&mut self) -> Result<(), Error> {
+        loop {
+            if *self.shutdown.borrow() {
+                return Ok(());
+            }
+            self.jobs.create_missing(&self.client).await?;
+            let Some(job) = self.jobs.claim(&self.client, &self.owner, LEASE).await? else {
+                sleep_or_shutdown(IDLE_POLL, &mut self.shutdown).await;
+                continue;
+            };
+            match self.import(&job).await {
+                Ok(()) => {}
+                Err(e) if self.client.is_closed() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(table = %job.qualified_name(), error = %e, "import failed; it will be retried");
+                    self.jobs.fail(&self.client, &job, &e.to_string()).await?;
+                }
+            }
+        }
+    }
+
+    async fn import(&mut self, job: &Job) -> Result<(), Error> {
+        let mut table = match table::load(&self.client, &job.table_schema, &job.table_name).await? {
+            Some(KeyChoice::Key(t)) => t,
+            Some(KeyChoice::NoKey(reason)) => {
+                tracing::warn!(table = %job.qualified_name(), "not importing: {reason}");
+                return self.jobs.skip(&self.client, job, &reason).await;
+            }
+            None => {
+                // Dropped or renamed: the subscription manager drops it from
+                // the publication; a renamed table gets a new job.
+                return self
+                    .jobs
+                    .skip(&self.client, job, "the table no longer exists")
+                    .await;
+            }
+        };
+        self.types.resolve_table(&mut table.table).await?;
+        self.jobs
+            .describe(&self.client, job, &table.key_columns())
+            .await?;
+        let mut cursor = job.cursor.clone();
+        let mut imported = job.rows_processed;
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        tracing::info!(table = %job.qualified_name(), resume_after = ?cursor, "importing");
+        loop {
+            if *self.shutdown.borrow() {
+                self.jobs.release(&self.client, job).await?;
+                return Ok(());
+            }
+            let Some(chunk) = self.chunk(job, &table, cursor.as_deref()).await? else {
+                continue; // timed out waiting for the stream: read it again
+            };
+            let done = chunk.rows < self.options.batch_limit;
+            imported += chunk.rows as i64;
+            match &chunk.last_key {
+                Some(last) => {
+                    self.jobs
+                        .advance(&self.client, job, last, chunk.rows as i64, done, LEASE)
+                        .await?;
+                    cursor = Some(last.clone());
+                }
+                None => self.jobs.complete(&self.client, job).await?,
+            }
+            if done {
+                tracing::info!(table = %job.qualified_name(), rows = imported, elapsed = ?started.elapsed(), "import complete");
+                return Ok(());
+            }
+            if last_log.elapsed() > Duration::from_secs(10) {
+                let rate = (imported - job.rows_processed) as f64 / started.elapsed().as_secs_f64();
+                tracing::info!(table = %job.qualified_name(), rows = imported, rows_per_second = rate as u64, "importing");
+                last_log = Instant::now();
+            }
+        }
+    }
+
+    /// Reads, merges and makes durable one chunk. `None` if the stream did
+    /// not reach the high watermark in time (the chunk is read again).
+    async fn chunk(
+        &mut self,
+        job: &Job,
+        table: &ImportTable,
+        cursor: Option<&[String]>,
+    ) -> Result<Option<Chunk>, Error> {
+        let id = chunk_id();
+        let emitted =
+            self.watermarks
+                .register(&id, &table.table.qualified_name(), table.key_columns());
+        let result = async {
+            self.watermark(&id, "low").await?;
+            self.wait_for_open_transactions(job).await?;
+            let sql = table.chunk_sql(cursor, self.options.batch_limit);
+            let messages = self.client.simple_query(&sql).await.map_err(query(format!(
+                "reading a chunk of {}",
+                job.qualified_name()
+            )))?;
+            let key_columns = table.key_columns();
+            let key_positions: Vec<usize> = key_columns
+                .iter()
+                .filter_map(|k| table.table.columns.iter().position(|c| &c.name == k))
+                .collect();
+            let mut rows = Vec::new();
+            let mut last_key = None;
+            for message in &messages {
+                let SimpleQueryMessage::Row(r) = message else {
+                    continue;
+                };
+                let mut row = Row::new();
+                for (i, column) in table.table.columns.iter().enumerate() {
+                    let value = r.get(i).map_or(serde_json::Value::Null, |text| {
+                        value_to_json(&column.ty, text)
+                    });
+                    row.insert(column.name.clone(), value);
+                }
+                last_key = Some(
+                    key_positions
+                        .iter()
+                        .map(|&i| r.get(i).unwrap_or_default().to_string())
+                        .collect::<Vec<_>>(),
+                );
+                let key = key_of(&row, &key_columns).unwrap_or_default();
+                rows.push((key, row));
+            }
+            let count = rows.len();
+            self.watermarks.set_rows(
+                &id,
+                ChunkRows {
+                    table: table.table.clone(),
+                    key_columns,
+                    rows,
+                },
+            );
+            self.watermark(&id, "high").await?;
+            Ok::<_, Error>((count, last_key))
+        }
+        .await;
+        let (rows, last_key) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.watermarks.forget(&id);
+                return Err(e);
+            }
+        };
+        let end = tokio::select! {
+            end = tokio::time::timeout(self.options.chunk_timeout, emitted) => match end {
+                Ok(Ok(end)) => end,
+                _ => {
+                    self.watermarks.forget(&id);
+                    tracing::warn!(table = %job.qualified_name(), "the stream did not reach the chunk's high watermark in time; reading it again");
+                    return Ok(None);
+                }
+            },
+            _ = self.shutdown.changed() => {
+                self.watermarks.forget(&id);
+                return Ok(None);
+            }
+        };
+        // Only once durable may the cursor pass the chunk.
+        while *self.durable.borrow() < end {
+            tokio::select! {
+                changed = self.durable.changed() => if changed.is_err() {
+                    return Err(Problem::new("the sink stopped").into());
+                },
+                _ = self.shutdown.changed() => return Ok(None),
+            }
+        }
+        Ok(Some(Chunk { rows, last_key }))
+    }
+
+    async fn watermark(&self, id: &str, kind: &str) -> Result<(), Error> {
+        self.client
+            .execute(
+                "select pg_logical_emit_message(true, $1, $2)",
+                &[&WATERMARK_PREFIX, &format!("{id}:{kind}")],
+            )
+            .await
+            .map_err(query("writing an import watermark"))?;
+        Ok(())
+    }
+
+    /// Waits until every transaction running at this moment has ended. Any
+    /// transaction whose commit precedes the low watermark in the WAL is
+    /// then visible to the chunk's SELECT (commit order in the WAL and
+    /// visibility can differ by a moment, or longer under synchronous
+    /// replication), and so is every row written by a transaction that was
+    /// open when the table joined the publication.
+    async fn wait_for_open_transactions(&self, job: &Job) -> Result<(), Error> {
+        let snapshot: String = self
+            .client
+            .query_one("select pg_current_snapshot()::text", &[])
+            .await
+            .map_err(query("reading the current snapshot"))?
+            .get(0);
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(1);
+        let mut warned = false;
+        loop {
+            let open: Vec<String> = self
+                .client
+                .query(
+                    "select x::text from pg_snapshot_xip($1::text::pg_snapshot) x
+                      where not pg_visible_in_snapshot(x, pg_current_snapshot())",
+                    &[&snapshot],
+                )
+                .await
+                .map_err(query("waiting for open transactions"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if open.is_empty() {
+                return Ok(());
+            }
+            if !warned && started.elapsed() > Duration::from_secs(10) {
+                tracing::warn!(table = %job.qualified_name(), transactions = ?open, "import waits for transactions that were open when its chunk began");
+                warned = true;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
+struct Chunk {
+    rows: usize,
+    last_key: Option<Vec<String>>,
+}
+
+fn chunk_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}{:08x}", h.finish(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+}
