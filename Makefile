@@ -1,4 +1,4 @@
-.PHONY: demo test build clean-test
+.PHONY: demo test bench build clean-test
 
 # Boots a throwaway Postgres, streams changes to files, prints them.
 demo:
@@ -7,6 +7,11 @@ demo:
 # The whole test suite (installs and starts what it needs).
 test:
 	scripts/test.sh
+
+# Benchmarks side by side with pg_recvlogical, wal2json and COPY; writes
+# docs/benchmarks.md. `make bench ARGS=--quick` runs a tenth of each workload.
+bench:
+	scripts/bench.sh $(ARGS)
 
 build:
 	cargo build --release

@@ -11,6 +11,7 @@ pub mod error;
 pub mod import;
 pub mod migrations;
 pub mod model;
+pub mod ops;
 pub mod retry;
 pub mod sink;
 pub mod source;

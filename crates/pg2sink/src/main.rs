@@ -1,19 +1,23 @@
 //! The `pg2sink` binary: parses flags, sets up logging, runs a command, and
 //! turns any error into a clear message and a non-zero exit code.
 
-use clap::Parser;
-use pg2sink::cli::{Cli, Command};
-use tracing_subscriber::EnvFilter;
+use pg2sink::cli::Command;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Flags, then PG2SINK_* variables, then the --config file, then defaults.
+    let parsed = match pg2sink::config::file::parse_args() {
+        Ok(parsed) => parsed,
+        Err(problem) => {
+            eprintln!("pg2sink: error: {problem}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if matches!(parsed.cli.command, Some(Command::Config(_))) {
+        print!("{}", parsed.effective_settings());
+        return std::process::ExitCode::SUCCESS;
+    }
+    let cli = parsed.cli;
+    pg2sink::config::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,6 +32,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Some(Command::Stream(args)) => pg2sink::cli::stream::run(args).await,
             Some(Command::Import { command }) => pg2sink::cli::import::run(command).await,
+            Some(Command::Status(args)) => pg2sink::cli::status::run(args).await,
+            Some(Command::Teardown(args)) => pg2sink::cli::teardown::run(args).await,
+            Some(Command::Config(_)) => Ok(()),
             None => pg2sink::cli::stream::run(cli.stream).await,
         }
     };

@@ -2,8 +2,11 @@
 
 mod harness;
 
+mod bigquery;
+mod elasticsearch;
 mod errors;
 mod imports;
+mod ops;
 mod streaming;
 mod types;
 

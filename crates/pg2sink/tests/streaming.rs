@@ -13,6 +13,10 @@ use crate::harness::{test_db, wait_until, Pg2Sink, TestDb};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// These tests check the stream alone: imports would add `op: "import"`
+/// copies of rows the tests insert after start (correct, but noise here).
+pub const NO_IMPORTS: &[&str] = &["--import-worker-count=0"];
+
 /// A pg2sink streaming one test database to files in `dir`.
 pub struct Streamer {
     pub schemas: PathBuf,
@@ -128,7 +132,7 @@ fn changes_arrive_in_order_with_sequence_lsn_before_and_after() {
          create table b (k1 int, k2 text, n numeric, primary key (k1, k2));",
     );
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     db.psql(
         "begin; insert into a values (1, 'one'), (2, 'two'); insert into b values (7, 'x', 1.50); commit;
          begin; update a set v = 'uno' where id = 1; update a set id = 20 where id = 2; commit;
@@ -190,7 +194,7 @@ fn table_created_after_start_is_captured() {
     let db = test_db("later");
     let dir = tempfile::tempdir().unwrap();
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     db.psql("create table late (id bigint primary key, note text)");
     wait_until(WAIT, "late to join the publication", || {
         db.psql("select count(*) from pg_publication_tables where pubname = 'pg2sink' and tablename = 'late'") == "1"
@@ -210,7 +214,7 @@ fn rolled_back_transactions_emit_nothing_and_commit_order_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     db.psql("create table t (id int primary key, who text)");
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let connect = || async {
@@ -260,11 +264,11 @@ fn clean_restart_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     db.psql("create table t (id int primary key)");
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     db.psql("insert into t select generate_series(1, 50)");
     s.wait_for_modifications(50);
     stop(&mut p);
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     db.psql("insert into t select generate_series(51, 60)");
     s.wait_for_modifications(60);
     stop(&mut p);
@@ -287,7 +291,7 @@ fn transaction_open_at_stop_and_committed_while_down_is_delivered_whole() {
     let dir = tempfile::tempdir().unwrap();
     db.psql("create table t (id int primary key)");
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     db.psql("insert into t values (0)");
     s.wait_for_modifications(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -304,7 +308,7 @@ fn transaction_open_at_stop_and_committed_while_down_is_delivered_whole() {
     stop(&mut p);
     rt.block_on(client.batch_execute("insert into t select generate_series(101, 200); commit"))
         .unwrap();
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     let got = s.wait_for_modifications(201);
     stop(&mut p);
     let ids: Vec<i64> = got
@@ -327,7 +331,7 @@ fn kill_9_repeatedly_under_load_loses_nothing() {
     let s = Streamer::new(&db, dir.path());
     // The slot must exist before the first row: rows committed earlier are
     // the business of imports, not of the stream.
-    s.start(&db).kill9();
+    s.start_with(&db, NO_IMPORTS).kill9();
 
     // A writer commits numbered rows, one per transaction, and records each
     // id once its commit has returned.
@@ -357,7 +361,7 @@ fn kill_9_repeatedly_under_load_loses_nothing() {
         })
     };
     for round in 0..6u64 {
-        let mut p = s.start(&db);
+        let mut p = s.start_with(&db, NO_IMPORTS);
         std::thread::sleep(Duration::from_millis(300 + (round * 257) % 900));
         p.kill9();
     }
@@ -366,7 +370,7 @@ fn kill_9_repeatedly_under_load_loses_nothing() {
     let committed: Vec<i64> = committed.lock().unwrap().clone();
     assert!(committed.len() > 100, "the writer made progress");
 
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     let last = *committed.last().unwrap();
     wait_until(WAIT, "every committed row to arrive", || {
         s.modifications()
@@ -415,7 +419,7 @@ fn idle_slot_keeps_advancing_while_other_tables_and_databases_are_written() {
     let dir = tempfile::tempdir().unwrap();
     db.psql("create table t (id int primary key); create schema elsewhere; create table elsewhere.busy (id serial primary key)");
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     db.psql("insert into t values (1)");
     s.wait_for_modifications(1);
     other.psql("create table w (id serial primary key)");
@@ -495,7 +499,7 @@ fn table_without_key_is_skipped_so_its_updates_keep_working() {
          create table full_identity (v text); alter table full_identity replica identity full;",
     );
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, NO_IMPORTS);
     db.psql("update keyless set v = 'b'; delete from keyless;");
     db.psql("insert into full_identity values ('x'); update full_identity set v = 'y'");
     let got = s.wait_for_modifications(2);

@@ -540,7 +540,7 @@ fn every_type_arrives_as_to_jsonb_renders_it() {
     create_everything(&db, "everything");
     db.psql("create table full_row (like everything including all); alter table full_row replica identity full;");
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, crate::streaming::NO_IMPORTS);
     wait_for_publication(&db, &["public.everything", "public.full_row"]);
 
     insert_everything(&db, "everything");
@@ -841,7 +841,7 @@ fn a_one_megabyte_value_survives_an_update_of_another_column() {
          alter table toast_full replica identity full;",
     );
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, crate::streaming::NO_IMPORTS);
     wait_for_publication(&db, &["public.toast_default", "public.toast_full"]);
     let big = "(select string_agg(md5(i::text), '') from generate_series(1, 32768) i)";
     db.psql(&format!(
@@ -903,7 +903,7 @@ fn keyless_tables_are_skipped_unless_the_user_opts_in_to_replica_identity_full()
     );
     // Without the flag: skipped, and its UPDATEs keep working.
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, crate::streaming::NO_IMPORTS);
     wait_for_publication(&db, &["public.by_index", "public.keyed"]);
     db.psql("update keyless set v = 'y'; insert into by_index values (1, 'one'); update by_index set b = 'uno'; delete from by_index;");
     let got = s.wait_for_modifications(3);
@@ -944,7 +944,7 @@ fn schema_changes_while_streaming() {
     let dir = tempfile::tempdir().unwrap();
     db.psql("create table t (id int primary key, a text, b int); create table other (id int primary key);");
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, crate::streaming::NO_IMPORTS);
     wait_for_publication(&db, &["public.other", "public.t"]);
     let steps: &[(&str, Value)] = &[
         ("insert into t values (1, 'x', 2)", json!({"id": 1, "a": "x", "b": 2})),
@@ -1022,7 +1022,7 @@ fn partitioned_tables_arrive_under_the_root_name() {
          create table keyless_parts_1 partition of keyless_parts for values in (1);",
     );
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, crate::streaming::NO_IMPORTS);
     wait_for_publication(&db, &["public.measurements"]);
     db.psql(
         "insert into measurements values (1, '2020-05-01', 'a'), (1, '2021-05-01', 'b'), (9, '2021-06-01', 'c');
@@ -1062,7 +1062,7 @@ fn tables_of_every_shape_and_name() {
            create table generated (id int primary key, a int, doubled int generated always as (a * 2) stored);"#,
     );
     let s = Streamer::new(&db, dir.path());
-    let mut p = s.start(&db);
+    let mut p = s.start_with(&db, crate::streaming::NO_IMPORTS);
     wait_for_publication(
         &db,
         &[

@@ -22,6 +22,21 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub stream: StreamArgs,
+
+    /// A TOML file of settings, keyed by long flag name (see docs/operations.md).
+    /// Precedence: flag > PG2SINK_* variable > this file > default.
+    #[arg(long, env = "PG2SINK_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log lines as text or as JSON objects.
+    #[arg(
+        long = "log-format",
+        env = "PG2SINK_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: crate::config::logging::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -33,6 +48,14 @@ pub enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// Show the slot (active, confirmed position, lag, WAL retained), the
+    /// publication's tables and the imports' progress.
+    Status(super::status::StatusArgs),
+    /// Remove the slot and the publication (and with --all pg2sink's schema).
+    Teardown(super::teardown::TeardownArgs),
+    /// Print the settings `stream` would use, as TOML, with where each
+    /// came from (flag, environment, file, default); secrets are hidden.
+    Config(StreamArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,6 +75,10 @@ pub enum ImportCommand {
 pub enum SinkKind {
     /// JSON lines in files (or stdout).
     File,
+    /// BigQuery: a raw table of changes and a current-state view per table.
+    Bigquery,
+    /// Elasticsearch (or OpenSearch): an index per table, a document per row.
+    Elasticsearch,
 }
 
 /// Where the source database is and which of pg2sink's objects to use.
@@ -108,6 +135,17 @@ pub struct StreamArgs {
     /// even under a steady stream of changes.
     #[arg(long = "sink.flush-interval", env = "PG2SINK_SINK_FLUSH_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub sink_flush_interval: Duration,
+
+    /// Remote sinks: how long a failing request is retried (exponential
+    /// back-off with jitter) before pg2sink stops.
+    #[arg(long = "sink.retry-timeout", env = "PG2SINK_SINK_RETRY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub sink_retry_timeout: Duration,
+
+    #[command(flatten)]
+    pub bigquery: BigQueryArgs,
+
+    #[command(flatten)]
+    pub elasticsearch: ElasticsearchArgs,
 
     /// Print each decoded replication message, one per line, instead of
     /// writing to the sink. Confirms nothing.
@@ -175,4 +213,133 @@ pub struct StreamArgs {
     /// How often a standby status update is sent to the server.
     #[arg(long = "status-interval", env = "PG2SINK_STATUS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub status_interval: Duration,
+
+    /// HTTP address (host:port) serving /metrics, the API under /api/ and
+    /// the web page at /; port 0 picks a free port; "off" disables.
+    #[arg(
+        long = "metrics-address",
+        env = "PG2SINK_METRICS_ADDRESS",
+        default_value = "127.0.0.1:9525"
+    )]
+    pub metrics_address: String,
+
+    /// Bearer token the API's changing calls (add, stop, resync) require.
+    #[arg(long = "api.token", env = "PG2SINK_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// While the captured tables are quiet, write a heartbeat message this
+    /// often so the slot keeps advancing past WAL written elsewhere; 0 disables.
+    #[arg(long = "heartbeat-interval", env = "PG2SINK_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+}
+
+/// `--sink=bigquery` settings.
+#[derive(Args, Debug, Clone)]
+pub struct BigQueryArgs {
+    /// BigQuery sink: the Google Cloud project holding the dataset.
+    #[arg(
+        long = "sink.bigquery.project-id",
+        env = "PG2SINK_SINK_BIGQUERY_PROJECT_ID"
+    )]
+    pub project_id: Option<String>,
+
+    /// BigQuery sink: the dataset (created if missing).
+    #[arg(
+        long = "sink.bigquery.dataset",
+        env = "PG2SINK_SINK_BIGQUERY_DATASET",
+        default_value = "pg2sink"
+    )]
+    pub dataset: String,
+
+    /// BigQuery sink: where a dataset pg2sink creates lives.
+    #[arg(
+        long = "sink.bigquery.location",
+        env = "PG2SINK_SINK_BIGQUERY_LOCATION",
+        default_value = "US"
+    )]
+    pub location: String,
+
+    /// BigQuery sink: default table expiration of a dataset pg2sink creates
+    /// (e.g. 30d); none by default.
+    #[arg(long = "sink.bigquery.table-expiration", env = "PG2SINK_SINK_BIGQUERY_TABLE_EXPIRATION", value_parser = humantime::parse_duration)]
+    pub table_expiration: Option<Duration>,
+
+    /// BigQuery sink: a service-account key file (JSON); otherwise the
+    /// application-default credentials (GOOGLE_APPLICATION_CREDENTIALS,
+    /// gcloud, the metadata server). None are used with --sink.bigquery.endpoint alone.
+    #[arg(
+        long = "sink.bigquery.credentials",
+        env = "PG2SINK_SINK_BIGQUERY_CREDENTIALS"
+    )]
+    pub credentials: Option<PathBuf>,
+
+    /// BigQuery sink: the REST endpoint, for emulators (default
+    /// https://bigquery.googleapis.com).
+    #[arg(
+        long = "sink.bigquery.endpoint",
+        env = "PG2SINK_SINK_BIGQUERY_ENDPOINT"
+    )]
+    pub endpoint: Option<String>,
+
+    /// BigQuery sink: rows per insertAll request.
+    #[arg(long = "sink.bigquery.batch-rows", env = "PG2SINK_SINK_BIGQUERY_BATCH_ROWS", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=50000))]
+    pub batch_rows: u32,
+}
+
+/// `--sink=elasticsearch` settings.
+#[derive(Args, Debug, Clone)]
+pub struct ElasticsearchArgs {
+    /// Elasticsearch sink: a node's URL (repeatable; the next is tried when
+    /// one cannot be reached).
+    #[arg(
+        long = "sink.elasticsearch.url",
+        env = "PG2SINK_SINK_ELASTICSEARCH_URL",
+        default_value = "http://127.0.0.1:9200",
+        value_delimiter = ','
+    )]
+    pub urls: Vec<String>,
+
+    /// Elasticsearch sink: user for basic authentication.
+    #[arg(
+        long = "sink.elasticsearch.username",
+        env = "PG2SINK_SINK_ELASTICSEARCH_USERNAME"
+    )]
+    pub username: Option<String>,
+
+    /// Elasticsearch sink: password for basic authentication.
+    #[arg(
+        long = "sink.elasticsearch.password",
+        env = "PG2SINK_SINK_ELASTICSEARCH_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// Elasticsearch sink: an API key (the encoded form), instead of a user.
+    #[arg(
+        long = "sink.elasticsearch.api-key",
+        env = "PG2SINK_SINK_ELASTICSEARCH_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
+    /// Elasticsearch sink: PEM file of the CA that signed the cluster's certificate.
+    #[arg(
+        long = "sink.elasticsearch.ca-file",
+        env = "PG2SINK_SINK_ELASTICSEARCH_CA_FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// Elasticsearch sink: indices are named <prefix><schema>.<table>, lowercased.
+    #[arg(
+        long = "sink.elasticsearch.index-prefix",
+        env = "PG2SINK_SINK_ELASTICSEARCH_INDEX_PREFIX",
+        default_value = ""
+    )]
+    pub index_prefix: String,
+
+    /// Elasticsearch sink: actions per _bulk request.
+    #[arg(long = "sink.elasticsearch.bulk-size", env = "PG2SINK_SINK_ELASTICSEARCH_BULK_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub bulk_size: u32,
 }

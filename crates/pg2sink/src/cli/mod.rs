@@ -2,6 +2,9 @@
 
 pub mod args;
 pub mod import;
+pub mod sinks;
+pub mod status;
 pub mod stream;
+pub mod teardown;
 
 pub use args::{Cli, Command};

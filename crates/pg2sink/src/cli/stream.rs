@@ -15,8 +15,7 @@ use crate::import::{self, watermark::Watermarks, worker::ImportOptions};
 use crate::migrations;
 use crate::model::Lsn;
 use crate::retry::Backoff;
-use crate::sink::file::{FileSink, FileSinkConfig};
-use crate::sink::{self, FlushPolicy};
+use crate::sink::FlushPolicy;
 use crate::source::catalog::{self, slot_name_for};
 use crate::source::connection::ReplicationStream;
 use crate::source::pgoutput::{self, PgTimestamp};
@@ -69,6 +68,16 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         let _ = shutdown_tx.send(true);
     });
 
+    crate::ops::start(&args, &connection, &slot.name, shutdown.clone()).await?;
+    if !args.decode_only {
+        crate::source::heartbeat::spawn(
+            &connection,
+            &slot.name,
+            args.heartbeat_interval,
+            shutdown.clone(),
+        );
+    }
+
     let manager_task = manager.map(|manager| {
         tokio::spawn(manage_subscription(
             manager,
@@ -111,17 +120,13 @@ async fn stream_to_sink(
     start: Lsn,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let sink = FileSink::open(&FileSinkConfig {
-        schemas_path: args.file_schemas_path.clone(),
-        modifications_path: args.file_modifications_path.clone(),
-    })?;
     let (events, events_rx) = mpsc::channel(SINK_QUEUE);
     let (durable_tx, durable) = watch::channel(start);
     let policy = FlushPolicy {
         max_unflushed_bytes: args.sink_batch_bytes,
         max_delay: args.sink_flush_interval,
     };
-    let sink_task = tokio::spawn(sink::run(sink, events_rx, durable_tx, policy));
+    let sink_task = super::sinks::spawn(args, events_rx, durable_tx, policy).await?;
 
     // Shared across reconnects and with imports: each type is read from the
     // catalog once.
@@ -185,6 +190,7 @@ async fn stream_to_sink(
                     break Ok(());
                 }
                 let delay = backoff.next_delay();
+                crate::ops::metrics::error(crate::ops::metrics::kind::REPLICATION);
                 tracing::warn!(error = %e, retry_in = ?delay, "replication interrupted; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -290,6 +296,7 @@ async fn manage_subscription(
             }
         }
         if let Err(e) = manager.sync(&client).await {
+            crate::ops::metrics::error(crate::ops::metrics::kind::SUBSCRIPTION_MANAGER);
             tracing::warn!(error = %e, "subscription manager pass failed; retrying at the next poll");
         }
     }

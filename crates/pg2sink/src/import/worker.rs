@@ -93,6 +93,13 @@ struct Worker {
 
 impl Worker {
     async fn work(&mut self) -> Result<(), Error> {
+        // Watermarks must reach the WAL on disk at once: the walsender only
+        // decodes flushed WAL, so with the server's synchronous_commit=off
+        // every chunk would wait for the WAL writer.
+        self.client
+            .batch_execute("set synchronous_commit = on")
+            .await
+            .map_err(query("configuring the import session"))?;
         loop {
             if *self.shutdown.borrow() {
                 return Ok(());
@@ -106,6 +113,7 @@ impl Worker {
                 Ok(()) => {}
                 Err(e) if self.client.is_closed() => return Err(e),
                 Err(e) => {
+                    crate::ops::metrics::error(crate::ops::metrics::kind::IMPORT);
                     tracing::warn!(table = %job.qualified_name(), error = %e, "import failed; it will be retried");
                     self.jobs.fail(&self.client, &job, &e.to_string()).await?;
                 }
@@ -138,20 +146,34 @@ impl Worker {
         let started = Instant::now();
         let mut last_log = Instant::now();
         tracing::info!(table = %job.qualified_name(), resume_after = ?cursor, "importing");
+        // One chunk is read ahead while the previous one travels through the
+        // stream and the sink; the cursor still only moves past chunks that
+        // are durable, in order.
+        let mut in_flight = self.read_chunk(job, &table, cursor.as_deref()).await?;
         loop {
-            if *self.shutdown.borrow() {
-                self.jobs.release(&self.client, job).await?;
-                return Ok(());
-            }
-            let Some(chunk) = self.chunk(job, &table, cursor.as_deref()).await? else {
-                continue; // timed out waiting for the stream: read it again
+            let done = in_flight.rows < self.options.batch_limit;
+            let next = match (&in_flight.last_key, done || *self.shutdown.borrow()) {
+                (Some(last), false) => Some(self.read_chunk(job, &table, Some(last)).await?),
+                _ => None,
             };
-            let done = chunk.rows < self.options.batch_limit;
-            imported += chunk.rows as i64;
-            match &chunk.last_key {
+            if !self.settle(job, &mut in_flight).await? {
+                // Not durable (timeout or shutdown): drop the read-ahead and
+                // start again from the last durable cursor.
+                if let Some(next) = next {
+                    self.watermarks.forget(&next.id);
+                }
+                if *self.shutdown.borrow() {
+                    self.jobs.release(&self.client, job).await?;
+                    return Ok(());
+                }
+                in_flight = self.read_chunk(job, &table, cursor.as_deref()).await?;
+                continue;
+            }
+            imported += in_flight.rows as i64;
+            match &in_flight.last_key {
                 Some(last) => {
                     self.jobs
-                        .advance(&self.client, job, last, chunk.rows as i64, done, LEASE)
+                        .advance(&self.client, job, last, in_flight.rows as i64, done, LEASE)
                         .await?;
                     cursor = Some(last.clone());
                 }
@@ -166,17 +188,25 @@ impl Worker {
                 tracing::info!(table = %job.qualified_name(), rows = imported, rows_per_second = rate as u64, "importing");
                 last_log = Instant::now();
             }
+            match next {
+                Some(next) => in_flight = next,
+                None => {
+                    // Shutting down between chunks.
+                    self.jobs.release(&self.client, job).await?;
+                    return Ok(());
+                }
+            }
         }
     }
 
-    /// Reads, merges and makes durable one chunk. `None` if the stream did
-    /// not reach the high watermark in time (the chunk is read again).
-    async fn chunk(
+    /// Reads one chunk between a low and a high watermark and hands its rows
+    /// to the stream.
+    async fn read_chunk(
         &mut self,
         job: &Job,
         table: &ImportTable,
         cursor: Option<&[String]>,
-    ) -> Result<Option<Chunk>, Error> {
+    ) -> Result<InFlight, Error> {
         let id = chunk_id();
         let emitted =
             self.watermarks
@@ -194,7 +224,7 @@ impl Worker {
                 .iter()
                 .filter_map(|k| table.table.columns.iter().position(|c| &c.name == k))
                 .collect();
-            let mut rows = Vec::new();
+            let mut rows = Vec::with_capacity(messages.len());
             let mut last_key = None;
             for message in &messages {
                 let SimpleQueryMessage::Row(r) = message else {
@@ -229,25 +259,36 @@ impl Worker {
             Ok::<_, Error>((count, last_key))
         }
         .await;
-        let (rows, last_key) = match result {
-            Ok(r) => r,
+        match result {
+            Ok((rows, last_key)) => Ok(InFlight {
+                id,
+                emitted,
+                rows,
+                last_key,
+            }),
             Err(e) => {
                 self.watermarks.forget(&id);
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Waits until the stream has emitted the chunk at its high watermark
+    /// and the sink has made it durable. `false` if that did not happen in
+    /// time (the chunk is read again) or pg2sink is stopping.
+    async fn settle(&mut self, job: &Job, chunk: &mut InFlight) -> Result<bool, Error> {
         let end = tokio::select! {
-            end = tokio::time::timeout(self.options.chunk_timeout, emitted) => match end {
+            end = tokio::time::timeout(self.options.chunk_timeout, &mut chunk.emitted) => match end {
                 Ok(Ok(end)) => end,
                 _ => {
-                    self.watermarks.forget(&id);
+                    self.watermarks.forget(&chunk.id);
                     tracing::warn!(table = %job.qualified_name(), "the stream did not reach the chunk's high watermark in time; reading it again");
-                    return Ok(None);
+                    return Ok(false);
                 }
             },
             _ = self.shutdown.changed() => {
-                self.watermarks.forget(&id);
-                return Ok(None);
+                self.watermarks.forget(&chunk.id);
+                return Ok(false);
             }
         };
         // Only once durable may the cursor pass the chunk.
@@ -256,10 +297,10 @@ impl Worker {
                 changed = self.durable.changed() => if changed.is_err() {
                     return Err(Problem::new("the sink stopped").into());
                 },
-                _ = self.shutdown.changed() => return Ok(None),
+                _ = self.shutdown.changed() => return Ok(false),
             }
         }
-        Ok(Some(Chunk { rows, last_key }))
+        Ok(true)
     }
 
     async fn watermark(&self, id: &str, kind: &str) -> Result<(), Error> {
@@ -315,7 +356,10 @@ impl Worker {
     }
 }
 
-struct Chunk {
+/// A chunk handed to the stream, not yet known to be durable.
+struct InFlight {
+    id: String,
+    emitted: tokio::sync::oneshot::Receiver<Lsn>,
     rows: usize,
     last_key: Option<Vec<String>>,
 }

@@ -17,6 +17,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("sql/0001_subscriptions.sql"),
     ),
     (2, "import_jobs", include_str!("sql/0002_import_jobs.sql")),
+    (
+        3,
+        "table_overrides",
+        include_str!("sql/0003_table_overrides.sql"),
+    ),
 ];
 
 /// A constant key for `pg_advisory_xact_lock`: "pg2sink" in ASCII.

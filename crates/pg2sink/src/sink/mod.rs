@@ -11,9 +11,34 @@
 //!
 //! Delivery is at least once: after a crash, changes past the last confirmed
 //! position are sent again. Each sink documents how replays are made
-//! harmless (the file sink: consumers de-duplicate on (`lsn`, `sequence`)).
+//! harmless (the file sink: consumers de-duplicate on (`lsn`, `sequence`);
+//! BigQuery and Elasticsearch: writes keyed on the primary key and ordered
+//! by (`lsn`, `sequence`), so an older change never wins over a newer one).
+//!
+//! Every sink also:
+//! - answers [`Sink::health_check`] before streaming starts, failing fast
+//!   with a [`SinkError::Definite`] that says what is wrong and what to do
+//!   (server unreachable, credentials refused, dataset or index unusable);
+//! - batches: writes are buffered until the driver flushes, which it does
+//!   by size ([`FlushPolicy::max_unflushed_bytes`]) and time
+//!   ([`FlushPolicy::max_delay`]); a sink splits a flush into requests of
+//!   its own bulk size;
+//! - retries transient failures (network, 429, 5xx) with the crate's one
+//!   back-off policy, exponential with jitter (see [`http::send`]), and
+//!   returns [`SinkError::Definite`] at once for what retrying cannot fix
+//!   (bad credentials, a schema or a row the server rejects);
+//! - counts batches, latency, retries, errors and stale writes
+//!   ([`http::SinkStats`]).
+//!
+//! One folder per sink, each of the same shape: `config` (options),
+//! `client` (the server's API), `encoding` (rows as the server takes them),
+//! `schema` or `mapping` (tables from Avro schemas), `tests`. The contract
+//! and each sink's choices are written down in `docs/sinks.md`.
 
+pub mod bigquery;
+pub mod elasticsearch;
 pub mod file;
+pub mod http;
 
 use std::time::Duration;
 
@@ -64,6 +89,12 @@ impl SinkError {
 pub trait Sink: Send {
     /// A short name for logs and metrics (`file`, `bigquery`, ...).
     fn name(&self) -> &'static str;
+    /// Checks, before streaming starts, that the sink can be written to
+    /// (reachable, credentials accepted, destination usable), creating what
+    /// it needs. Fails fast with a definite error saying what to do.
+    async fn health_check(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError>;
     async fn write_modification(&mut self, modification: &Modification) -> Result<(), SinkError>;
     /// Makes every write so far durable.
@@ -131,7 +162,11 @@ pub async fn run<S: Sink>(
         };
         match event {
             SinkEvent::Schema(schema) => sink.write_schema(&schema).await?,
-            SinkEvent::Modification(m) => sink.write_modification(&m).await?,
+            SinkEvent::Modification(m) => {
+                let started = std::time::Instant::now();
+                sink.write_modification(&m).await?;
+                crate::ops::metrics::sink_write(started.elapsed());
+            }
             SinkEvent::Commit { end_lsn } => {
                 let since = pending.map_or_else(Instant::now, |(_, since)| since);
                 pending = Some((end_lsn, since));
@@ -148,7 +183,9 @@ async fn flush<S: Sink>(
     pending: &mut Option<(Lsn, Instant)>,
     durable: &watch::Sender<Lsn>,
 ) -> Result<(), SinkError> {
+    let (started, bytes) = (std::time::Instant::now(), sink.unflushed_bytes());
     sink.flush().await?;
+    crate::ops::metrics::sink_flush(started.elapsed(), bytes);
     if let Some((lsn, _)) = pending.take() {
         durable.send_if_modified(|current| {
             let advanced = lsn > *current;

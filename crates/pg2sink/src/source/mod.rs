@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod connection;
+pub mod heartbeat;
 pub mod pgoutput;
 pub mod replication;
 pub mod subscription;

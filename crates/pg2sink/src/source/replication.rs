@@ -147,6 +147,7 @@ impl<'a> Session<'a> {
         mut shutdown: watch::Receiver<bool>,
         drain_timeout: Duration,
     ) -> Result<(), Error> {
+        let _streaming = crate::ops::metrics::StreamingGuard::enter();
         let mut status = tokio::time::interval(self.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = *shutdown.borrow();
@@ -205,6 +206,7 @@ impl<'a> Session<'a> {
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), Error> {
         self.progress.confirmed = self.confirmable();
         let confirmed = self.progress.confirmed;
+        crate::ops::metrics::confirmed(confirmed);
         let status = walframe::encode_standby_status(
             self.received.max(confirmed),
             confirmed,
@@ -218,17 +220,22 @@ impl<'a> Session<'a> {
     }
 
     async fn handle_frame(&mut self, payload: Bytes) -> Result<(), Error> {
+        let frame_bytes = payload.len();
         match walframe::decode_frame(payload)? {
             WalFrame::Keepalive {
                 wal_end,
                 reply_requested,
                 ..
             } => {
+                crate::ops::metrics::keepalive_received(frame_bytes);
                 self.received = self.received.max(wal_end);
                 if self.transaction.is_none() {
                     self.idle_position = self.idle_position.max(wal_end);
                 }
-                if reply_requested {
+                // Answer at once when asked, or when the keepalive lets us
+                // confirm more: the sooner the slot advances, the less WAL
+                // the server keeps for it.
+                if reply_requested || self.confirmable() > self.progress.confirmed {
                     self.send_status(false).await?;
                 }
             }
@@ -237,6 +244,7 @@ impl<'a> Session<'a> {
             } => {
                 self.received = self.received.max(wal_start);
                 let message = pgoutput::decode(data)?;
+                crate::ops::metrics::message_received(&message, frame_bytes);
                 tracing::trace!(%message, "received");
                 self.handle_message(message).await?;
             }
@@ -369,6 +377,7 @@ impl<'a> Session<'a> {
         let table = self.table(relation)?;
         let (namespace, name) = (table.namespace.clone(), table.name.clone());
         let qualified = table.qualified_name();
+        crate::ops::metrics::change_emitted(&qualified, op);
         if let Some(watermarks) = self.watermarks.as_ref().filter(|w| w.any()) {
             match op {
                 Op::Truncate => watermarks.truncated(&qualified),
@@ -414,6 +423,14 @@ impl<'a> Session<'a> {
 
     /// A logical message: watermarks of imports; anything else is ignored.
     async fn handle_logical_message(&mut self, message: LogicalMessage) -> Result<(), Error> {
+        if !message.transactional && self.transaction.is_none() {
+            // A heartbeat (or any message outside a transaction) is a
+            // position the server has passed, like a keepalive's.
+            self.idle_position = self.idle_position.max(message.lsn);
+            if self.confirmable() > self.progress.confirmed {
+                self.send_status(false).await?;
+            }
+        }
         let Some(watermarks) = self.watermarks.clone() else {
             return Ok(());
         };
@@ -434,9 +451,12 @@ impl<'a> Session<'a> {
         };
         let timestamp = tx.timestamp.clone();
         let table = &ready.rows.table;
-        self.announce(table.qualified_name(), table.avro_schema(), &timestamp)
-            .await?;
+        if !ready.rows.rows.is_empty() {
+            self.announce(table.qualified_name(), table.avro_schema(), &timestamp)
+                .await?;
+        }
         let (namespace, name) = (table.namespace.clone(), table.name.clone());
+        crate::ops::metrics::rows_imported(&table.qualified_name(), ready.rows.rows.len() as u64);
         for (_, row) in ready.rows.rows {
             let tx = self.transaction.as_mut().expect("checked above");
             tx.sequence += 1;
@@ -462,6 +482,14 @@ impl<'a> Session<'a> {
     /// Hands an event to the sink, answering the server meanwhile so a slow
     /// sink does not make the server drop the connection.
     async fn forward(&mut self, event: SinkEvent) -> Result<(), Error> {
+        // The common case: room in the queue, no timer needed.
+        let event = match self.events.try_send(event) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Error::Definite(Problem::new("the sink stopped")))
+            }
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
         let events = self.events;
         let send = events.send(event);
         tokio::pin!(send);

@@ -88,6 +88,13 @@ impl SubscriptionManager {
 
     /// Base tables of the watched schemas, each with whether it is capturable.
     pub async fn candidates(&self, client: &Client) -> Result<Vec<Candidate>, Error> {
+        // Tables added or stopped through the API win over the flags.
+        let overrides = crate::ops::overrides::load(
+            client,
+            &self.options.internal_schema,
+            &self.options.publication,
+        )
+        .await?;
         let rows = client
             .query(
                 "select n.nspname::text, c.relname::text, c.relreplident::text,
@@ -107,10 +114,11 @@ impl SubscriptionManager {
                         else '{}' end as leaves_without_identity
                    from pg_class c join pg_namespace n on n.oid = c.relnamespace
                   where c.relkind in ('r', 'p') and c.relpersistence = 'p' and not c.relispartition
-                    and (n.nspname = any($1) or (n.nspname || '.' || c.relname) = any($2))
+                    and (n.nspname = any($1) or (n.nspname || '.' || c.relname) = any($2)
+                         or (n.nspname || '.' || c.relname) = any($4))
                     and n.nspname <> $3
                   order by 1, 2",
-                &[&self.options.schemas, &self.options.include, &self.options.internal_schema],
+                &[&self.options.schemas, &self.options.include, &self.options.internal_schema, &overrides.added],
             )
             .await
             .map_err(query("listing the tables of the watched schemas"))?;
@@ -118,10 +126,17 @@ impl SubscriptionManager {
         for row in rows {
             let (schema, name): (String, String) = (row.get(0), row.get(1));
             let qualified = format!("{schema}.{name}");
-            if !self.options.include.is_empty() && !self.options.include.contains(&qualified) {
+            if overrides.is_stopped(&qualified) {
                 continue;
             }
-            if self.options.exclude.contains(&qualified) {
+            let added = overrides.is_added(&qualified);
+            if !added
+                && !self.options.include.is_empty()
+                && !self.options.include.contains(&qualified)
+            {
+                continue;
+            }
+            if !added && self.options.exclude.contains(&qualified) {
                 continue;
             }
             let replident: String = row.get(2);

@@ -1251,6 +1251,11 @@ impl Pg2Sink {
         if !env.iter().any(|(k, _)| *k == "RUST_BACKTRACE") {
             cmd.env("RUST_BACKTRACE", "1");
         }
+        // Tests run many pg2sinks at once: each serves HTTP on a free port
+        // (it logs the address) unless the test chooses one.
+        if !env.iter().any(|(k, _)| *k == "PG2SINK_METRICS_ADDRESS") {
+            cmd.env("PG2SINK_METRICS_ADDRESS", "127.0.0.1:0");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

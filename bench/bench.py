@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""pg2sink benchmarks, side by side with the server's own limit.
+
+For each streaming workload, three logical slots are created at the same
+WAL position before the workload runs; then each consumer reads the same
+WAL range from its own slot, one after the other:
+  - pg2sink, file sink, fsync on (as in production);
+  - pg_recvlogical + pgoutput to /dev/null (the walsender's limit);
+  - pg_recvlogical + wal2json (format 2) to a file (what users reach for).
+Imports compare pg2sink's import of a table with COPY ... TO STDOUT into
+/dev/null. Latency runs pgbench at a fixed rate and measures commit time
+to the moment a line is in the file (written and fsynced by pg2sink).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+PORT = 55610
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kw).stdout.strip()
+
+
+class Postgres:
+    def __init__(self, bin_dir, work):
+        self.bin_dir, self.work = bin_dir, work
+        self.data = os.path.join(work, "data")
+        self.as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.url = f"postgres://postgres@127.0.0.1:{PORT}/bench?sslmode=disable"
+
+    def start(self):
+        if os.geteuid() == 0:
+            shutil.chown(self.work, "postgres")
+        subprocess.run(self.as_pg + [f"{self.bin_dir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres"],
+                       check=True, capture_output=True)
+        # Load generation settings: the benchmark measures decoding and
+        # delivery, not the server's commit path. fsync=off and
+        # synchronous_commit=off speed up loading only; pg2sink's own fsync
+        # of the output file stays on.
+        opts = (f"-p {PORT} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.work} "
+                "-c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c max_wal_size=20GB -c checkpoint_timeout=1h -c shared_buffers=1GB "
+                "-c logical_decoding_work_mem=256MB -c wal_sender_timeout=60s")
+        subprocess.run(self.as_pg + [f"{self.bin_dir}/pg_ctl", "-D", self.data, "-l", f"{self.work}/pg.log",
+                                     "-w", "-o", opts, "start"], check=True, capture_output=True)
+        self.psql("create database bench", db="postgres")
+
+    def stop(self):
+        subprocess.run(self.as_pg + [f"{self.bin_dir}/pg_ctl", "-D", self.data, "-m", "immediate", "stop"],
+                       capture_output=True)
+
+    def psql(self, sql, db="bench"):
+        return sh("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+                  f"postgres://postgres@127.0.0.1:{PORT}/{db}?sslmode=disable", "-c", sql)
+
+
+def lsn(text):
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def proc_stats(pid):
+    """Peak RSS (MiB) and CPU seconds of a running process."""
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) / 1024
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    return rss, cpu
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="pg2sink-bench.")
+        os.chmod(self.work, 0o755)
+        self.pg = Postgres(args.bin_dir, self.work)
+        self.results = []
+
+    def slots(self, prefix):
+        """pg2sink's own set-up (schema, publication, its slot) plus the two
+        comparison slots, all before the workload writes anything."""
+        self.pg.psql(f"select pg_create_logical_replication_slot('{prefix}_pgoutput', 'pgoutput')")
+        self.pg.psql(f"select pg_create_logical_replication_slot('{prefix}_wal2json', 'wal2json')")
+
+    def pg2sink_setup(self):
+        out = os.path.join(self.work, "setup.jsonl")
+        p = subprocess.Popen([self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
+                              "--sink.file.schemas-path", out, "--import-worker-count=0"],
+                             stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.pg.psql("select count(*) from pg_stat_replication") == "1":
+                break
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+
+    def run_pg2sink(self, end, extra=(), until=None):
+        out = os.path.join(self.work, "modifications.jsonl")
+        if os.path.exists(out):
+            os.remove(out)
+        start = time.time()
+        p = subprocess.Popen([self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
+                              "--sink.file.schemas-path", os.path.join(self.work, "schemas.jsonl"),
+                              "--status-interval=1s", *extra],
+                             stderr=open(os.path.join(self.work, "pg2sink.log"), "a"))
+        rss = cpu = 0.0
+        while True:
+            done = until() if until else lsn(self.pg.psql(
+                "select confirmed_flush_lsn from pg_replication_slots where slot_name = 'pg2sink_bench'")) >= end
+            try:
+                rss, cpu = proc_stats(p.pid)
+            except OSError:
+                pass
+            if done:
+                break
+            if p.poll() is not None:
+                raise SystemExit(f"pg2sink exited early; see {self.work}/pg2sink.log")
+            time.sleep(0.02)
+        wall = time.time() - start
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+        return wall, rss, cpu, out
+
+    def recvlogical(self, slot, plugin_opts, end, out):
+        start = time.time()
+        subprocess.run(["pg_recvlogical", "-d", self.pg.url, "--slot", slot, "--start", "-E", end,
+                        "--no-loop", "-f", out, *plugin_opts], check=True, capture_output=True)
+        return time.time() - start
+
+    def streaming(self, name, rows, setup_sql, workload_sql):
+        prefix = name.split()[0].strip("()").lower()
+        self.pg.psql(setup_sql)
+        self.pg2sink_setup()
+        self.slots(prefix)
+        t0 = time.time()
+        for sql in workload_sql:
+            self.pg.psql(sql)
+        gen = time.time() - t0
+        # The insert position: with synchronous_commit=off the write
+        # position can still be short of the last commit record.
+        end = self.pg.psql("select pg_current_wal_insert_lsn()")
+        wall, rss, cpu, out = self.run_pg2sink(lsn(end), extra=["--import-worker-count=0",
+                                                                 "--subscription-manager.poll-interval=1h"])
+        lines = sum(1 for _ in open(out))
+        base = self.recvlogical(f"{prefix}_pgoutput", ["-o", "proto_version=1", "-o", "publication_names=pg2sink"],
+                                end, "/dev/null")
+        w2j_out = os.path.join(self.work, "wal2json.json")
+        w2j = self.recvlogical(f"{prefix}_wal2json", ["-o", "format-version=2"], end, w2j_out)
+        os.remove(w2j_out)
+        for slot in (f"{prefix}_pgoutput", f"{prefix}_wal2json"):
+            self.pg.psql(f"select pg_drop_replication_slot('{slot}')")
+        self.results.append({
+            "workload": name, "rows": lines, "lines": lines, "generate_s": gen,
+            "pg2sink_s": wall, "pgoutput_devnull_s": base, "wal2json_s": w2j,
+            "pg2sink_rss_mib": rss, "pg2sink_cpu_s": cpu,
+        })
+        self.report_line(self.results[-1])
+
+    def import_(self, rows):
+        # Only the big table is imported: the streaming workloads' tables
+        # leave the publication.
+        self.pg.psql("drop table a, b1, b2, b3, c")
+        self.pg.psql(f"create table big (id bigint primary key, a int, b text, c timestamptz, d numeric);"
+                     f"insert into big select g, g % 1000, md5(g::text), now(), g / 7.0 from generate_series(1, {rows}) g")
+        self.pg.psql("vacuum analyze big")
+        t0 = time.time()
+        subprocess.run(["psql", "-X", "-q", self.pg.url, "-c", "copy big to stdout"], check=True,
+                           stdout=subprocess.DEVNULL)
+        copy = time.time() - t0
+
+        def done():
+            return self.pg.psql("select count(*) from pg2sink.import_jobs where table_name = 'big' "
+                                "and completed_at is not null") == "1"
+        wall, rss, cpu, out = self.run_pg2sink(0, extra=["--subscription-manager.poll-interval=1s",
+                                                         "--import-worker-count=1",
+                                                         f"--import-worker.batch-limit={self.args.batch}"],
+                                               until=done)
+        imported = sum(1 for line in open(out) if '"op":"import"' in line)
+        self.results.append({"workload": f"(d) import of a {rows:,}-row table", "rows": rows, "lines": imported,
+                             "pg2sink_s": wall, "copy_s": copy, "pg2sink_rss_mib": rss, "pg2sink_cpu_s": cpu})
+        self.report_line(self.results[-1])
+
+    def latency(self, rate, seconds):
+        self.pg.psql("create table lat (id bigserial primary key, at timestamptz default clock_timestamp())")
+        out = os.path.join(self.work, "latency.jsonl")
+        p = subprocess.Popen([self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
+                              "--sink.file.schemas-path", os.path.join(self.work, "schemas.jsonl"),
+                              "--subscription-manager.poll-interval=200ms", "--import-worker-count=0"],
+                             stderr=open(os.path.join(self.work, "pg2sink.log"), "a"))
+        time.sleep(2)
+        delays = []
+        stop = threading.Event()
+
+        def tail():
+            while not os.path.exists(out):
+                time.sleep(0.01)
+            with open(out) as f:
+                buf = ""
+                while not stop.is_set():
+                    chunk = f.read()
+                    now = time.time()
+                    if not chunk:
+                        time.sleep(0.001)
+                        continue
+                    buf += chunk
+                    *lines, buf = buf.split("\n")
+                    for line in lines:
+                        m = json.loads(line)
+                        if m.get("name") == "lat" and m.get("op") == "insert":
+                            ts = m["timestamp"]
+                            from datetime import datetime
+                            committed = datetime.fromisoformat(ts).timestamp()
+                            delays.append((now - committed) * 1000)
+        t = threading.Thread(target=tail)
+        t.start()
+        script = os.path.join(self.work, "lat.sql")
+        with open(script, "w") as f:
+            f.write("insert into lat default values;\n")
+        # Latency is measured with durable commits, as in production: with
+        # synchronous_commit=off the walsender would wait for the WAL writer.
+        subprocess.run([f"{self.args.bin_dir}/pgbench", "-n", "-f", script, "-R", str(rate), "-T", str(seconds),
+                        "-c", "4", "-j", "2", self.pg.url], check=True, capture_output=True,
+                       env={**os.environ, "PGOPTIONS": "-c synchronous_commit=on"})
+        time.sleep(2)
+        stop.set()
+        t.join()
+        rss, cpu = proc_stats(p.pid)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+        delays.sort()
+        q = lambda f: delays[min(len(delays) - 1, int(f * len(delays)))] if delays else float("nan")
+        self.results.append({"workload": f"(e) latency at {rate} tx/s for {seconds}s", "rows": len(delays),
+                             "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": delays[-1] if delays else float("nan"),
+                             "pg2sink_rss_mib": rss, "pg2sink_cpu_s": cpu})
+        self.report_line(self.results[-1])
+
+    def report_line(self, r):
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+
+    def markdown(self, command):
+        cpu = "unknown"
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        lines = [
+            "# Benchmarks", "",
+            f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores ({cpu}), "
+            f"{mem:.0f} GiB RAM, {platform.system()} {platform.release()}, PostgreSQL "
+            f"{self.pg.psql('show server_version')}. Every figure below comes from one run; "
+            "ratios compare tools on the same WAL range in that run.", "",
+            "## Streaming", "",
+            "Wall time to consume the same WAL range from a slot each (created at the same position before the "
+            "workload). pg2sink: file sink with fsync, until the slot's confirmed position reaches the end. "
+            "Ratio = pg2sink / pg_recvlogical+pgoutput to /dev/null (the walsender's limit; target ≤ 1.1).", "",
+            "| workload | rows | pg2sink s | pgoutput→/dev/null s | wal2json→file s | ratio vs limit | pg2sink vs wal2json | rows/s pg2sink | peak RSS MiB | CPU s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.results:
+            if "pgoutput_devnull_s" in r:
+                lines.append(f"| {r['workload']} | {r['rows']:,} | {r['pg2sink_s']:.2f} | {r['pgoutput_devnull_s']:.2f} | "
+                             f"{r['wal2json_s']:.2f} | {r['pg2sink_s'] / r['pgoutput_devnull_s']:.2f} | "
+                             f"{r['pg2sink_s'] / r['wal2json_s']:.2f} | {r['rows'] / r['pg2sink_s']:,.0f} | "
+                             f"{r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.1f} |")
+        lines += ["", "## Import", "",
+                  "pg2sink's import (chunks of the batch limit, each between watermarks, fsynced) against "
+                  "`COPY table TO STDOUT` into /dev/null through psql. Target: ≥ 0.5× COPY's rows/s.", "",
+                  "| workload | rows | pg2sink s | COPY s | pg2sink rows/s | COPY rows/s | ratio (rows/s) | peak RSS MiB | CPU s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in self.results:
+            if "copy_s" in r:
+                lines.append(f"| {r['workload']} | {r['rows']:,} | {r['pg2sink_s']:.2f} | {r['copy_s']:.2f} | "
+                             f"{r['rows'] / r['pg2sink_s']:,.0f} | {r['rows'] / r['copy_s']:,.0f} | "
+                             f"{r['copy_s'] / r['pg2sink_s']:.2f} | {r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.1f} |")
+        lines += ["", "## Latency", "",
+                  "pgbench commits one-row transactions at a fixed rate; a tailer notes when each line appears in "
+                  "pg2sink's output file (written after the previous fsync; the file is fsynced before the slot "
+                  "is confirmed) and subtracts the commit timestamp carried by the message. Target: p99 < 50 ms.", "",
+                  "| workload | rows | p50 ms | p99 ms | max ms | peak RSS MiB | CPU s |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in self.results:
+            if "p99_ms" in r:
+                lines.append(f"| {r['workload']} | {r['rows']:,} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                             f"{r['max_ms']:.1f} | {r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.1f} |")
+        return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--pg2sink", required=True)
+    ap.add_argument("--quick", action="store_true", help="a tenth of each workload")
+    ap.add_argument("--batch", type=int, default=5000)
+    ap.add_argument("--out", default="docs/benchmarks.md")
+    args = ap.parse_args()
+    scale = 10 if args.quick else 1
+    b = Bench(args)
+    b.pg.start()
+    try:
+        n = 1_000_000 // scale
+        b.streaming(f"(a) one transaction inserting {n:,} rows", n,
+                    "create table a (id bigint primary key, k int, name text, at timestamptz, amount numeric)",
+                    [f"insert into a select g, g % 1000, md5(g::text), now(), g / 3.0 from generate_series(1, {n}) g"])
+        txs = 200_000 // scale
+        b.pg.psql("create table b1 (id int primary key, v int, t text); create table b2 (id int primary key, v int, t text);"
+                  "create table b3 (id int primary key, v int, t text);")
+        b.pg.psql("""create procedure mixed(n int) language plpgsql as $$
+            declare i int; r int;
+            begin
+              for i in 1..n loop
+                r := 1 + (i % 5);
+                insert into b1 select i * 10 + g, g, md5(i::text) from generate_series(1, r) g;
+                if i % 3 = 0 then update b2 set v = v + 1 where id = i - 1; end if;
+                insert into b2 values (i, i, 'x') ;
+                if i % 4 = 0 then delete from b3 where id = i - 4; end if;
+                insert into b3 values (i, i, 'y');
+                commit;
+              end loop;
+            end $$""")
+        b.streaming(f"(b) {txs:,} small mixed transactions over three tables", txs * 5, "select 1",
+                    [f"call mixed({txs})"])
+        ups = 100_000 // scale
+        b.streaming(f"(c) {ups:,} updates of rows with a 20 kB TOASTed value", ups,
+                    "create table c (id int primary key, n int, big text); alter table c alter column big set storage external;"
+                    "insert into c select g, 0, repeat(md5(g::text), 640) from generate_series(1, 1000) g",
+                    [f"do $$ begin for i in 1..{ups} loop update c set n = n + 1 where id = (i % 1000) + 1; "
+                     "if i % 100 = 0 then commit; end if; end loop; end $$"])
+        b.import_(5_000_000 // scale)
+        b.latency(2000, 20 if not args.quick else 5)
+    finally:
+        b.pg.stop()
+    command = "make bench" + (" ARGS=--quick" if args.quick else "")
+    analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.md")
+    with open(args.out, "w") as f:
+        f.write(b.markdown(command))
+        if os.path.exists(analysis):
+            f.write("\n" + open(analysis).read())
+    print(f"wrote {args.out}; scratch in {b.work}", file=sys.stderr)
+    shutil.rmtree(b.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

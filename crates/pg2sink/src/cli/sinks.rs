@@ -1,0 +1,87 @@
+//! Opening the sink `--sink` names, from its `--sink.NAME.*` flags: built,
+//! health-checked (failing fast, before any change is read), then driven
+//! by [`sink::run`] on a task of its own.
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::args::{SinkKind, StreamArgs};
+use crate::error::Error;
+use crate::model::Lsn;
+use crate::sink::bigquery::{BigQueryConfig, BigQuerySink};
+use crate::sink::elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
+use crate::sink::file::{FileSink, FileSinkConfig};
+use crate::sink::http::RetryPolicy;
+use crate::sink::{self, FlushPolicy, Sink, SinkError, SinkEvent};
+
+pub type SinkTask = JoinHandle<Result<(), SinkError>>;
+
+/// Opens and checks the sink, then spawns its driver.
+pub async fn spawn(
+    args: &StreamArgs,
+    events: mpsc::Receiver<SinkEvent>,
+    durable: watch::Sender<Lsn>,
+    policy: FlushPolicy,
+) -> Result<SinkTask, Error> {
+    // One arm per sink: each driver future is Send for its concrete type.
+    Ok(match args.sink {
+        SinkKind::File => {
+            let sink = checked(FileSink::open(&FileSinkConfig {
+                schemas_path: args.file_schemas_path.clone(),
+                modifications_path: args.file_modifications_path.clone(),
+            })?)
+            .await?;
+            tokio::spawn(sink::run(sink, events, durable, policy))
+        }
+        SinkKind::Bigquery => {
+            let sink = checked(BigQuerySink::new(bigquery_config(args))?).await?;
+            tokio::spawn(sink::run(sink, events, durable, policy))
+        }
+        SinkKind::Elasticsearch => {
+            let sink = checked(ElasticsearchSink::new(elasticsearch_config(args))?).await?;
+            tokio::spawn(sink::run(sink, events, durable, policy))
+        }
+    })
+}
+
+async fn checked<S: Sink>(mut sink: S) -> Result<S, Error> {
+    sink.health_check().await?;
+    Ok(sink)
+}
+
+fn retry_policy(args: &StreamArgs) -> RetryPolicy {
+    RetryPolicy {
+        give_up_after: args.sink_retry_timeout,
+        ..RetryPolicy::default()
+    }
+}
+
+pub fn bigquery_config(args: &StreamArgs) -> BigQueryConfig {
+    let a = &args.bigquery;
+    BigQueryConfig {
+        project_id: a.project_id.clone().unwrap_or_default(),
+        dataset: a.dataset.clone(),
+        location: a.location.clone(),
+        table_expiration: a.table_expiration,
+        credentials: a.credentials.clone(),
+        endpoint: a.endpoint.clone(),
+        batch_rows: a.batch_rows as usize,
+        retry: retry_policy(args),
+        ..BigQueryConfig::default()
+    }
+}
+
+pub fn elasticsearch_config(args: &StreamArgs) -> ElasticsearchConfig {
+    let a = &args.elasticsearch;
+    ElasticsearchConfig {
+        urls: a.urls.clone(),
+        username: a.username.clone(),
+        password: a.password.clone(),
+        api_key: a.api_key.clone(),
+        ca_file: a.ca_file.clone(),
+        index_prefix: a.index_prefix.clone(),
+        bulk_actions: a.bulk_size as usize,
+        retry: retry_policy(args),
+        ..ElasticsearchConfig::default()
+    }
+}

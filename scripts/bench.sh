@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make bench`: builds pg2sink (release), boots a Postgres tuned for load
+# generation, and runs every workload side by side with the server's own
+# limit (pg_recvlogical + pgoutput to /dev/null), wal2json, and COPY.
+# Writes docs/benchmarks.md. Usage: scripts/bench.sh [--quick]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bin_dir=$(scripts/install-postgres.sh 15 | tail -n 1)
+if [ ! -f /usr/lib/postgresql/15/lib/wal2json.so ]; then
+  echo "==> installing wal2json" >&2
+  apt-get install -y -q postgresql-15-wal2json >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql-15-wal2json >/dev/null; }
+fi
+echo "==> building pg2sink (release)" >&2
+cargo build --release --quiet --bin pg2sink
+exec python3 bench/bench.py --bin-dir "$bin_dir" --pg2sink "$root/target/release/pg2sink" "$@"

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# test-services.sh install|start|stop|url [bigquery|elasticsearch]...
+#
+# The sink servers the integration tests write to, installed from PyPI and
+# run on loopback (see ../shared/notes/test-services.md):
+#   bigquery       bqemulator (DuckDB-backed BigQuery REST emulator)
+#   elasticsearch  noida-db (answers the Elasticsearch 8 REST API)
+#
+# install: puts them under <repo>/.pg2sink/services (idempotent).
+# start:   installs, then starts each one unless it already answers; waits
+#          until it does. Servers are shared by every test process and left
+#          running; `stop` ends them. State, data and logs live under
+#          <repo>/target/pg2sink-test/services/NAME.
+# url:     prints the base URL of each server (one per line).
+#
+# Ports: PG2SINK_TEST_BIGQUERY_PORT (default 29050, gRPC on port+10) and
+# PG2SINK_TEST_ELASTICSEARCH_PORT (default 29200). All progress goes to
+# stderr. Serialised with flock, so concurrent test processes can call it.
+set -euo pipefail
+
+log() { echo "test-services: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
+INSTALL_DIR="$REPO_ROOT/.pg2sink/services"
+STATE_DIR="$REPO_ROOT/target/pg2sink-test/services"
+BQ_PORT="${PG2SINK_TEST_BIGQUERY_PORT:-29050}"
+BQ_GRPC_PORT=$((BQ_PORT + 10))
+ES_PORT="${PG2SINK_TEST_ELASTICSEARCH_PORT:-29200}"
+BQ_PROJECT="pg2sink-test"
+# Pinned so a fresh machine gets what the tests were written against.
+BQ_PACKAGES=(bqemulator==1.4.0 numpy duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extensions==1.5.5)
+NOIDA_VERSION="0.2.3"
+
+python_bin() {
+    command -v python3 >/dev/null || apt-get install -y -q python3 python3-venv >/dev/null
+    command -v python3
+}
+
+install_bigquery() {
+    local venv="$INSTALL_DIR/venv-bq" marker="$INSTALL_DIR/.bigquery-installed"
+    [[ -f "$marker" && -x "$venv/bin/bqemulator" ]] && return 0
+    log "installing bqemulator into $venv"
+    rm -rf "$venv"
+    "$(python_bin)" -m venv "$venv" >&2 || {
+        apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null &&
+            "$(python_bin)" -m venv "$venv" >&2
+    }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "${BQ_PACKAGES[@]}" >&2
+    # Offline, DuckDB's spatial extension must come from PyPI, imported
+    # into the HOME the emulator runs with.
+    mkdir -p "$INSTALL_DIR/bqhome"
+    HOME="$INSTALL_DIR/bqhome" "$venv/bin/python" -c \
+        "import duckdb_extensions as d; d.import_extension('spatial')" >&2
+    touch "$marker"
+}
+
+install_elasticsearch() {
+    local dir="$INSTALL_DIR/noida" marker="$INSTALL_DIR/.elasticsearch-installed"
+    [[ -f "$marker" && -x "$dir/noida_db/noida-db" ]] && return 0
+    log "installing noida-db $NOIDA_VERSION into $dir"
+    local tmp
+    tmp="$(mktemp -d)"
+    "$(python_bin)" -m pip download --quiet --disable-pip-version-check --no-deps \
+        -d "$tmp" "noida-db==$NOIDA_VERSION" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    "$(python_bin)" -m zipfile -e "$tmp"/noida_db-*.whl "$dir" >&2
+    chmod +x "$dir/noida_db/noida-db"
+    rm -rf "$tmp"
+    touch "$marker"
+}
+
+answers() { # url
+    "$(python_bin)" - "$1" <<'EOF' >/dev/null 2>&1
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=2).read()
+EOF
+}
+
+bq_url() { echo "http://127.0.0.1:$BQ_PORT"; }
+es_url() { echo "http://127.0.0.1:$ES_PORT"; }
+bq_probe() { echo "$(bq_url)/bigquery/v2/projects/$BQ_PROJECT/datasets"; }
+es_probe() { es_url; }
+
+# start_server NAME PROBE_URL COMMAND...
+start_server() {
+    local name="$1" probe="$2"
+    shift 2
+    local state="$STATE_DIR/$name"
+    mkdir -p "$state"
+    if answers "$probe"; then
+        return 0
+    fi
+    log "starting $name: $*"
+    # A session of its own, and no descriptor but the log: the server must
+    # not hold this script's lock or its caller's pipes.
+    "$(python_bin)" - "$state" "$@" <<'EOF'
+import os, subprocess, sys
+state, argv = sys.argv[1], sys.argv[2:]
+log = open(os.path.join(state, "server.log"), "ab")
+p = subprocess.Popen(argv, cwd=state, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                     close_fds=True, start_new_session=True)
+open(os.path.join(state, "pid"), "w").write(str(p.pid))
+EOF
+    local i
+    for i in $(seq 1 600); do
+        if answers "$probe"; then
+            log "$name answers at $probe"
+            return 0
+        fi
+        if ! kill -0 "$(cat "$state/pid")" 2>/dev/null; then
+            tail -n 30 "$state/server.log" >&2 || true
+            die "$name exited while starting (log: $state/server.log)"
+        fi
+        sleep 0.2
+    done
+    tail -n 30 "$state/server.log" >&2 || true
+    die "$name did not answer at $probe within 120s (log: $state/server.log)"
+}
+
+start_bigquery() {
+    install_bigquery
+    mkdir -p "$STATE_DIR/bigquery/data"
+    start_server bigquery "$(bq_probe)" \
+        env HOME="$INSTALL_DIR/bqhome" "$INSTALL_DIR/venv-bq/bin/bqemulator" start \
+        --rest-port "$BQ_PORT" --grpc-port "$BQ_GRPC_PORT" --project "$BQ_PROJECT"
+}
+
+start_elasticsearch() {
+    install_elasticsearch
+    mkdir -p "$STATE_DIR/elasticsearch/data"
+    start_server elasticsearch "$(es_probe)" \
+        "$INSTALL_DIR/noida/noida_db/noida-db" start --data-dir "$STATE_DIR/elasticsearch/data" \
+        --only elasticsearch --elasticsearch-port "$ES_PORT"
+}
+
+stop_server() {
+    local state="$STATE_DIR/$1"
+    [[ -f "$state/pid" ]] || return 0
+    local pid
+    pid="$(cat "$state/pid")"
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping $1 (pid $pid)"
+        # It leads a session of its own: end its process group.
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+    rm -f "$state/pid"
+}
+
+command="${1:-}"
+[[ -n "$command" ]] || die "usage: $0 install|start|stop|url [bigquery|elasticsearch]..."
+shift
+services=("$@")
+[[ ${#services[@]} -gt 0 ]] || services=(bigquery elasticsearch)
+
+mkdir -p "$STATE_DIR" "$INSTALL_DIR"
+exec 8>>"$STATE_DIR/.lock"
+flock -w 900 8 || die "lock $STATE_DIR/.lock busy"
+
+for service in "${services[@]}"; do
+    case "$service:$command" in
+    bigquery:install) install_bigquery ;;
+    elasticsearch:install) install_elasticsearch ;;
+    bigquery:start) start_bigquery ;;
+    elasticsearch:start) start_elasticsearch ;;
+    bigquery:stop | elasticsearch:stop) stop_server "$service" ;;
+    bigquery:url) bq_url ;;
+    elasticsearch:url) es_url ;;
+    *) die "unknown service or command: $service $command" ;;
+    esac
+done
