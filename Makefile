@@ -1,4 +1,4 @@
-.PHONY: demo test bench build clean-test
+.PHONY: demo test bench build clean-test dev recreatedb dev-down
 
 # Boots a throwaway Postgres, streams changes to files, prints them.
 demo:
@@ -19,3 +19,13 @@ build:
 # Stops the Postgres servers the test harness left running.
 clean-test:
 	scripts/stop-test-postgres.sh
+
+# The development environment without Docker (see scripts/dev.sh).
+dev:
+	scripts/dev.sh up
+
+recreatedb:
+	scripts/dev.sh recreatedb
+
+dev-down:
+	scripts/dev.sh down

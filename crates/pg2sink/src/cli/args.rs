@@ -127,6 +127,20 @@ pub struct StreamArgs {
     )]
     pub file_modifications_path: PathBuf,
 
+    /// File sink: start a new modifications file once it holds this many
+    /// bytes; the full one is renamed `<path>.<first lsn>`. 0 never rotates.
+    #[arg(
+        long = "sink.file.rotate-bytes",
+        env = "PG2SINK_SINK_FILE_ROTATE_BYTES",
+        default_value_t = 0
+    )]
+    pub file_rotate_bytes: u64,
+
+    /// File sink: start a new modifications file at least this often (e.g.
+    /// 1h), if it is not empty. Unset never rotates by time.
+    #[arg(long = "sink.file.rotate-interval", env = "PG2SINK_SINK_FILE_ROTATE_INTERVAL", value_parser = humantime::parse_duration)]
+    pub file_rotate_interval: Option<Duration>,
+
     /// Flush (and fsync) once this many bytes are waiting, even mid-stream.
     #[arg(long = "sink.batch-bytes", env = "PG2SINK_SINK_BATCH_BYTES", default_value_t = 8 << 20)]
     pub sink_batch_bytes: usize,

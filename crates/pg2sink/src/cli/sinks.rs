@@ -29,6 +29,8 @@ pub async fn spawn(
             let sink = checked(FileSink::open(&FileSinkConfig {
                 schemas_path: args.file_schemas_path.clone(),
                 modifications_path: args.file_modifications_path.clone(),
+                rotate_bytes: args.file_rotate_bytes,
+                rotate_interval: args.file_rotate_interval,
             })?)
             .await?;
             tokio::spawn(sink::run(sink, events, durable, policy))

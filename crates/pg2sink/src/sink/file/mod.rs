@@ -30,6 +30,10 @@ const WRITE_THROUGH_BYTES: usize = 1 << 20;
 pub struct FileSinkConfig {
     pub schemas_path: PathBuf,
     pub modifications_path: PathBuf,
+    /// Rotate the modifications file past this size (0: never).
+    pub rotate_bytes: u64,
+    /// Rotate the modifications file at least this often (if not empty).
+    pub rotate_interval: Option<std::time::Duration>,
 }
 
 pub struct FileSink {
@@ -39,6 +43,10 @@ pub struct FileSink {
     /// The last schema each file holds per table (`schema.table`).
     last_schema: HashMap<String, Value>,
     unflushed: usize,
+    rotate_bytes: u64,
+    rotate_interval: Option<std::time::Duration>,
+    /// When the current modifications file was started (or opened).
+    file_started: std::time::Instant,
 }
 
 struct Output {
@@ -71,6 +79,9 @@ impl FileSink {
             modifications,
             last_schema,
             unflushed: 0,
+            rotate_bytes: config.rotate_bytes,
+            rotate_interval: config.rotate_interval,
+            file_started: std::time::Instant::now(),
         })
     }
 
@@ -113,16 +124,62 @@ impl Sink for FileSink {
         self.append(self.modifications, modification).await
     }
 
+    fn unflushed_bytes(&self) -> usize {
+        self.unflushed
+    }
+
     async fn flush(&mut self) -> Result<(), SinkError> {
         for output in &mut self.outputs {
             output.write_out(true).await?;
         }
         self.unflushed = 0;
-        Ok(())
+        self.rotate_if_due()
     }
+}
 
-    fn unflushed_bytes(&self) -> usize {
-        self.unflushed
+impl FileSink {
+    /// Renames a full (or old) modifications file to `<path>.<first lsn>`
+    /// and starts a new one. Runs only right after a flush, so every
+    /// rotated file holds whole, durable lines.
+    fn rotate_if_due(&mut self) -> Result<(), SinkError> {
+        if self.rotate_bytes == 0 && self.rotate_interval.is_none() {
+            return Ok(());
+        }
+        let output = &self.outputs[self.modifications];
+        if !output.regular {
+            return Ok(());
+        }
+        let fail = |what: &str, e: io::Error| SinkError::Transient {
+            context: format!("{what} {}", output.path.display()),
+            source: Box::new(e),
+        };
+        let size = output
+            .file
+            .metadata()
+            .map_err(|e| fail("cannot stat", e))?
+            .len();
+        let by_size = self.rotate_bytes > 0 && size >= self.rotate_bytes;
+        let by_time = self
+            .rotate_interval
+            .is_some_and(|i| self.file_started.elapsed() >= i)
+            && size > 0;
+        if !(by_size || by_time) {
+            return Ok(());
+        }
+        let first = first_lsn(&output.path).unwrap_or_else(|| "0-0".to_string());
+        let mut rotated = output.path.clone().into_os_string();
+        rotated.push(format!(".{first}"));
+        std::fs::rename(&output.path, &rotated).map_err(|e| fail("cannot rotate", e))?;
+        if let Some(dir) = output.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| fail("cannot sync the folder of", e))?;
+        }
+        tracing::info!(file = %std::path::Path::new(&rotated).display(), bytes = size, "rotated the modifications file");
+        let path = output.path.clone();
+        self.outputs[self.modifications] = Output::open(&path)?;
+        self.file_started = std::time::Instant::now();
+        Ok(())
     }
 }
 
@@ -237,6 +294,16 @@ fn cut_torn_line(file: &mut File) -> io::Result<()> {
     }
 }
 
+/// The `lsn` of a file's first line, as `X-X` (a file name cannot hold `/`).
+fn first_lsn(path: &Path) -> Option<String> {
+    let mut line = String::new();
+    BufReader::new(File::open(path).ok()?)
+        .read_line(&mut line)
+        .ok()?;
+    let message: Value = serde_json::from_str(&line).ok()?;
+    Some(message.get("lsn")?.as_str()?.replace('/', "-"))
+}
+
 fn read_last_schemas(path: &Path) -> Result<HashMap<String, Value>, SinkError> {
     let mut last = HashMap::new();
     let file = match File::open(path) {
@@ -293,6 +360,8 @@ mod tests {
         let config = FileSinkConfig {
             schemas_path: path.clone(),
             modifications_path: path.clone(),
+            rotate_bytes: 0,
+            rotate_interval: None,
         };
         let schema = Schema {
             timestamp: format_timestamp_for_tests(),
@@ -323,5 +392,45 @@ mod tests {
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].contains("\"schema\""));
         assert!(lines[1].contains("\"sequence\":1"));
+    }
+
+    #[tokio::test]
+    async fn rotates_by_size_naming_files_by_their_first_lsn() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FileSinkConfig {
+            schemas_path: dir.path().join("s.jsonl"),
+            modifications_path: dir.path().join("m.jsonl"),
+            rotate_bytes: 1,
+            rotate_interval: None,
+        };
+        let mut sink = FileSink::open(&config).unwrap();
+        for lsn in [0x10u64, 0x20] {
+            let m = Modification {
+                timestamp: format_timestamp_for_tests(),
+                lsn: Lsn(lsn),
+                sequence: 1,
+                op: Op::Insert,
+                namespace: "public".into(),
+                name: "t".into(),
+                before: None,
+                after: None,
+                unchanged: vec![],
+            };
+            sink.write_modification(&m).await.unwrap();
+            sink.flush().await.unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["m.jsonl", "m.jsonl.0-10", "m.jsonl.0-20", "s.jsonl"]
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("m.jsonl")).unwrap(),
+            ""
+        );
     }
 }
