@@ -56,6 +56,7 @@ class Postgres:
         subprocess.run(self.as_pg + [f"{self.bin_dir}/pg_ctl", "-D", self.data, "-l", f"{self.work}/pg.log",
                                      "-w", "-o", opts, "start"], check=True, capture_output=True)
         self.psql("create database bench", db="postgres")
+        self.version = self.psql("show server_version")
 
     def stop(self):
         subprocess.run(self.as_pg + [f"{self.bin_dir}/pg_ctl", "-D", self.data, "-m", "immediate", "stop"],
@@ -267,7 +268,7 @@ class Bench:
             "# Benchmarks", "",
             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores ({cpu}), "
             f"{mem:.0f} GiB RAM, {platform.system()} {platform.release()}, PostgreSQL "
-            f"{self.pg.psql('show server_version')}. Every figure below comes from one run; "
+            f"{self.pg.version}. Every figure below comes from one run; "
             "ratios compare tools on the same WAL range in that run.", "",
             "## Streaming", "",
             "Wall time to consume the same WAL range from a slot each (created at the same position before the "

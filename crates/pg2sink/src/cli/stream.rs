@@ -125,6 +125,7 @@ async fn stream_to_sink(
     let policy = FlushPolicy {
         max_unflushed_bytes: args.sink_batch_bytes,
         max_delay: args.sink_flush_interval,
+        ..FlushPolicy::default()
     };
     let sink_task = super::sinks::spawn(args, events_rx, durable_tx, policy).await?;
 

@@ -110,6 +110,10 @@ pub struct FlushPolicy {
     pub max_unflushed_bytes: usize,
     /// Flush a finished transaction no later than this after it arrived.
     pub max_delay: Duration,
+    /// When the queue runs dry, wait this long after the first unflushed
+    /// commit for more before flushing: one fsync then covers many small
+    /// transactions, at the cost of at most this much latency.
+    pub linger: Duration,
 }
 
 impl Default for FlushPolicy {
@@ -117,6 +121,7 @@ impl Default for FlushPolicy {
         FlushPolicy {
             max_unflushed_bytes: 8 << 20,
             max_delay: Duration::from_millis(100),
+            linger: Duration::from_millis(1),
         }
     }
 }
@@ -138,9 +143,23 @@ pub async fn run<S: Sink>(
     loop {
         let event = match pending {
             Some((_, since)) if since.elapsed() >= policy.max_delay => None,
-            Some(_) => match events.try_recv() {
+            Some((_, since)) => match events.try_recv() {
                 Ok(event) => Some(event),
-                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Group commit: linger a moment for the next commit so
+                    // one fsync covers many small transactions.
+                    match policy.linger.checked_sub(since.elapsed()) {
+                        Some(wait) if !wait.is_zero() => match tokio::time::timeout(wait, events.recv()).await {
+                            Ok(Some(event)) => Some(event),
+                            Ok(None) => {
+                                flush(&mut sink, &mut pending, &durable).await?;
+                                return Ok(());
+                            }
+                            Err(_) => None,
+                        },
+                        _ => None,
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     flush(&mut sink, &mut pending, &durable).await?;
                     return Ok(());
