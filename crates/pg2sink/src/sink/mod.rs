@@ -149,14 +149,16 @@ pub async fn run<S: Sink>(
                     // Group commit: linger a moment for the next commit so
                     // one fsync covers many small transactions.
                     match policy.linger.checked_sub(since.elapsed()) {
-                        Some(wait) if !wait.is_zero() => match tokio::time::timeout(wait, events.recv()).await {
-                            Ok(Some(event)) => Some(event),
-                            Ok(None) => {
-                                flush(&mut sink, &mut pending, &durable).await?;
-                                return Ok(());
+                        Some(wait) if !wait.is_zero() => {
+                            match tokio::time::timeout(wait, events.recv()).await {
+                                Ok(Some(event)) => Some(event),
+                                Ok(None) => {
+                                    flush(&mut sink, &mut pending, &durable).await?;
+                                    return Ok(());
+                                }
+                                Err(_) => None,
                             }
-                            Err(_) => None,
-                        },
+                        }
                         _ => None,
                     }
                 }
