@@ -20,7 +20,7 @@ use crate::source::catalog::{self, slot_name_for};
 use crate::source::connection::ReplicationStream;
 use crate::source::pgoutput::{self, PgTimestamp};
 use crate::source::replication::{start_replication_sql, Progress, Session};
-use crate::source::subscription::{SubscriptionManager, SubscriptionOptions};
+use crate::source::subscription::SubscriptionManager;
 use crate::source::types::TypeRegistry;
 use crate::source::walframe::{self, WalFrame};
 
@@ -37,16 +37,7 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
     migrations::run(&mut client, &args.source.schema).await?;
     catalog::ensure_publication(&client, &args.source.subscription_name).await?;
 
-    let mut manager = args.manager_enabled.then(|| {
-        SubscriptionManager::new(SubscriptionOptions {
-            publication: args.source.subscription_name.clone(),
-            schemas: args.manager_schemas.clone(),
-            include: args.manager_include.clone(),
-            exclude: args.manager_exclude.clone(),
-            internal_schema: args.source.schema.clone(),
-            replica_identity_full: args.manager_replica_identity_full,
-        })
-    });
+    let mut manager = crate::ops::subscription_options(&args).map(SubscriptionManager::new);
     if let Some(manager) = manager.as_mut() {
         manager.sync(&client).await?;
     }
