@@ -115,21 +115,27 @@ impl Jobs {
         }))
     }
 
-    /// Records the key columns and the row estimate when a job starts.
-    pub async fn describe(&self, client: &Client, job: &Job, key: &[String]) -> Result<(), Error> {
+    /// Records the key columns and the row estimate when a job starts;
+    /// returns the estimate (from the planner's statistics).
+    pub async fn describe(
+        &self,
+        client: &Client,
+        job: &Job,
+        key: &[String],
+    ) -> Result<Option<i64>, Error> {
         let sql = format!(
             "update {t} set key_columns = $2,
                     rows_estimated = (select greatest(c.reltuples, 0)::bigint from pg_class c
                                        join pg_namespace n on n.oid = c.relnamespace
                                       where n.nspname = $3 and c.relname = $4)
-              where id = $1",
+              where id = $1 returning rows_estimated",
             t = self.table
         );
-        client
-            .execute(&sql, &[&job.id, &key, &job.table_schema, &job.table_name])
+        let row = client
+            .query_opt(&sql, &[&job.id, &key, &job.table_schema, &job.table_name])
             .await
             .map_err(query("describing an import job"))?;
-        Ok(())
+        Ok(row.and_then(|r| r.get(0)))
     }
 
     /// Moves the cursor past a chunk the sink has made durable, renewing

@@ -8,6 +8,7 @@
 //! committed just before the watermark (or by a transaction that was open
 //! when its table joined the publication) is never missed or overtaken.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,9 +139,16 @@ impl Worker {
             }
         };
         self.types.resolve_table(&mut table.table).await?;
-        self.jobs
+        let estimate = self
+            .jobs
             .describe(&self.client, job, &table.key_columns())
             .await?;
+        // On a terminal, progress every 2 s with a bar; in logs every 10 s.
+        let every = if std::io::stderr().is_terminal() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(10)
+        };
         let mut cursor = job.cursor.clone();
         let mut imported = job.rows_processed;
         let started = Instant::now();
@@ -183,9 +191,15 @@ impl Worker {
                 tracing::info!(table = %job.qualified_name(), rows = imported, elapsed = ?started.elapsed(), "import complete");
                 return Ok(());
             }
-            if last_log.elapsed() > Duration::from_secs(10) {
+            if last_log.elapsed() > every {
                 let rate = (imported - job.rows_processed) as f64 / started.elapsed().as_secs_f64();
-                tracing::info!(table = %job.qualified_name(), rows = imported, rows_per_second = rate as u64, "importing");
+                tracing::info!(
+                    table = %job.qualified_name(),
+                    rows = imported,
+                    rows_per_second = rate as u64,
+                    "importing {}",
+                    progress(imported, estimate, rate)
+                );
                 last_log = Instant::now();
             }
             match next {
@@ -364,6 +378,27 @@ struct InFlight {
     last_key: Option<Vec<String>>,
 }
 
+/// `[#######.............] 35% of ~1200000 rows, ~12s left`, or just the
+/// count when the table's size is unknown.
+fn progress(done: i64, estimate: Option<i64>, rate: f64) -> String {
+    let Some(total) = estimate.filter(|&t| t > 0) else {
+        return format!("{done} rows");
+    };
+    let fraction = (done as f64 / total as f64).clamp(0.0, 1.0);
+    let filled = (fraction * 20.0).round() as usize;
+    let left = if rate > 0.0 {
+        ((total - done).max(0) as f64 / rate).round() as u64
+    } else {
+        0
+    };
+    format!(
+        "[{}{}] {:.0}% of ~{total} rows, ~{left}s left",
+        "#".repeat(filled),
+        ".".repeat(20 - filled),
+        fraction * 100.0
+    )
+}
+
 fn chunk_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -385,5 +420,23 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
         _ = shutdown.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress;
+
+    #[test]
+    fn progress_bar() {
+        assert_eq!(
+            progress(50, Some(100), 10.0),
+            "[##########..........] 50% of ~100 rows, ~5s left"
+        );
+        assert_eq!(progress(7, None, 1.0), "7 rows");
+        assert_eq!(
+            progress(200, Some(100), 0.0),
+            "[####################] 100% of ~100 rows, ~0s left"
+        );
     }
 }
