@@ -280,12 +280,17 @@ fn toml_string(s: &str) -> String {
 }
 
 fn is_secret(flag: &str) -> bool {
-    flag == "url" || flag.contains("token") || flag.contains("password")
+    flag == "url" || is_credential(flag)
+}
+
+/// Flags whose whole value is a credential.
+fn is_credential(flag: &str) -> bool {
+    flag.contains("token") || flag.contains("password") || flag.contains("api-key")
 }
 
 /// Hides passwords in connection strings and API tokens.
 pub fn redact(flag: &str, value: &str) -> String {
-    if flag.contains("token") || flag.contains("password") {
+    if is_credential(flag) {
         return if value.is_empty() {
             String::new()
         } else {
@@ -387,6 +392,7 @@ mod tests {
             "host=h password=**** user=u"
         );
         assert_eq!(redact("api.token", "abc"), "****");
+        assert_eq!(redact("sink.elasticsearch.api-key", "abc"), "****");
         assert_eq!(redact("schema", "abc"), "abc");
     }
 }
