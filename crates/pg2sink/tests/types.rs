@@ -10,36 +10,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{test_db, wait_until, Pg2Sink, TestDb};
-use crate::streaming::{slot_streaming, stop, Streamer};
+use crate::harness::{test_db, TestDb};
+use crate::streaming::{stop, Streamer};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Starts pg2sink like `Streamer::start`, with extra flags.
-fn start_with(s: &Streamer, db: &TestDb, extra: &[&str]) -> Pg2Sink {
-    let schemas = format!("--sink.file.schemas-path={}", s.schemas.display());
-    let modifications = format!(
-        "--sink.file.modifications-path={}",
-        s.modifications.display()
-    );
-    let url = format!("--url={}", db.url());
-    let mut args = vec![
-        "stream",
-        "--sink=file",
-        url.as_str(),
-        schemas.as_str(),
-        modifications.as_str(),
-        "--subscription-manager.poll-interval=200ms",
-        "--status-interval=1s",
-    ];
-    args.extend_from_slice(extra);
-    let mut p = Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=debug,info")]);
-    wait_until(WAIT, "pg2sink's slot to become active", || {
-        assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());
-        slot_streaming(db)
-    });
-    p
-}
 
 /// Waits until the publication holds exactly `tables` (`schema.table`).
 fn wait_for_publication(db: &TestDb, tables: &[&str]) {
@@ -917,7 +891,7 @@ fn keyless_tables_are_skipped_unless_the_user_opts_in_to_replica_identity_full()
     );
 
     // With it: REPLICA IDENTITY FULL, then captured with the whole old row.
-    let mut p = start_with(&s, &db, &["--subscription-manager.replica-identity-full"]);
+    let mut p = s.start_with(&db, &["--subscription-manager.replica-identity-full"]);
     wait_for_publication(&db, &["public.by_index", "public.keyed", "public.keyless"]);
     assert_eq!(
         db.psql("select relreplident from pg_class where relname = 'keyless'"),

@@ -331,6 +331,21 @@ mod tests {
     use super::*;
     use crate::model::{format_timestamp_for_tests, Lsn, Op};
 
+    /// The first change of a transaction committed at `lsn`.
+    fn insert_at(lsn: Lsn) -> Modification {
+        Modification {
+            timestamp: format_timestamp_for_tests(),
+            lsn,
+            sequence: 1,
+            op: Op::Insert,
+            namespace: "public".into(),
+            name: "t".into(),
+            before: None,
+            after: None,
+            unchanged: vec![],
+        }
+    }
+
     #[test]
     fn torn_line_is_cut() {
         let dir = tempfile::tempdir().unwrap();
@@ -367,17 +382,7 @@ mod tests {
             timestamp: format_timestamp_for_tests(),
             schema: serde_json::json!({"namespace": "public.t"}),
         };
-        let m = Modification {
-            timestamp: format_timestamp_for_tests(),
-            lsn: Lsn(1),
-            sequence: 1,
-            op: Op::Insert,
-            namespace: "public".into(),
-            name: "t".into(),
-            before: None,
-            after: None,
-            unchanged: vec![],
-        };
+        let m = insert_at(Lsn(1));
         let mut sink = FileSink::open(&config).unwrap();
         sink.write_schema(&schema).await.unwrap();
         sink.write_modification(&m).await.unwrap();
@@ -405,18 +410,7 @@ mod tests {
         };
         let mut sink = FileSink::open(&config).unwrap();
         for lsn in [0x10u64, 0x20] {
-            let m = Modification {
-                timestamp: format_timestamp_for_tests(),
-                lsn: Lsn(lsn),
-                sequence: 1,
-                op: Op::Insert,
-                namespace: "public".into(),
-                name: "t".into(),
-                before: None,
-                after: None,
-                unchanged: vec![],
-            };
-            sink.write_modification(&m).await.unwrap();
+            sink.write_modification(&insert_at(Lsn(lsn))).await.unwrap();
             sink.flush().await.unwrap();
         }
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
