@@ -118,7 +118,10 @@ class Bench:
         if os.path.exists(out):
             os.remove(out)
         start = time.time()
-        p = subprocess.Popen([self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
+        # PG2SINK_BENCH_WRAP: a command prefix for profiling, e.g.
+        # "perf record -g -o /tmp/perf.data --".
+        wrap = os.environ.get("PG2SINK_BENCH_WRAP", "").split()
+        p = subprocess.Popen([*wrap, self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
                               "--sink.file.schemas-path", os.path.join(self.work, "schemas.jsonl"),
                               "--status-interval=1s", *extra],
                              stderr=open(os.path.join(self.work, "pg2sink.log"), "a"))
@@ -146,7 +149,7 @@ class Bench:
                         "--no-loop", "-f", out, *plugin_opts], check=True, capture_output=True)
         return time.time() - start
 
-    def streaming(self, name, rows, setup_sql, workload_sql):
+    def streaming(self, name, rows, setup_sql, workload_sql, wal2json=True):
         prefix = name.split()[0].strip("()").lower()
         self.pg.psql(setup_sql)
         self.pg2sink_setup()
@@ -163,9 +166,11 @@ class Bench:
         lines = sum(1 for _ in open(out))
         base = self.recvlogical(f"{prefix}_pgoutput", ["-o", "proto_version=1", "-o", "publication_names=pg2sink"],
                                 end, "/dev/null")
-        w2j_out = os.path.join(self.work, "wal2json.json")
-        w2j = self.recvlogical(f"{prefix}_wal2json", ["-o", "format-version=2"], end, w2j_out)
-        os.remove(w2j_out)
+        w2j = None
+        if wal2json:
+            w2j_out = os.path.join(self.work, "wal2json.json")
+            w2j = self.recvlogical(f"{prefix}_wal2json", ["-o", "format-version=2"], end, w2j_out)
+            os.remove(w2j_out)
         for slot in (f"{prefix}_pgoutput", f"{prefix}_wal2json"):
             self.pg.psql(f"select pg_drop_replication_slot('{slot}')")
         self.results.append({
@@ -178,7 +183,7 @@ class Bench:
     def import_(self, rows):
         # Only the big table is imported: the streaming workloads' tables
         # leave the publication.
-        self.pg.psql("drop table a, b1, b2, b3, c")
+        self.pg.psql("drop table if exists a, b1, b2, b3, c")
         self.pg.psql(f"create table big (id bigint primary key, a int, b text, c timestamptz, d numeric);"
                      f"insert into big select g, g % 1000, md5(g::text), now(), g / 7.0 from generate_series(1, {rows}) g")
         self.pg.psql("vacuum analyze big")
@@ -188,6 +193,8 @@ class Bench:
         copy = time.time() - t0
 
         def done():
+            if self.pg.psql("select to_regclass('pg2sink.import_jobs') is null") == "t":
+                return False  # pg2sink has not set up its schema yet
             return self.pg.psql("select count(*) from pg2sink.import_jobs where table_name = 'big' "
                                 "and completed_at is not null") == "1"
         wall, rss, cpu, out = self.run_pg2sink(0, extra=["--subscription-manager.poll-interval=1s",
@@ -195,6 +202,10 @@ class Bench:
                                                          f"--import-worker.batch-limit={self.args.batch}"],
                                                until=done)
         imported = sum(1 for line in open(out) if '"op":"import"' in line)
+        # The import's own time, from its log line, without process start-up.
+        for line in open(os.path.join(self.work, "pg2sink.log")):
+            if "import complete" in line and "public.big" in line:
+                print("  " + line.strip(), file=sys.stderr)
         self.results.append({"workload": f"(d) import of a {rows:,}-row table", "rows": rows, "lines": imported,
                              "pg2sink_s": wall, "copy_s": copy, "pg2sink_rss_mib": rss, "pg2sink_cpu_s": cpu})
         self.report_line(self.results[-1])
@@ -202,7 +213,10 @@ class Bench:
     def latency(self, rate, seconds):
         self.pg.psql("create table lat (id bigserial primary key, at timestamptz default clock_timestamp())")
         out = os.path.join(self.work, "latency.jsonl")
-        p = subprocess.Popen([self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
+        # PG2SINK_BENCH_WRAP: a command prefix for profiling, e.g.
+        # "perf record -g -o /tmp/perf.data --".
+        wrap = os.environ.get("PG2SINK_BENCH_WRAP", "").split()
+        p = subprocess.Popen([*wrap, self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
                               "--sink.file.schemas-path", os.path.join(self.work, "schemas.jsonl"),
                               "--subscription-manager.poll-interval=200ms", "--import-worker-count=0"],
                              stderr=open(os.path.join(self.work, "pg2sink.log"), "a"))
@@ -279,9 +293,12 @@ class Bench:
         ]
         for r in self.results:
             if "pgoutput_devnull_s" in r:
+                w2j = r['wal2json_s']
+                w2j_s = "not run" if w2j is None else f"{w2j:.2f}"
+                vs_w2j = "–" if w2j is None else f"{r['pg2sink_s'] / w2j:.2f}"
                 lines.append(f"| {r['workload']} | {r['rows']:,} | {r['pg2sink_s']:.2f} | {r['pgoutput_devnull_s']:.2f} | "
-                             f"{r['wal2json_s']:.2f} | {r['pg2sink_s'] / r['pgoutput_devnull_s']:.2f} | "
-                             f"{r['pg2sink_s'] / r['wal2json_s']:.2f} | {r['rows'] / r['pg2sink_s']:,.0f} | "
+                             f"{w2j_s} | {r['pg2sink_s'] / r['pgoutput_devnull_s']:.2f} | "
+                             f"{vs_w2j} | {r['rows'] / r['pg2sink_s']:,.0f} | "
                              f"{r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.1f} |")
         lines += ["", "## Import", "",
                   "pg2sink's import (chunks of the batch limit, each between watermarks, fsynced) against "
@@ -311,51 +328,68 @@ def main():
     ap.add_argument("--pg2sink", required=True)
     ap.add_argument("--quick", action="store_true", help="a tenth of each workload")
     ap.add_argument("--batch", type=int, default=5000)
-    ap.add_argument("--out", default="docs/benchmarks.md")
+    ap.add_argument("--out", help="default: docs/benchmarks.md for a full run, else only printed")
+    ap.add_argument("--only", default="abcdef", help="the workloads to run, e.g. --only=d (default: all)")
     args = ap.parse_args()
     scale = 10 if args.quick else 1
     b = Bench(args)
     b.pg.start()
     try:
         n = 1_000_000 // scale
-        b.streaming(f"(a) one transaction inserting {n:,} rows", n,
-                    "create table a (id bigint primary key, k int, name text, at timestamptz, amount numeric)",
-                    [f"insert into a select g, g % 1000, md5(g::text), now(), g / 3.0 from generate_series(1, {n}) g"])
-        txs = 200_000 // scale
-        b.pg.psql("create table b1 (id int primary key, v int, t text); create table b2 (id int primary key, v int, t text);"
-                  "create table b3 (id int primary key, v int, t text);")
-        b.pg.psql("""create procedure mixed(n int) language plpgsql as $$
-            declare i int; r int;
-            begin
-              for i in 1..n loop
-                r := 1 + (i % 5);
-                insert into b1 select i * 10 + g, g, md5(i::text) from generate_series(1, r) g;
-                if i % 3 = 0 then update b2 set v = v + 1 where id = i - 1; end if;
-                insert into b2 values (i, i, 'x') ;
-                if i % 4 = 0 then delete from b3 where id = i - 4; end if;
-                insert into b3 values (i, i, 'y');
-                commit;
-              end loop;
-            end $$""")
-        b.streaming(f"(b) {txs:,} small mixed transactions over three tables", txs * 5, "select 1",
-                    [f"call mixed({txs})"])
-        ups = 100_000 // scale
-        b.streaming(f"(c) {ups:,} updates of rows with a 20 kB TOASTed value", ups,
-                    "create table c (id int primary key, n int, big text); alter table c alter column big set storage external;"
-                    "insert into c select g, 0, repeat(md5(g::text), 640) from generate_series(1, 1000) g",
-                    [f"do $$ begin for i in 1..{ups} loop update c set n = n + 1 where id = (i % 1000) + 1; "
-                     "if i % 100 = 0 then commit; end if; end loop; end $$"])
-        b.import_(5_000_000 // scale)
-        b.latency(2000, 20 if not args.quick else 5)
+        if "a" in args.only:
+            b.streaming(f"(a) one transaction inserting {n:,} rows", n,
+                        "create table a (id bigint primary key, k int, name text, at timestamptz, amount numeric)",
+                        [f"insert into a select g, g % 1000, md5(g::text), now(), g / 3.0 from generate_series(1, {n}) g"])
+        if "b" in args.only:
+            txs = 200_000 // scale
+            b.pg.psql("create table b1 (id int primary key, v int, t text); create table b2 (id int primary key, v int, t text);"
+                      "create table b3 (id int primary key, v int, t text);")
+            b.pg.psql("""create procedure mixed(n int) language plpgsql as $$
+                declare i int; r int;
+                begin
+                  for i in 1..n loop
+                    r := 1 + (i % 5);
+                    insert into b1 select i * 10 + g, g, md5(i::text) from generate_series(1, r) g;
+                    if i % 3 = 0 then update b2 set v = v + 1 where id = i - 1; end if;
+                    insert into b2 values (i, i, 'x') ;
+                    if i % 4 = 0 then delete from b3 where id = i - 4; end if;
+                    insert into b3 values (i, i, 'y');
+                    commit;
+                  end loop;
+                end $$""")
+            b.streaming(f"(b) {txs:,} small mixed transactions over three tables", txs * 5, "select 1",
+                        [f"call mixed({txs})"])
+        if "c" in args.only:
+            ups = 100_000 // scale
+            b.streaming(f"(c) {ups:,} updates of rows with a 20 kB TOASTed value", ups,
+                        "create table c (id int primary key, n int, big text); alter table c alter column big set storage external;"
+                        "insert into c select g, 0, repeat(md5(g::text), 640) from generate_series(1, 1000) g",
+                        [f"do $$ begin for i in 1..{ups} loop update c set n = n + 1 where id = (i % 1000) + 1; "
+                         "if i % 100 = 0 then commit; end if; end loop; end $$"])
+        if "d" in args.only:
+            b.import_(5_000_000 // scale)
+        if "e" in args.only:
+            b.latency(2000, 20 if not args.quick else 5)
+        if "f" in args.only:
+            # Memory only: wal2json would hold the whole transaction.
+            n = 5_000_000 // scale
+            b.streaming(f"(f) one transaction inserting {n:,} rows (memory)", n,
+                        "drop table if exists a, b1, b2, b3, c, big;"
+                        "create table f (id bigint primary key, k int, name text, at timestamptz, amount numeric)",
+                        [f"insert into f select g, g % 1000, md5(g::text), now(), g / 3.0 from generate_series(1, {n}) g"],
+                        wal2json=False)
     finally:
         b.pg.stop()
     command = "make bench" + (" ARGS=--quick" if args.quick else "")
     analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis.md")
-    with open(args.out, "w") as f:
+    out = args.out or ("docs/benchmarks.md" if set("abcdef") <= set(args.only) else os.path.join(b.work, "benchmarks.md"))
+    with open(out, "w") as f:
         f.write(b.markdown(command))
         if os.path.exists(analysis):
             f.write("\n" + open(analysis).read())
-    print(f"wrote {args.out}; scratch in {b.work}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
+    if out.startswith(b.work):
+        print(open(out).read())
     shutil.rmtree(b.work, ignore_errors=True)
 
 

@@ -8,20 +8,21 @@
 //! committed just before the watermark (or by a transaction that was open
 //! when its table joined the publication) is never missed or overtaken.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use super::jobs::{Job, Jobs};
 use super::table::{self, ImportTable, KeyChoice};
-use super::watermark::{key_of, ChunkRows, Watermarks, WATERMARK_PREFIX};
+use super::watermark::{ChunkRows, Watermarks, WATERMARK_PREFIX};
 use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, Problem};
-use crate::model::value::value_to_json;
-use crate::model::{Lsn, Row};
+use crate::model::{CopyRow, Lsn, Table};
 use crate::source::types::TypeRegistry;
 
 #[derive(Clone, Debug)]
@@ -38,6 +39,10 @@ pub struct ImportOptions {
 /// A lease outlives a chunk by far; it only matters after a crash.
 const LEASE: Duration = Duration::from_secs(60);
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Chunks read ahead of the oldest one not yet durable: enough to keep
+/// Postgres, the stream and the sink busy at once, and a bound on memory
+/// (this many times `batch_limit` rows).
+const READ_AHEAD: usize = 4;
 
 /// Runs one worker until `shutdown`.
 pub async fn run(
@@ -139,6 +144,7 @@ impl Worker {
             }
         };
         self.types.resolve_table(&mut table.table).await?;
+        let shape = Arc::new(table.table.clone());
         let estimate = self
             .jobs
             .describe(&self.client, job, &table.key_columns())
@@ -154,34 +160,50 @@ impl Worker {
         let started = Instant::now();
         let mut last_log = Instant::now();
         tracing::info!(table = %job.qualified_name(), resume_after = ?cursor, "importing");
-        // One chunk is read ahead while the previous one travels through the
-        // stream and the sink; the cursor still only moves past chunks that
-        // are durable, in order.
-        let mut in_flight = self.read_chunk(job, &table, cursor.as_deref()).await?;
+        // Up to READ_AHEAD chunks are read while earlier ones travel through
+        // the stream and the sink; the cursor still only moves past chunks
+        // that are durable, in order.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        // Where the next chunk to read starts, and whether the table ends
+        // with the chunks read so far.
+        let mut read_from = cursor.clone();
+        let mut exhausted = false;
         loop {
-            let done = in_flight.rows < self.options.batch_limit;
-            let next = match (&in_flight.last_key, done || *self.shutdown.borrow()) {
-                (Some(last), false) => Some(self.read_chunk(job, &table, Some(last)).await?),
-                _ => None,
+            while !exhausted && in_flight.len() < READ_AHEAD && !*self.shutdown.borrow() {
+                let chunk = self
+                    .read_chunk(job, &table, &shape, read_from.as_deref())
+                    .await?;
+                exhausted = chunk.rows < self.options.batch_limit;
+                if let Some(last) = &chunk.last_key {
+                    read_from = Some(last.clone());
+                }
+                in_flight.push_back(chunk);
+            }
+            let Some(mut oldest) = in_flight.pop_front() else {
+                // Shutting down between chunks.
+                self.jobs.release(&self.client, job).await?;
+                return Ok(());
             };
-            if !self.settle(job, &mut in_flight).await? {
+            if !self.settle(job, &mut oldest).await? {
                 // Not durable (timeout or shutdown): drop the read-ahead and
                 // start again from the last durable cursor.
-                if let Some(next) = next {
-                    self.watermarks.forget(&next.id);
+                for chunk in in_flight.drain(..) {
+                    self.watermarks.forget(&chunk.id);
                 }
                 if *self.shutdown.borrow() {
                     self.jobs.release(&self.client, job).await?;
                     return Ok(());
                 }
-                in_flight = self.read_chunk(job, &table, cursor.as_deref()).await?;
+                read_from = cursor.clone();
+                exhausted = false;
                 continue;
             }
-            imported += in_flight.rows as i64;
-            match &in_flight.last_key {
+            let done = exhausted && in_flight.is_empty();
+            imported += oldest.rows as i64;
+            match &oldest.last_key {
                 Some(last) => {
                     self.jobs
-                        .advance(&self.client, job, last, in_flight.rows as i64, done, LEASE)
+                        .advance(&self.client, job, last, oldest.rows as i64, done, LEASE)
                         .await?;
                     cursor = Some(last.clone());
                 }
@@ -202,14 +224,6 @@ impl Worker {
                 );
                 last_log = Instant::now();
             }
-            match next {
-                Some(next) => in_flight = next,
-                None => {
-                    // Shutting down between chunks.
-                    self.jobs.release(&self.client, job).await?;
-                    return Ok(());
-                }
-            }
         }
     }
 
@@ -219,53 +233,30 @@ impl Worker {
         &mut self,
         job: &Job,
         table: &ImportTable,
+        shape: &Arc<Table>,
         cursor: Option<&[String]>,
     ) -> Result<InFlight, Error> {
         let id = chunk_id();
-        let emitted =
-            self.watermarks
-                .register(&id, &table.table.qualified_name(), table.key_columns());
+        let key_columns = table.key_columns();
+        let key_positions: Vec<usize> = key_columns
+            .iter()
+            .filter_map(|k| shape.columns.iter().position(|c| &c.name == k))
+            .collect();
+        let emitted = self
+            .watermarks
+            .register(&id, &shape.qualified_name(), key_columns);
         let result = async {
             self.watermark(&id, "low").await?;
             self.wait_for_open_transactions(job).await?;
             let sql = table.chunk_sql(cursor, self.options.batch_limit);
-            let messages = self.client.simple_query(&sql).await.map_err(query(format!(
-                "reading a chunk of {}",
-                job.qualified_name()
-            )))?;
-            let key_columns = table.key_columns();
-            let key_positions: Vec<usize> = key_columns
-                .iter()
-                .filter_map(|k| table.table.columns.iter().position(|c| &c.name == k))
-                .collect();
-            let mut rows = Vec::with_capacity(messages.len());
-            let mut last_key = None;
-            for message in &messages {
-                let SimpleQueryMessage::Row(r) = message else {
-                    continue;
-                };
-                let mut row = Row::new();
-                for (i, column) in table.table.columns.iter().enumerate() {
-                    let value = r.get(i).map_or(serde_json::Value::Null, |text| {
-                        value_to_json(&column.ty, text)
-                    });
-                    row.insert(column.name.clone(), value);
-                }
-                last_key = Some(
-                    key_positions
-                        .iter()
-                        .map(|&i| r.get(i).unwrap_or_default().to_string())
-                        .collect::<Vec<_>>(),
-                );
-                let key = key_of(&row, &key_columns).unwrap_or_default();
-                rows.push((key, row));
-            }
+            let rows = self.copy_rows(&sql, job).await?;
+            let last_key = rows.last().map(|row| row.texts_at(&key_positions));
             let count = rows.len();
             self.watermarks.set_rows(
                 &id,
                 ChunkRows {
-                    table: table.table.clone(),
-                    key_columns,
+                    table: shape.clone(),
+                    key_positions: key_positions.clone(),
                     rows,
                 },
             );
@@ -285,6 +276,39 @@ impl Worker {
                 Err(e)
             }
         }
+    }
+
+    /// Runs the chunk's SELECT through `COPY ... TO STDOUT`: rows arrive as
+    /// text lines kept as received, rendered only by the sink.
+    async fn copy_rows(&self, select: &str, job: &Job) -> Result<Vec<CopyRow>, Error> {
+        let failed = || query(format!("reading a chunk of {}", job.qualified_name()));
+        let stream = self
+            .client
+            .copy_out(&format!("copy ({select}) to stdout"))
+            .await
+            .map_err(failed())?;
+        futures_util::pin_mut!(stream);
+        let mut rows = Vec::with_capacity(self.options.batch_limit);
+        // The server sends one row per message; a row split across
+        // messages is joined all the same.
+        let mut partial = bytes::BytesMut::new();
+        while let Some(data) = stream.next().await {
+            let mut data = data.map_err(failed())?;
+            while let Some(end) = memchr::memchr(b'\n', &data) {
+                let line = data.split_to(end + 1);
+                if partial.is_empty() {
+                    rows.push(CopyRow::new(line));
+                } else {
+                    partial.extend_from_slice(&line);
+                    rows.push(CopyRow::new(partial.split().freeze()));
+                }
+            }
+            partial.extend_from_slice(&data);
+        }
+        if !partial.is_empty() {
+            rows.push(CopyRow::new(partial.freeze()));
+        }
+        Ok(rows)
     }
 
     /// Waits until the stream has emitted the chunk at its high watermark

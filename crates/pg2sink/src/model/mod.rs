@@ -1,6 +1,7 @@
 //! The domain model: positions, identifiers, tables, values, and the
 //! messages pg2sink emits.
 
+pub mod chunk;
 pub mod ids;
 pub mod lsn;
 pub mod message;
@@ -8,6 +9,7 @@ pub mod pgtype;
 pub mod table;
 pub mod value;
 
+pub use chunk::{CopyRow, ImportChunk};
 pub use ids::{RelationId, TypeOid, Xid};
 pub use lsn::Lsn;
 #[cfg(test)]

@@ -45,13 +45,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::model::{Lsn, Modification, Schema};
+use crate::model::{ImportChunk, Lsn, Modification, Schema};
 
 /// What flows from the source to a sink, in commit order.
 #[derive(Debug)]
 pub enum SinkEvent {
     Schema(Schema),
     Modification(Modification),
+    /// Rows of an import chunk, emitted together at the chunk's high
+    /// watermark: to a sink, one `Modification` (`op: import`) per row.
+    Import(ImportChunk),
     /// Every event before this one belongs to a transaction that ended at or
     /// before `end_lsn`; once they are durable, `end_lsn` may be confirmed.
     Commit {
@@ -97,6 +100,14 @@ pub trait Sink: Send {
     }
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError>;
     async fn write_modification(&mut self, modification: &Modification) -> Result<(), SinkError>;
+    /// Writes an import chunk's rows. The default writes each row's
+    /// `Modification`; a sink may write the rows faster from their text.
+    async fn write_import(&mut self, chunk: &ImportChunk) -> Result<(), SinkError> {
+        for modification in chunk.modifications() {
+            self.write_modification(&modification).await?;
+        }
+        Ok(())
+    }
     /// Makes every write so far durable.
     async fn flush(&mut self) -> Result<(), SinkError>;
     /// Bytes written but not yet flushed; the driver flushes past a limit.
@@ -186,6 +197,11 @@ pub async fn run<S: Sink>(
             SinkEvent::Modification(m) => {
                 let started = std::time::Instant::now();
                 sink.write_modification(&m).await?;
+                crate::ops::metrics::sink_write(started.elapsed());
+            }
+            SinkEvent::Import(chunk) => {
+                let started = std::time::Instant::now();
+                sink.write_import(&chunk).await?;
                 crate::ops::metrics::sink_write(started.elapsed());
             }
             SinkEvent::Commit { end_lsn } => {

@@ -29,7 +29,7 @@ use crate::import::watermark::{self, Watermarks};
 use crate::model::pgtype::PgType;
 use crate::model::value::{text_to_json, value_to_json};
 use crate::model::{
-    format_timestamp, Column, Lsn, Modification, Op, RelationId, Row, Schema, Table,
+    format_timestamp, Column, ImportChunk, Lsn, Modification, Op, RelationId, Row, Schema, Table,
 };
 use crate::sink::SinkEvent;
 use crate::source::catalog::{quote_ident, quote_literal};
@@ -381,7 +381,7 @@ impl<'a> Session<'a> {
         if let Some(watermarks) = self.watermarks.as_ref().filter(|w| w.any()) {
             match op {
                 Op::Truncate => watermarks.truncated(&qualified),
-                _ => watermarks.changed(&qualified, [before.as_ref(), after.as_ref()]),
+                _ => watermarks.changed(&qualified, before.as_ref(), after.as_ref(), &unchanged),
             }
         }
         if !self.announced.contains(&relation) {
@@ -450,14 +450,27 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         let timestamp = tx.timestamp.clone();
-        let table = &ready.rows.table;
-        if !ready.rows.rows.is_empty() {
+        let rows = ready.rows;
+        let table = rows.table;
+        let count = rows.rows.len() + ready.completed.len();
+        crate::ops::metrics::rows_imported(&table.qualified_name(), count as u64);
+        if count > 0 {
             self.announce(table.qualified_name(), table.avro_schema(), &timestamp)
                 .await?;
         }
-        let (namespace, name) = (table.namespace.clone(), table.name.clone());
-        crate::ops::metrics::rows_imported(&table.qualified_name(), ready.rows.rows.len() as u64);
-        for (_, row) in ready.rows.rows {
+        if !rows.rows.is_empty() {
+            let tx = self.transaction.as_mut().expect("checked above");
+            let chunk = ImportChunk {
+                timestamp: timestamp.clone(),
+                lsn: tx.lsn,
+                first_sequence: tx.sequence + 1,
+                table: table.clone(),
+                rows: rows.rows,
+            };
+            tx.sequence += chunk.len() as u64;
+            self.forward(SinkEvent::Import(chunk)).await?;
+        }
+        for (row, unchanged) in ready.completed {
             let tx = self.transaction.as_mut().expect("checked above");
             tx.sequence += 1;
             let modification = Modification {
@@ -465,11 +478,11 @@ impl<'a> Session<'a> {
                 lsn: tx.lsn,
                 sequence: tx.sequence,
                 op: Op::Import,
-                namespace: namespace.clone(),
-                name: name.clone(),
+                namespace: table.namespace.clone(),
+                name: table.name.clone(),
                 before: None,
                 after: Some(row),
-                unchanged: vec![],
+                unchanged,
             };
             self.forward(SinkEvent::Modification(modification)).await?;
         }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Sink, SinkError};
-use crate::model::{Modification, Schema};
+use crate::model::{ImportChunk, Modification, Schema};
 
 /// Write through to the file (without fsync) past this many buffered bytes,
 /// so a huge transaction never sits in memory.
@@ -122,6 +122,17 @@ impl Sink for FileSink {
 
     async fn write_modification(&mut self, modification: &Modification) -> Result<(), SinkError> {
         self.append(self.modifications, modification).await
+    }
+
+    async fn write_import(&mut self, chunk: &ImportChunk) -> Result<(), SinkError> {
+        let output = &mut self.outputs[self.modifications];
+        let before = output.buffer.len();
+        chunk.write_json_lines(&mut output.buffer);
+        self.unflushed += output.buffer.len() - before;
+        if output.buffer.len() >= WRITE_THROUGH_BYTES {
+            output.write_out(false).await?;
+        }
+        Ok(())
     }
 
     fn unflushed_bytes(&self) -> usize {
