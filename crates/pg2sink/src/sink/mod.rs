@@ -39,6 +39,7 @@ pub mod bigquery;
 pub mod elasticsearch;
 pub mod file;
 pub mod http;
+pub mod postgres;
 
 use std::time::Duration;
 
@@ -97,6 +98,12 @@ pub trait Sink: Send {
     }
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError>;
     async fn write_modification(&mut self, modification: &Modification) -> Result<(), SinkError>;
+    /// The transaction whose modifications were written last ended at
+    /// `end_lsn`. Sinks that keep source transactions whole (postgres) use
+    /// it as a boundary; the others need not look.
+    async fn write_commit(&mut self, _end_lsn: Lsn) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Makes every write so far durable.
     async fn flush(&mut self) -> Result<(), SinkError>;
     /// Bytes written but not yet flushed; the driver flushes past a limit.
@@ -189,6 +196,7 @@ pub async fn run<S: Sink>(
                 crate::ops::metrics::sink_write(started.elapsed());
             }
             SinkEvent::Commit { end_lsn } => {
+                sink.write_commit(end_lsn).await?;
                 let since = pending.map_or_else(Instant::now, |(_, since)| since);
                 pending = Some((end_lsn, since));
             }
