@@ -370,27 +370,33 @@ pub struct PostgresSinkArgs {
     /// key=value string (PG* variables are not read for it).
     #[arg(
         long = "sink.postgres.url",
+        value_name = "URL",
         env = "PG2SINK_SINK_POSTGRES_URL",
         hide_env_values = true
     )]
-    pub url: Option<String>,
+    pub postgres_url: Option<String>,
 
     /// Postgres sink: schema of the target tables (created if missing).
     /// Default: the source table's own schema name.
-    #[arg(long = "sink.postgres.schema", env = "PG2SINK_SINK_POSTGRES_SCHEMA")]
-    pub schema: Option<String>,
+    #[arg(
+        long = "sink.postgres.schema",
+        env = "PG2SINK_SINK_POSTGRES_SCHEMA",
+        value_name = "SCHEMA"
+    )]
+    pub postgres_schema: Option<String>,
 
     /// Postgres sink: schema of the table in the target that stores the
     /// last applied position (created if missing).
     #[arg(
         long = "sink.postgres.state-schema",
+        value_name = "SCHEMA",
         env = "PG2SINK_SINK_POSTGRES_STATE_SCHEMA",
         default_value = "pg2sink"
     )]
-    pub state_schema: String,
+    pub postgres_state_schema: String,
 
     /// Postgres sink: rows per statement.
-    #[arg(long = "sink.postgres.batch-rows", env = "PG2SINK_SINK_POSTGRES_BATCH_ROWS", default_value_t = 5000,
+    #[arg(long = "sink.postgres.batch-rows", value_name = "ROWS", env = "PG2SINK_SINK_POSTGRES_BATCH_ROWS", default_value_t = 5000,
           value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch_rows: u32,
+    pub postgres_batch_rows: u32,
 }

@@ -102,11 +102,11 @@ pub fn postgres_config(args: &StreamArgs) -> PostgresSinkConfig {
             .map(|c| c.dbname().to_string())
             .unwrap_or_default();
     PostgresSinkConfig {
-        url: a.url.clone().unwrap_or_default(),
-        schema: a.schema.clone(),
-        state_schema: a.state_schema.clone(),
+        url: a.postgres_url.clone().unwrap_or_default(),
+        schema: a.postgres_schema.clone(),
+        state_schema: a.postgres_state_schema.clone(),
         stream: crate::source::catalog::slot_name_for(&args.source.subscription_name, &database),
-        batch_rows: a.batch_rows as usize,
+        batch_rows: a.postgres_batch_rows as usize,
         retry: retry_policy(args),
         ..PostgresSinkConfig::default()
     }
