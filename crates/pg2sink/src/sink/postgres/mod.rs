@@ -164,6 +164,11 @@ impl Sink for PostgresSink {
         let position = (m.lsn, m.sequence);
         if position <= self.seen {
             // Already applied (or written) before: a replay.
+            if SinkStats::get(&self.stats.stale) == 0 {
+                tracing::info!(lsn = %m.lsn, sequence = m.sequence,
+                    applied_lsn = %self.applied.0, applied_sequence = self.applied.1,
+                    "skipping changes the target already has");
+            }
             SinkStats::add(&self.stats.stale, 1);
             return Ok(());
         }
