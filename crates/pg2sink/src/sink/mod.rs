@@ -13,7 +13,9 @@
 //! position are sent again. Each sink documents how replays are made
 //! harmless (the file sink: consumers de-duplicate on (`lsn`, `sequence`);
 //! BigQuery and Elasticsearch: writes keyed on the primary key and ordered
-//! by (`lsn`, `sequence`), so an older change never wins over a newer one).
+//! by (`lsn`, `sequence`), so an older change never wins over a newer one;
+//! Postgres: the applied position is stored with the rows and replays are
+//! skipped, exactly once).
 //!
 //! Every sink also:
 //! - answers [`Sink::health_check`] before streaming starts, failing fast
@@ -104,7 +106,8 @@ pub trait Sink: Send {
     async fn write_commit(&mut self, _end_lsn: Lsn) -> Result<(), SinkError> {
         Ok(())
     }
-    /// Makes every write so far durable.
+    /// Makes every write so far durable — at least every write before the
+    /// last [`Sink::write_commit`] (the driver reports only commits).
     async fn flush(&mut self) -> Result<(), SinkError>;
     /// Bytes written but not yet flushed; the driver flushes past a limit.
     fn unflushed_bytes(&self) -> usize;
