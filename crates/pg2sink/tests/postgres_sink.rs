@@ -383,3 +383,33 @@ fn pg_sink_start_fails_fast_when_the_role_lacks_privileges() {
     assert!(err.contains("hint: grant"), "{err}");
     assert!(!err.contains("weak-pw"), "{err}");
 }
+
+#[test]
+fn pg_sink_stops_on_a_row_the_target_refuses_and_applies_it_once_fixed() {
+    let source = test_db("pgsink_reject");
+    let target = target_for(&source, "pgsink_reject_dst");
+    source.psql("create table t (id int primary key, v text)");
+    // A target table made by someone else, whose `v` cannot hold text.
+    target.psql("create table t (id int primary key, v int)");
+    let mut p = start(&source, &target, &["--import-worker-count=0"]);
+    source.psql("insert into t values (1, 'not a number'), (2, '2')");
+    let status = p.wait_exit(WAIT);
+    assert!(!status.success());
+    let err = p.stderr();
+    assert!(err.contains("upserting rows of \"public\".\"t\""), "{err}");
+    assert!(
+        err.contains("invalid input syntax for type integer"),
+        "{err}"
+    );
+    assert!(err.contains("22P02"), "{err}");
+    assert!(
+        err.contains("hint: a target column cannot hold the value"),
+        "{err}"
+    );
+    assert_eq!(target.psql("select count(*) from t"), "0");
+    // Nothing was confirmed past it: once the table is fixed, it arrives.
+    target.psql("alter table t alter column v type text");
+    let mut p = start(&source, &target, &["--import-worker-count=0"]);
+    wait_equal(&source, &target, "t", "id");
+    stop(&mut p);
+}
