@@ -79,6 +79,8 @@ pub enum SinkKind {
     Bigquery,
     /// Elasticsearch (or OpenSearch): an index per table, a document per row.
     Elasticsearch,
+    /// Postgres: tables of the same shape in a target database, exactly once.
+    Postgres,
 }
 
 /// Where the source database is and which of pg2sink's objects to use.
@@ -160,6 +162,9 @@ pub struct StreamArgs {
 
     #[command(flatten)]
     pub elasticsearch: ElasticsearchArgs,
+
+    #[command(flatten)]
+    pub postgres: PostgresSinkArgs,
 
     /// Print each decoded replication message, one per line, instead of
     /// writing to the sink. Confirms nothing.
@@ -356,4 +361,42 @@ pub struct ElasticsearchArgs {
     #[arg(long = "sink.elasticsearch.bulk-size", env = "PG2SINK_SINK_ELASTICSEARCH_BULK_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub bulk_size: u32,
+}
+
+/// `--sink=postgres` settings.
+#[derive(Args, Debug, Clone)]
+pub struct PostgresSinkArgs {
+    /// Postgres sink: the target database, a postgres:// URL or libpq
+    /// key=value string (PG* variables are not read for it).
+    #[arg(
+        long = "sink.postgres.url",
+        value_name = "URL",
+        env = "PG2SINK_SINK_POSTGRES_URL",
+        hide_env_values = true
+    )]
+    pub postgres_url: Option<String>,
+
+    /// Postgres sink: schema of the target tables (created if missing).
+    /// Default: the source table's own schema name.
+    #[arg(
+        long = "sink.postgres.schema",
+        env = "PG2SINK_SINK_POSTGRES_SCHEMA",
+        value_name = "SCHEMA"
+    )]
+    pub postgres_schema: Option<String>,
+
+    /// Postgres sink: schema of the table in the target that stores the
+    /// last applied position (created if missing).
+    #[arg(
+        long = "sink.postgres.state-schema",
+        value_name = "SCHEMA",
+        env = "PG2SINK_SINK_POSTGRES_STATE_SCHEMA",
+        default_value = "pg2sink"
+    )]
+    pub postgres_state_schema: String,
+
+    /// Postgres sink: rows per statement.
+    #[arg(long = "sink.postgres.batch-rows", value_name = "ROWS", env = "PG2SINK_SINK_POSTGRES_BATCH_ROWS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub postgres_batch_rows: u32,
 }

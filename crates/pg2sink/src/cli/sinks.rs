@@ -12,6 +12,7 @@ use crate::sink::bigquery::{BigQueryConfig, BigQuerySink};
 use crate::sink::elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
 use crate::sink::file::{FileSink, FileSinkConfig};
 use crate::sink::http::RetryPolicy;
+use crate::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use crate::sink::{self, FlushPolicy, Sink, SinkError, SinkEvent};
 
 pub type SinkTask = JoinHandle<Result<(), SinkError>>;
@@ -41,6 +42,10 @@ pub async fn spawn(
         }
         SinkKind::Elasticsearch => {
             let sink = checked(ElasticsearchSink::new(elasticsearch_config(args))?).await?;
+            tokio::spawn(sink::run(sink, events, durable, policy))
+        }
+        SinkKind::Postgres => {
+            let sink = checked(PostgresSink::new(postgres_config(args))?).await?;
             tokio::spawn(sink::run(sink, events, durable, policy))
         }
     })
@@ -85,5 +90,24 @@ pub fn elasticsearch_config(args: &StreamArgs) -> ElasticsearchConfig {
         bulk_actions: a.bulk_size as usize,
         retry: retry_policy(args),
         ..ElasticsearchConfig::default()
+    }
+}
+
+pub fn postgres_config(args: &StreamArgs) -> PostgresSinkConfig {
+    let a = &args.postgres;
+    // The position is kept per stream: the slot's name, as the source
+    // derives it (one target may take several sources).
+    let database =
+        crate::config::connection::ConnectionConfig::from_env(args.source.url.as_deref())
+            .map(|c| c.dbname().to_string())
+            .unwrap_or_default();
+    PostgresSinkConfig {
+        url: a.postgres_url.clone().unwrap_or_default(),
+        schema: a.postgres_schema.clone(),
+        state_schema: a.postgres_state_schema.clone(),
+        stream: crate::source::catalog::slot_name_for(&args.source.subscription_name, &database),
+        batch_rows: a.postgres_batch_rows as usize,
+        retry: retry_policy(args),
+        ..PostgresSinkConfig::default()
     }
 }

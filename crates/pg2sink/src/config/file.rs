@@ -280,7 +280,12 @@ fn toml_string(s: &str) -> String {
 }
 
 fn is_secret(flag: &str) -> bool {
-    flag == "url" || is_credential(flag)
+    is_connection_string(flag) || is_credential(flag)
+}
+
+/// Flags holding a Postgres connection string, which may carry a password.
+fn is_connection_string(flag: &str) -> bool {
+    flag == "url" || flag == "sink.postgres.url"
 }
 
 /// Flags whose whole value is a credential.
@@ -297,7 +302,7 @@ pub fn redact(flag: &str, value: &str) -> String {
             "****".into()
         };
     }
-    if flag == "url" {
+    if is_connection_string(flag) {
         if let Ok(mut url) = url::Url::parse(value) {
             if url.password().is_some() {
                 let _ = url.set_password(Some("****"));
@@ -394,5 +399,9 @@ mod tests {
         assert_eq!(redact("api.token", "abc"), "****");
         assert_eq!(redact("sink.elasticsearch.api-key", "abc"), "****");
         assert_eq!(redact("schema", "abc"), "abc");
+        assert_eq!(
+            redact("sink.postgres.url", "postgres://u:secret@h/db"),
+            "postgres://u:****@h/db"
+        );
     }
 }

@@ -13,7 +13,9 @@
 //! position are sent again. Each sink documents how replays are made
 //! harmless (the file sink: consumers de-duplicate on (`lsn`, `sequence`);
 //! BigQuery and Elasticsearch: writes keyed on the primary key and ordered
-//! by (`lsn`, `sequence`), so an older change never wins over a newer one).
+//! by (`lsn`, `sequence`), so an older change never wins over a newer one;
+//! Postgres: the applied position is stored with the rows and replays are
+//! skipped, exactly once).
 //!
 //! Every sink also:
 //! - answers [`Sink::health_check`] before streaming starts, failing fast
@@ -39,6 +41,7 @@ pub mod bigquery;
 pub mod elasticsearch;
 pub mod file;
 pub mod http;
+pub mod postgres;
 
 use std::time::Duration;
 
@@ -108,7 +111,14 @@ pub trait Sink: Send {
         }
         Ok(())
     }
-    /// Makes every write so far durable.
+    /// The transaction whose modifications were written last ended at
+    /// `end_lsn`. Sinks that keep source transactions whole (postgres) use
+    /// it as a boundary; the others need not look.
+    async fn write_commit(&mut self, _end_lsn: Lsn) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// Makes every write so far durable — at least every write before the
+    /// last [`Sink::write_commit`] (the driver reports only commits).
     async fn flush(&mut self) -> Result<(), SinkError>;
     /// Bytes written but not yet flushed; the driver flushes past a limit.
     fn unflushed_bytes(&self) -> usize;
@@ -205,6 +215,7 @@ pub async fn run<S: Sink>(
                 crate::ops::metrics::sink_write(started.elapsed());
             }
             SinkEvent::Commit { end_lsn } => {
+                sink.write_commit(end_lsn).await?;
                 let since = pending.map_or_else(Instant::now, |(_, since)| since);
                 pending = Some((end_lsn, since));
             }
