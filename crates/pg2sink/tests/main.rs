@@ -6,6 +6,7 @@ mod bigquery;
 mod elasticsearch;
 mod errors;
 mod imports;
+mod kafka;
 mod ops;
 mod streaming;
 mod types;

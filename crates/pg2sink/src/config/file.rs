@@ -280,8 +280,16 @@ fn toml_string(s: &str) -> String {
 }
 
 fn is_secret(flag: &str) -> bool {
-    flag == "url" || is_credential(flag)
+    is_url(flag) || is_credential(flag) || flag == KAFKA_PROPERTY
 }
+
+/// Flags whose value is a URL that may carry a password.
+fn is_url(flag: &str) -> bool {
+    flag == "url" || flag == "sink.kafka.schema-registry-url"
+}
+
+/// librdkafka properties, KEY=VALUE: some hold secrets (sasl.password, ...).
+const KAFKA_PROPERTY: &str = "sink.kafka.property";
 
 /// Flags whose whole value is a credential.
 fn is_credential(flag: &str) -> bool {
@@ -297,7 +305,15 @@ pub fn redact(flag: &str, value: &str) -> String {
             "****".into()
         };
     }
-    if flag == "url" {
+    if flag == KAFKA_PROPERTY {
+        return match value.split_once('=') {
+            Some((key, _)) if crate::sink::kafka::config::is_secret_property(key) => {
+                format!("{key}=****")
+            }
+            _ => value.to_string(),
+        };
+    }
+    if is_url(flag) {
         if let Ok(mut url) = url::Url::parse(value) {
             if url.password().is_some() {
                 let _ = url.set_password(Some("****"));
@@ -394,5 +410,25 @@ mod tests {
         assert_eq!(redact("api.token", "abc"), "****");
         assert_eq!(redact("sink.elasticsearch.api-key", "abc"), "****");
         assert_eq!(redact("schema", "abc"), "abc");
+        assert_eq!(
+            redact("sink.kafka.property", "sasl.password=hunter2"),
+            "sasl.password=****"
+        );
+        assert_eq!(
+            redact("sink.kafka.property", "ssl.key.password=x=y"),
+            "ssl.key.password=****"
+        );
+        assert_eq!(
+            redact("sink.kafka.property", "linger.ms=20"),
+            "linger.ms=20"
+        );
+        assert_eq!(redact("sink.kafka.sasl-password", "hunter2"), "****");
+        assert_eq!(
+            redact(
+                "sink.kafka.schema-registry-url",
+                "https://u:pw@registry:8081"
+            ),
+            "https://u:****@registry:8081/"
+        );
     }
 }
