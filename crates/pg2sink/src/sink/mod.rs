@@ -13,7 +13,9 @@
 //! position are sent again. Each sink documents how replays are made
 //! harmless (the file sink: consumers de-duplicate on (`lsn`, `sequence`);
 //! BigQuery and Elasticsearch: writes keyed on the primary key and ordered
-//! by (`lsn`, `sequence`), so an older change never wins over a newer one).
+//! by (`lsn`, `sequence`), so an older change never wins over a newer one;
+//! Kafka: messages keyed on the primary key, so a key's replays follow its
+//! changes in one partition and consumers skip them by (`lsn`, `sequence`)).
 //!
 //! Every sink also:
 //! - answers [`Sink::health_check`] before streaming starts, failing fast
