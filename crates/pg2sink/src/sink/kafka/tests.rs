@@ -86,6 +86,29 @@ fn keys_are_the_primary_key_columns_as_json() {
         encoding::key(&topic, &delete).unwrap(),
         br#"{"k2":"b","k1":8}"#
     );
+    assert_eq!(encoding::moved_from(&topic, &insert), None);
+    // An update that changed the key is also written under the old key.
+    let moved = modification(
+        Op::Update,
+        Some(json!({"k2": "a", "k1": 7})),
+        Some(json!({"k2": "a", "v": "x", "k1": 70})),
+    );
+    assert_eq!(
+        encoding::key(&topic, &moved).unwrap(),
+        br#"{"k2":"a","k1":70}"#
+    );
+    assert_eq!(
+        encoding::moved_from(&topic, &moved).unwrap(),
+        br#"{"k2":"a","k1":7}"#
+    );
+    // REPLICA IDENTITY FULL sends the old row on every update: same key,
+    // one message.
+    let full = modification(
+        Op::Update,
+        Some(json!({"k2": "a", "v": "w", "k1": 7})),
+        Some(json!({"k2": "a", "v": "x", "k1": 7})),
+    );
+    assert_eq!(encoding::moved_from(&topic, &full), None);
     let truncate = modification(Op::Truncate, None, None);
     assert_eq!(encoding::key(&topic, &truncate), None);
     assert_eq!(
