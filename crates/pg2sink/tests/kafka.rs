@@ -318,11 +318,16 @@ fn wait_equal(db: &TestDb, table: &str, topic: &str, key: &[&str], changes: usiz
     let mut want = BTreeMap::new();
     let deadline = Instant::now() + WAIT;
     loop {
-        let state = apply(&read_topic(topic));
+        let messages = read_topic(topic);
+        let state = apply(&messages);
         if state.1.len() >= changes {
             want = source_rows(db, table, key);
             if state.0 == want {
                 assert_eq!(state.1.len(), changes, "distinct changes in {topic}");
+                eprintln!(
+                    "{topic}: {} messages, {changes} distinct changes",
+                    messages.len()
+                );
                 return;
             }
         }
