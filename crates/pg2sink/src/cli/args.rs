@@ -81,6 +81,8 @@ pub enum SinkKind {
     Elasticsearch,
     /// Postgres: tables of the same shape in a target database, exactly once.
     Postgres,
+    /// Kafka: a topic per table, a message per change keyed by the primary key.
+    Kafka,
 }
 
 /// Where the source database is and which of pg2sink's objects to use.
@@ -165,6 +167,9 @@ pub struct StreamArgs {
 
     #[command(flatten)]
     pub postgres: PostgresSinkArgs,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     /// Print each decoded replication message, one per line, instead of
     /// writing to the sink. Confirms nothing.
@@ -399,4 +404,112 @@ pub struct PostgresSinkArgs {
     #[arg(long = "sink.postgres.batch-rows", value_name = "ROWS", env = "PG2SINK_SINK_POSTGRES_BATCH_ROWS", default_value_t = 5000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub postgres_batch_rows: u32,
+}
+
+/// How the Kafka sink writes a change as a message value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KafkaFormat {
+    /// The Modification as JSON (as the file sink writes it).
+    Json,
+    /// The row as Avro binary, from the table's Avro schema.
+    Avro,
+}
+
+/// `--sink=kafka` settings.
+#[derive(Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka sink: bootstrap brokers, host:port (repeatable or comma-separated).
+    #[arg(
+        long = "sink.kafka.brokers",
+        env = "PG2SINK_SINK_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        value_delimiter = ','
+    )]
+    pub brokers: Vec<String>,
+
+    /// Kafka sink: topics are named <prefix>.<schema>.<table>; schemas go to
+    /// <prefix>._schemas.
+    #[arg(
+        long = "sink.kafka.topic-prefix",
+        env = "PG2SINK_SINK_KAFKA_TOPIC_PREFIX",
+        default_value = "pg2sink"
+    )]
+    pub topic_prefix: String,
+
+    /// Kafka sink: partitions of a topic pg2sink creates (existing topics are
+    /// used as they are).
+    #[arg(long = "sink.kafka.partitions", env = "PG2SINK_SINK_KAFKA_PARTITIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+
+    /// Kafka sink: replication factor of a topic pg2sink creates.
+    #[arg(long = "sink.kafka.replication-factor", env = "PG2SINK_SINK_KAFKA_REPLICATION_FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: i32,
+
+    /// Kafka sink: message values as the JSON Modification or the row in Avro binary.
+    #[arg(
+        long = "sink.kafka.format",
+        env = "PG2SINK_SINK_KAFKA_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub format: KafkaFormat,
+
+    /// Kafka sink: a Confluent schema registry; Avro values are then framed
+    /// with the registered schema's id (subject <topic>-value).
+    #[arg(
+        long = "sink.kafka.schema-registry-url",
+        env = "PG2SINK_SINK_KAFKA_SCHEMA_REGISTRY_URL",
+        hide_env_values = true
+    )]
+    pub schema_registry_url: Option<String>,
+
+    /// Kafka sink: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(
+        long = "sink.kafka.security-protocol",
+        env = "PG2SINK_SINK_KAFKA_SECURITY_PROTOCOL"
+    )]
+    pub security_protocol: Option<String>,
+
+    /// Kafka sink: SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    #[arg(
+        long = "sink.kafka.sasl-mechanism",
+        env = "PG2SINK_SINK_KAFKA_SASL_MECHANISM"
+    )]
+    pub sasl_mechanism: Option<String>,
+
+    /// Kafka sink: SASL user name.
+    #[arg(
+        long = "sink.kafka.sasl-username",
+        env = "PG2SINK_SINK_KAFKA_SASL_USERNAME"
+    )]
+    pub sasl_username: Option<String>,
+
+    /// Kafka sink: SASL password.
+    #[arg(
+        long = "sink.kafka.sasl-password",
+        env = "PG2SINK_SINK_KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub sasl_password: Option<String>,
+
+    /// Kafka sink: PEM file of the CA that signed the brokers' certificates.
+    #[arg(
+        id = "kafka_ca_file",
+        long = "sink.kafka.ca-file",
+        env = "PG2SINK_SINK_KAFKA_CA_FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// Kafka sink: a librdkafka property, KEY=VALUE (repeatable), applied
+    /// after pg2sink's own settings.
+    #[arg(
+        long = "sink.kafka.property",
+        env = "PG2SINK_SINK_KAFKA_PROPERTY",
+        value_name = "KEY=VALUE",
+        value_parser = crate::sink::kafka::config::parse_property,
+        hide_env_values = true
+    )]
+    pub properties: Vec<(String, String)>,
 }

@@ -5,13 +5,14 @@
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::args::{SinkKind, StreamArgs};
+use super::args::{KafkaFormat, SinkKind, StreamArgs};
 use crate::error::Error;
 use crate::model::Lsn;
 use crate::sink::bigquery::{BigQueryConfig, BigQuerySink};
 use crate::sink::elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
 use crate::sink::file::{FileSink, FileSinkConfig};
 use crate::sink::http::RetryPolicy;
+use crate::sink::kafka::{KafkaConfig, KafkaSink, ValueFormat};
 use crate::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use crate::sink::{self, FlushPolicy, Sink, SinkError, SinkEvent};
 
@@ -46,6 +47,10 @@ pub async fn spawn(
         }
         SinkKind::Postgres => {
             let sink = checked(PostgresSink::new(postgres_config(args))?).await?;
+            tokio::spawn(sink::run(sink, events, durable, policy))
+        }
+        SinkKind::Kafka => {
+            let sink = checked(KafkaSink::new(kafka_config(args))?).await?;
             tokio::spawn(sink::run(sink, events, durable, policy))
         }
     })
@@ -109,5 +114,27 @@ pub fn postgres_config(args: &StreamArgs) -> PostgresSinkConfig {
         batch_rows: a.postgres_batch_rows as usize,
         retry: retry_policy(args),
         ..PostgresSinkConfig::default()
+    }
+}
+
+pub fn kafka_config(args: &StreamArgs) -> KafkaConfig {
+    let a = &args.kafka;
+    KafkaConfig {
+        brokers: a.brokers.clone(),
+        topic_prefix: a.topic_prefix.clone(),
+        partitions: a.partitions,
+        replication_factor: a.replication_factor,
+        format: match a.format {
+            KafkaFormat::Json => ValueFormat::Json,
+            KafkaFormat::Avro => ValueFormat::Avro,
+        },
+        schema_registry_url: a.schema_registry_url.clone(),
+        security_protocol: a.security_protocol.clone(),
+        sasl_mechanism: a.sasl_mechanism.clone(),
+        sasl_username: a.sasl_username.clone(),
+        sasl_password: a.sasl_password.clone(),
+        ca_file: a.ca_file.clone(),
+        properties: a.properties.clone(),
+        retry: retry_policy(args),
     }
 }

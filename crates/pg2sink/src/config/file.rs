@@ -280,13 +280,17 @@ fn toml_string(s: &str) -> String {
 }
 
 fn is_secret(flag: &str) -> bool {
-    is_connection_string(flag) || is_credential(flag)
+    is_url(flag) || is_credential(flag) || flag == KAFKA_PROPERTY
 }
 
-/// Flags holding a Postgres connection string, which may carry a password.
-fn is_connection_string(flag: &str) -> bool {
-    flag == "url" || flag == "sink.postgres.url"
+/// Flags whose value is a URL or connection string that may carry a
+/// password.
+fn is_url(flag: &str) -> bool {
+    flag == "url" || flag == "sink.postgres.url" || flag == "sink.kafka.schema-registry-url"
 }
+
+/// librdkafka properties, KEY=VALUE: some hold secrets (sasl.password, ...).
+const KAFKA_PROPERTY: &str = "sink.kafka.property";
 
 /// Flags whose whole value is a credential.
 fn is_credential(flag: &str) -> bool {
@@ -302,7 +306,15 @@ pub fn redact(flag: &str, value: &str) -> String {
             "****".into()
         };
     }
-    if is_connection_string(flag) {
+    if flag == KAFKA_PROPERTY {
+        return match value.split_once('=') {
+            Some((key, _)) if crate::sink::kafka::config::is_secret_property(key) => {
+                format!("{key}=****")
+            }
+            _ => value.to_string(),
+        };
+    }
+    if is_url(flag) {
         if let Ok(mut url) = url::Url::parse(value) {
             if url.password().is_some() {
                 let _ = url.set_password(Some("****"));
@@ -402,6 +414,26 @@ mod tests {
         assert_eq!(
             redact("sink.postgres.url", "postgres://u:secret@h/db"),
             "postgres://u:****@h/db"
+        );
+        assert_eq!(
+            redact("sink.kafka.property", "sasl.password=hunter2"),
+            "sasl.password=****"
+        );
+        assert_eq!(
+            redact("sink.kafka.property", "ssl.key.password=x=y"),
+            "ssl.key.password=****"
+        );
+        assert_eq!(
+            redact("sink.kafka.property", "linger.ms=20"),
+            "linger.ms=20"
+        );
+        assert_eq!(redact("sink.kafka.sasl-password", "hunter2"), "****");
+        assert_eq!(
+            redact(
+                "sink.kafka.schema-registry-url",
+                "https://u:pw@registry:8081"
+            ),
+            "https://u:****@registry:8081/"
         );
     }
 }

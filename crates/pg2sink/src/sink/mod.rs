@@ -16,6 +16,8 @@
 //! by (`lsn`, `sequence`), so an older change never wins over a newer one;
 //! Postgres: the applied position is stored with the rows and replays are
 //! skipped, exactly once).
+//! Kafka: messages keyed on the primary key, so a key's replays follow its
+//! changes in one partition and consumers skip them by (`lsn`, `sequence`)).
 //!
 //! Every sink also:
 //! - answers [`Sink::health_check`] before streaming starts, failing fast
@@ -41,6 +43,7 @@ pub mod bigquery;
 pub mod elasticsearch;
 pub mod file;
 pub mod http;
+pub mod kafka;
 pub mod postgres;
 
 use std::time::Duration;
