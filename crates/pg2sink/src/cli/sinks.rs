@@ -12,6 +12,7 @@ use crate::sink::bigquery::{BigQueryConfig, BigQuerySink};
 use crate::sink::elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
 use crate::sink::file::{FileSink, FileSinkConfig};
 use crate::sink::http::RetryPolicy;
+use crate::sink::nats::{NatsConfig, NatsSink};
 use crate::sink::{self, FlushPolicy, Sink, SinkError, SinkEvent};
 
 pub type SinkTask = JoinHandle<Result<(), SinkError>>;
@@ -41,6 +42,10 @@ pub async fn spawn(
         }
         SinkKind::Elasticsearch => {
             let sink = checked(ElasticsearchSink::new(elasticsearch_config(args))?).await?;
+            tokio::spawn(sink::run(sink, events, durable, policy))
+        }
+        SinkKind::Nats => {
+            let sink = checked(NatsSink::new(nats_config(args))?).await?;
             tokio::spawn(sink::run(sink, events, durable, policy))
         }
     })
@@ -85,5 +90,26 @@ pub fn elasticsearch_config(args: &StreamArgs) -> ElasticsearchConfig {
         bulk_actions: a.bulk_size as usize,
         retry: retry_policy(args),
         ..ElasticsearchConfig::default()
+    }
+}
+
+pub fn nats_config(args: &StreamArgs) -> NatsConfig {
+    let a = &args.nats;
+    NatsConfig {
+        urls: a.urls.clone(),
+        user: a.user.clone(),
+        password: a.password.clone(),
+        token: a.token.clone(),
+        creds_file: a.creds_file.clone(),
+        ca_file: a.ca_file.clone(),
+        client_cert: a.client_cert.clone(),
+        client_key: a.client_key.clone(),
+        subject_prefix: a.subject_prefix.clone(),
+        stream: a.stream.clone(),
+        duplicate_window: a.duplicate_window,
+        replicas: a.replicas as usize,
+        max_in_flight: a.max_in_flight as usize,
+        retry: retry_policy(args),
+        ..NatsConfig::default()
     }
 }

@@ -209,7 +209,9 @@ fn apply_to(
             .iter()
             .map(|v| &*Box::leak(v.clone().into_boxed_str()))
             .collect();
-        let secret = is_secret(arg.get_long().unwrap_or_default());
+        let long = arg.get_long().unwrap_or_default();
+        // A sink URL may carry a password (nats://user:pass@host).
+        let secret = is_secret(long) || values.iter().any(|v| redact(long, v) != *v);
         // A secret from the file must not show up in --help.
         arg.default_values(values).hide_default_value(secret)
     });
@@ -295,6 +297,16 @@ pub fn redact(flag: &str, value: &str) -> String {
             String::new()
         } else {
             "****".into()
+        };
+    }
+    if flag.ends_with(".url") {
+        // A sink's URL: only a password in it is hidden.
+        return match url::Url::parse(value) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("****"));
+                url.to_string()
+            }
+            _ => value.to_string(),
         };
     }
     if flag == "url" {
@@ -393,6 +405,13 @@ mod tests {
         );
         assert_eq!(redact("api.token", "abc"), "****");
         assert_eq!(redact("sink.elasticsearch.api-key", "abc"), "****");
+        assert_eq!(redact("sink.nats.token", "abc"), "****");
+        assert_eq!(redact("sink.nats.password", "abc"), "****");
+        assert_eq!(
+            redact("sink.nats.url", "nats://u:secret@h:4222"),
+            "nats://u:****@h:4222"
+        );
+        assert_eq!(redact("sink.nats.url", "nats://h:4222"), "nats://h:4222");
         assert_eq!(redact("schema", "abc"), "abc");
     }
 }

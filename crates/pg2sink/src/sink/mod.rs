@@ -39,6 +39,7 @@ pub mod bigquery;
 pub mod elasticsearch;
 pub mod file;
 pub mod http;
+pub mod nats;
 
 use std::time::Duration;
 
