@@ -86,6 +86,11 @@ pub fn redact_url(url: &str) -> String {
             let _ = u.set_password(Some("****"));
             u.to_string()
         }
-        _ => url.to_string(),
+        Ok(_) => url.to_string(),
+        // Unparsable: hide whatever could be credentials.
+        Err(_) => match (url.split_once("://"), url.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => format!("{scheme}://****@{host}"),
+            _ => url.to_string(),
+        },
     }
 }
