@@ -6,6 +6,7 @@ mod bigquery;
 mod elasticsearch;
 mod errors;
 mod imports;
+mod nats;
 mod ops;
 mod streaming;
 mod types;

@@ -146,7 +146,9 @@ pub fn context(client: async_nats::Client, config: &NatsConfig) -> Context {
     jetstream::context::ContextBuilder::new()
         .timeout(config.request_timeout)
         .ack_timeout(config.request_timeout)
-        .max_ack_inflight(config.max_in_flight.max(1))
+        // Room for one full re-send while the acknowledgements of the first
+        // attempt are still awaited (or time out).
+        .max_ack_inflight(2 * config.max_in_flight.max(1))
         .backpressure_on_inflight(true)
         .build(client)
 }

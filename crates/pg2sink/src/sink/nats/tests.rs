@@ -36,11 +36,7 @@ fn odd_identifiers_become_one_safe_token() {
     assert_eq!(token("a\nb"), "a%0Ab");
     // Injective: the escape character is itself escaped.
     assert_ne!(token("%2E"), token("."));
-    for t in [
-        token("a.b c*>\u{1F600}"),
-        token("$JS"),
-        token("\t"),
-    ] {
+    for t in [token("a.b c*>\u{1F600}"), token("$JS"), token("\t")] {
         assert!(
             t.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)),
@@ -61,7 +57,9 @@ fn subjects() {
     );
     // A Postgres schema named _schemas does not collide: one token fewer.
     assert_ne!(
-        modification_subject("p", "_schemas", "t").split('.').count(),
+        modification_subject("p", "_schemas", "t")
+            .split('.')
+            .count(),
         schema_subject("p", "x", "t").split('.').count()
     );
 }
@@ -80,7 +78,10 @@ fn message_ids_name_one_change() {
     let c = change("public", "u", 1);
     assert_ne!(id, message_id(&c, &serde_json::to_vec(&c).unwrap()));
     let mut d = a.clone();
-    d.after.as_mut().unwrap().insert("id".into(), serde_json::json!(99));
+    d.after
+        .as_mut()
+        .unwrap()
+        .insert("id".into(), serde_json::json!(99));
     assert_ne!(id, message_id(&d, &serde_json::to_vec(&d).unwrap()));
     // A schema before the change has an id of its own.
     assert_ne!(id, schema_message_id(&a, &body));
@@ -161,7 +162,10 @@ fn secrets_stay_out_of_messages() {
         ..NatsConfig::default()
     };
     let shown = format!("{c:?}");
-    assert!(!shown.contains("pw") && !shown.contains("s3cr3t"), "{shown}");
+    assert!(
+        !shown.contains("pw") && !shown.contains("s3cr3t"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -170,7 +174,9 @@ fn publish_failures_are_classified() {
     assert!(retry(PublishError::new(PublishErrorKind::TimedOut)));
     assert!(retry(PublishError::new(PublishErrorKind::BrokenPipe)));
     assert!(retry(PublishError::new(PublishErrorKind::StreamNotFound)));
-    assert!(retry(PublishError::new(PublishErrorKind::WrongLastMessageId)));
+    assert!(retry(PublishError::new(
+        PublishErrorKind::WrongLastMessageId
+    )));
     assert!(matches!(
         classify(&PublishError::new(PublishErrorKind::MaxPayloadExceeded)),
         Failure::Stop(_)
