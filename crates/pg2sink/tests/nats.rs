@@ -155,9 +155,11 @@ fn start(db: &TestDb, url: &str, stream: &str, prefix: &str, extra: &[&str]) -> 
         "stream",
         "--sink=nats",
         "--subscription-manager.poll-interval=200ms",
-        "--status-interval=1s",
         "--metrics-address=off",
     ];
+    if !extra.iter().any(|a| a.starts_with("--status-interval")) {
+        args.push("--status-interval=1s");
+    }
     args.extend(args_owned.iter().map(String::as_str));
     args.extend_from_slice(extra);
     let mut p = Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=debug,info")]);
@@ -320,6 +322,17 @@ fn steady_writer(
     })
 }
 
+/// The duplicates JetStream discarded, as pg2sink's last batch log line
+/// counts them.
+fn stale_total(stderr: &str) -> u64 {
+    crate::elasticsearch::strip_ansi(stderr)
+        .rsplit("stale_total=")
+        .next()
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The ids a consumer saw on `subject`, checked to be exactly `committed`
 /// in order: no gap, no duplicate.
 fn assert_exactly(c: &Consumer, subject: &str, committed: &[i64]) {
@@ -348,6 +361,8 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
     let (stream, prefix) = names(&db);
     let url = nats_url();
     db.psql("create table t (id bigint primary key, payload text)");
+    // A second slot, to replay the whole workload at the end.
+    crate::elasticsearch::prepare_replay(&db, "t");
     // The slot exists before the first row.
     start(&db, &url, &stream, &prefix, NO_IMPORTS).kill9();
     let committed = Arc::new(Mutex::new(Vec::new()));
@@ -355,6 +370,7 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
     let writer = steady_writer(&db, committed.clone(), done.clone());
     let mut c = Consumer::new(&url, &stream);
     let subject = format!("{prefix}.public.t");
+    let mut discarded = 0;
     for round in 0..4usize {
         let mut p = start(&db, &url, &stream, &prefix, NO_IMPORTS);
         // Kill it while it publishes: once more messages have arrived.
@@ -363,6 +379,7 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
             c.poll().len() > before + 50 + round * 37
         });
         p.kill9();
+        discarded += stale_total(&p.stderr());
     }
     done.store(true, Ordering::Relaxed);
     writer.join().unwrap();
@@ -374,10 +391,37 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
         c.on(&subject).iter().any(|m| m.id() == last)
     });
     stop(&mut p);
+    discarded += stale_total(&p.stderr());
     c.poll();
     assert_exactly(&c, &subject, &committed);
+
+    // Every change sent again (another slot, from before the workload):
+    // JetStream discards them all, consumers see nothing new.
+    let mut replay = start(
+        &db,
+        &url,
+        &stream,
+        &prefix,
+        &[NO_IMPORTS[0], "--subscription-name=replay"],
+    );
+    let slot = pg2sink::source::catalog::slot_name_for("replay", db.name());
+    let current = db.psql("select pg_current_wal_lsn()");
+    wait_until(WAIT, "the replay to catch up", || {
+        db.psql(&format!(
+            "select confirmed_flush_lsn >= '{current}' from pg_replication_slots where slot_name = '{slot}'"
+        )) == "t"
+    });
+    stop(&mut replay);
+    let replayed = stale_total(&replay.stderr());
+    c.poll();
+    assert_exactly(&c, &subject, &committed);
+    assert!(
+        replayed >= committed.len() as u64,
+        "{replayed} of {} replayed changes discarded",
+        committed.len()
+    );
     eprintln!(
-        "kill -9: {} rows, each seen once, in order",
+        "kill -9: {} rows, each seen once, in order; {discarded} replayed messages discarded after kills, {replayed} in the full replay",
         committed.len()
     );
 }
