@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::harness::{repo_root, test_db, wait_until, Pg2Sink, TestDb};
@@ -132,6 +133,23 @@ impl Consumer {
         self.js = Some(js);
         self.messages.extend(new);
         &self.messages
+    }
+
+    /// How many messages the stream holds (cheaper than reading them).
+    fn stored(&mut self) -> u64 {
+        let (url, name, js) = (self.url.clone(), self.stream.clone(), self.js.clone());
+        runtime()
+            .block_on(async move {
+                let js = match js {
+                    Some(js) => js,
+                    None => {
+                        async_nats::jetstream::new(async_nats::connect(url.as_str()).await.ok()?)
+                    }
+                };
+                let mut stream = js.get_stream(&name).await.ok()?;
+                stream.info().await.ok().map(|i| i.state.messages)
+            })
+            .unwrap_or(0)
     }
 
     fn on(&self, subject: &str) -> Vec<Msg> {
@@ -322,6 +340,10 @@ fn steady_writer(
     })
 }
 
+fn ids(c: &Consumer, subject: &str) -> Vec<i64> {
+    c.on(subject).iter().map(Msg::id).collect()
+}
+
 /// The duplicates JetStream discarded, as pg2sink's last batch log line
 /// counts them.
 fn stale_total(stderr: &str) -> u64 {
@@ -333,10 +355,9 @@ fn stale_total(stderr: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The ids a consumer saw on `subject`, checked to be exactly `committed`
-/// in order: no gap, no duplicate.
-fn assert_exactly(c: &Consumer, subject: &str, committed: &[i64]) {
-    let seen: Vec<i64> = c.on(subject).iter().map(Msg::id).collect();
+/// The ids a consumer saw, checked to be exactly `committed`, in order: no
+/// gap, no duplicate.
+fn assert_exactly(seen: &[i64], committed: &[i64]) {
     if seen != committed {
         let set: HashSet<i64> = seen.iter().copied().collect();
         let missing: Vec<&i64> = committed
@@ -393,7 +414,7 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
     stop(&mut p);
     discarded += stale_total(&p.stderr());
     c.poll();
-    assert_exactly(&c, &subject, &committed);
+    assert_exactly(&ids(&c, &subject), &committed);
 
     // Every change sent again (another slot, from before the workload):
     // JetStream discards them all, consumers see nothing new.
@@ -414,7 +435,7 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
     stop(&mut replay);
     let replayed = stale_total(&replay.stderr());
     c.poll();
-    assert_exactly(&c, &subject, &committed);
+    assert_exactly(&ids(&c, &subject), &committed);
     assert!(
         replayed >= committed.len() as u64,
         "{replayed} of {} replayed changes discarded",
@@ -442,7 +463,10 @@ fn nats_start_fails_fast_when_the_server_is_down() {
     );
     let status = p.wait_exit(Duration::from_secs(60));
     assert!(!status.success());
-    let err = p.stderr();
+    let err = crate::elasticsearch::strip_ansi(&p.stderr());
+    for line in err.lines().filter(|l| l.contains("WARN")) {
+        eprintln!("{line}");
+    }
     assert!(
         err.contains("cannot reach NATS at nats://pg2sink:****@127.0.0.1:9"),
         "{err}"
@@ -510,13 +534,10 @@ impl OwnServer {
         });
     }
 
-    /// Stops it as an operator would (SIGTERM), and waits for the exit.
-    fn stop(&mut self) {
+    /// Stops it with `signal`, and waits for the exit.
+    fn stop(&mut self, signal: Signal) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
             let _ = child.wait();
         }
     }
@@ -530,6 +551,10 @@ impl Drop for OwnServer {
         }
     }
 }
+
+/// The ids and size of the large transaction of the restart test.
+const BULK: i64 = 10_000_000;
+const BULK_ROWS: i64 = 30_000;
 
 #[test]
 fn nats_server_restarted_mid_stream_nothing_lost() {
@@ -545,57 +570,94 @@ fn nats_server_restarted_mid_stream_nothing_lost() {
         &prefix,
         &[NO_IMPORTS[0], "--sink.retry-timeout=2m"],
     );
-    let committed = Arc::new(Mutex::new(Vec::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = steady_writer(&db, committed.clone(), done.clone());
-    let mut c = Consumer::new(&url, &stream);
-    wait_until(WAIT, "messages to flow", || c.poll().len() > 200);
-    c.js = None;
-    server.stop();
-
-    // While the server is down, the position confirmed to Postgres stays
-    // before changes NATS has not acknowledged.
-    let held = db.psql("select pg_current_wal_insert_lsn()");
-    db.psql("insert into t values (-1, 'written while NATS was down')");
     let slot = db.psql(&format!(
         "select slot_name from pg_replication_slots where database = '{}'",
         db.name()
     ));
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        db.psql(&format!(
-            "select confirmed_flush_lsn <= '{held}' from pg_replication_slots where slot_name = '{slot}'"
-        )),
-        "t",
-        "the slot was confirmed past a change NATS never acknowledged"
-    );
-    assert!(p.is_running(), "pg2sink gave up:\n{}", p.stderr());
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = steady_writer(&db, committed.clone(), done.clone());
+    let mut c = Consumer::new(&url, &stream);
+    let subject = format!("{prefix}.public.t");
+    // Stopped cleanly, then killed: messages in flight at the kill are
+    // lost by the server and must be sent again, in order.
+    for (round, signal) in [Signal::SIGTERM, Signal::SIGKILL].into_iter().enumerate() {
+        let before = c.poll().len();
+        wait_until(WAIT, "messages to flow", || c.poll().len() > before + 200);
+        if signal == Signal::SIGKILL {
+            // One large transaction, so that thousands of messages are in
+            // flight when the server dies.
+            db.psql(&format!(
+                "insert into t select g, 'bulk' from generate_series({BULK}, {BULK} + {BULK_ROWS} - 1) g"
+            ));
+            let stored = c.stored();
+            wait_until(WAIT, "the bulk to be half-way", || {
+                c.stored() > stored + 2000
+            });
+        }
+        c.js = None;
+        eprintln!(
+            "stopping the server ({signal}) with {} messages stored",
+            c.stored()
+        );
+        server.stop(signal);
 
-    server.run();
-    std::thread::sleep(Duration::from_secs(1));
+        // While the server is down, the position confirmed to Postgres
+        // stays before changes NATS has not acknowledged.
+        let held = db.psql("select pg_current_wal_insert_lsn()");
+        let marker = -1 - round as i64;
+        db.psql(&format!(
+            "insert into t values ({marker}, 'written while NATS was down')"
+        ));
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(
+            db.psql(&format!(
+                "select confirmed_flush_lsn <= '{held}' from pg_replication_slots where slot_name = '{slot}'"
+            )),
+            "t",
+            "the slot was confirmed past a change NATS never acknowledged"
+        );
+        assert!(p.is_running(), "pg2sink gave up:\n{}", p.stderr());
+        server.run();
+    }
+    let before = c.poll().len();
+    wait_until(WAIT, "messages to flow again", || {
+        c.poll().len() > before + 200
+    });
     done.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    let mut committed = committed.lock().unwrap().clone();
+    let committed = committed.lock().unwrap().clone();
     let last = *committed.last().unwrap();
-    let subject = format!("{prefix}.public.t");
     wait_until(WAIT, "pg2sink to catch up", || {
         c.poll();
         c.on(&subject).iter().any(|m| m.id() == last)
     });
     stop(&mut p);
     c.poll();
-    // The row written while NATS was down, in commit order among the others.
+    // The rows written while NATS was down came once each; the writer's
+    // rows came exactly, in order.
     let seen: Vec<i64> = c.on(&subject).iter().map(Msg::id).collect();
-    let at = seen
+    for marker in [-1, -2] {
+        assert_eq!(
+            seen.iter().filter(|i| **i == marker).count(),
+            1,
+            "row {marker}"
+        );
+    }
+    let ordered: Vec<i64> = seen
         .iter()
-        .position(|i| *i == -1)
-        .expect("the row written while NATS was down");
-    committed.insert(at, -1);
-    assert_exactly(&c, &subject, &committed);
-    let err = p.stderr();
-    assert!(
-        err.contains("sending the unacknowledged messages again")
-            || err.contains("NATS connection lost"),
-        "{err}"
-    );
+        .copied()
+        .filter(|i| *i > 0 && *i < BULK)
+        .collect();
+    assert_exactly(&ordered, &committed);
+    let bulk: Vec<i64> = seen.into_iter().filter(|i| *i >= BULK).collect();
+    assert_exactly(&bulk, &(BULK..BULK + BULK_ROWS).collect::<Vec<_>>());
+    let err = crate::elasticsearch::strip_ansi(&p.stderr());
+    for line in err
+        .lines()
+        .filter(|l| l.contains("WARN") && !l.contains("IO error"))
+    {
+        eprintln!("{line}");
+    }
+    assert!(err.contains("NATS connection lost"), "{err}");
 }

@@ -206,7 +206,7 @@ impl NatsSink {
                     }
                     let delay = backoff.next_delay();
                     SinkStats::add(&self.stats.retries, 1);
-                    tracing::warn!(message = %id, subject = %subject, error = %why,
+                    tracing::warn!(msg_id = %id, subject = %subject, error = %why,
                         unacknowledged = self.pending.len(), retry_in = ?delay,
                         "a NATS publish was not acknowledged; sending the unacknowledged messages again");
                     tokio::time::sleep(delay).await;
