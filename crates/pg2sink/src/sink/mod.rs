@@ -13,7 +13,8 @@
 //! position are sent again. Each sink documents how replays are made
 //! harmless (the file sink: consumers de-duplicate on (`lsn`, `sequence`);
 //! BigQuery and Elasticsearch: writes keyed on the primary key and ordered
-//! by (`lsn`, `sequence`), so an older change never wins over a newer one).
+//! by (`lsn`, `sequence`), so an older change never wins over a newer one;
+//! NATS: JetStream discards a message whose `Nats-Msg-Id` it already holds).
 //!
 //! Every sink also:
 //! - answers [`Sink::health_check`] before streaming starts, failing fast
