@@ -382,6 +382,19 @@ mod tests {
     }
 
     #[test]
+    fn a_password_in_a_sink_url_from_the_file_stays_out_of_help() {
+        let settings = parse("[sink.nats]\nurl = \"nats://u:hush@h:4222\"\n").unwrap();
+        let mut command = apply(Cli::command(), &settings).unwrap();
+        let help = command
+            .find_subcommand_mut("stream")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--sink.nats.url"), "{help}");
+        assert!(!help.contains("hush"), "{help}");
+    }
+
+    #[test]
     fn config_path_from_flag() {
         assert_eq!(
             config_path(&args(&["p", "stream", "--config=/x.toml"])),
