@@ -661,3 +661,41 @@ fn nats_server_restarted_mid_stream_nothing_lost() {
     }
     assert!(err.contains("NATS connection lost"), "{err}");
 }
+
+#[test]
+fn nats_start_fails_when_the_stream_does_not_take_the_prefix() {
+    let db = test_db("nats_other");
+    let (stream, prefix) = names(&db);
+    let url = nats_url();
+    // Someone else's stream under that name, for other subjects.
+    let other = format!("{prefix}_elsewhere.>");
+    runtime().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![other.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let args = [
+        format!("--url={}", db.url()),
+        format!("--sink.nats.url={url}"),
+        format!("--sink.nats.stream={stream}"),
+        format!("--sink.nats.subject-prefix={prefix}"),
+    ];
+    let mut all = vec!["stream", "--sink=nats", "--metrics-address=off"];
+    all.extend(args.iter().map(String::as_str));
+    let mut p = Pg2Sink::spawn(&all, &[]);
+    let status = p.wait_exit(Duration::from_secs(60));
+    assert!(!status.success());
+    let err = p.stderr();
+    assert!(
+        err.contains(&format!(
+            "JetStream stream {stream} exists but does not take {prefix}.>"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("hint: add"), "{err}");
+}

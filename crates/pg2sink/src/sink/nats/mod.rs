@@ -140,12 +140,19 @@ impl NatsSink {
             ack: None,
         };
         let expected = self.last_id.replace(m.id.clone());
-        m.ack = Some(Self::send(&js, &m, expected.as_deref()).await);
+        let sent = Self::send(&js, &m, expected.as_deref()).await;
+        let failed = sent.is_err();
+        m.ack = Some(sent);
         SinkStats::add(&self.stats.requests, 1);
         self.unflushed += m.payload.len();
         self.pending.push_back(m);
         self.batch_started.get_or_insert_with(Instant::now);
-        if self.pending.len() >= self.config.max_in_flight.max(1) {
+        if failed {
+            // The client could not even queue it (disconnected for long):
+            // recover before taking more, so each message does not wait
+            // out its own timeout.
+            self.settle(0).await?;
+        } else if self.pending.len() >= self.config.max_in_flight.max(1) {
             self.settle(self.config.max_in_flight / 2).await?;
         }
         Ok(())
@@ -155,8 +162,9 @@ impl NatsSink {
     /// messages are unacknowledged. A failure sends every unacknowledged
     /// message again, in order, after a back-off.
     async fn settle(&mut self, keep: usize) -> Result<(), SinkError> {
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut backoff = Backoff::new(self.config.retry.initial, self.config.retry.max);
+        let mut backoff_used = false;
         while self.pending.len() > keep {
             let Some(front) = self.pending.front_mut() else {
                 break;
@@ -164,12 +172,19 @@ impl NatsSink {
             let result = match front.ack.take() {
                 Some(Ok(ack)) => ack.await,
                 Some(Err(e)) => Err(e),
+                // Not sent in the last round (an earlier one could not be).
                 None => Err(PublishError::new(
-                    async_nats::jetstream::context::PublishErrorKind::Other,
+                    async_nats::jetstream::context::PublishErrorKind::BrokenPipe,
                 )),
             };
             let error = match result {
                 Ok(ack) => {
+                    // Progress: a later failure gets the whole retry time.
+                    if backoff_used {
+                        backoff.reset();
+                        started = Instant::now();
+                        backoff_used = false;
+                    }
                     let done = self.pending.pop_front().map_or(0, |m| m.payload.len());
                     self.unflushed = self.unflushed.saturating_sub(done);
                     if ack.duplicate {
@@ -205,6 +220,7 @@ impl NatsSink {
                         });
                     }
                     let delay = backoff.next_delay();
+                    backoff_used = true;
                     SinkStats::add(&self.stats.retries, 1);
                     tracing::warn!(msg_id = %id, subject = %subject, error = %why,
                         unacknowledged = self.pending.len(), retry_in = ?delay,
@@ -219,14 +235,22 @@ impl NatsSink {
 
     /// Sends every unacknowledged message again, in order: the first
     /// without an expected predecessor (everything before it was
-    /// acknowledged), each next one expecting the one before.
+    /// acknowledged), each next one expecting the one before. Stops at the
+    /// first that cannot be sent; the rest wait for the next round.
     async fn resend(&mut self) -> Result<(), SinkError> {
         let js = self.js()?;
         let mut previous: Option<String> = None;
+        let mut stopped = false;
         for m in self.pending.iter_mut() {
             // Dropping the old future hands its permit back after its
             // acknowledgement (or its timeout).
-            m.ack = Some(Self::send(&js, m, previous.as_deref()).await);
+            if stopped {
+                m.ack = None;
+                continue;
+            }
+            let sent = Self::send(&js, m, previous.as_deref()).await;
+            stopped = sent.is_err();
+            m.ack = Some(sent);
             SinkStats::add(&self.stats.requests, 1);
             previous = Some(m.id.clone());
         }
