@@ -66,7 +66,8 @@ pub struct NatsSink {
     /// Id of the message published last, which the next one expects to
     /// follow; `None` at start and after a failure.
     last_id: Option<String>,
-    /// By `schema.table` (real names): the schema published last.
+    /// By escaped `schema.table` (one-to-one, unlike the real names
+    /// joined with a dot): the schema published last.
     published_schemas: HashMap<String, Value>,
     /// Schemas to publish before the table's next change.
     waiting_schemas: HashMap<String, Schema>,
@@ -258,10 +259,10 @@ impl NatsSink {
         Ok(())
     }
 
-    /// The subject and headers of `m`, publishing its table's waiting
-    /// schema first.
+    /// Publishes the schema waiting for `m`'s table, if any, with an id
+    /// taken from `m` (so a replay of `m` repeats it exactly).
     async fn publish_waiting_schema(&mut self, m: &Modification) -> Result<(), SinkError> {
-        let key = format!("{}.{}", m.namespace, m.name);
+        let key = encoding::table_tokens(&m.namespace, &m.name);
         let Some(schema) = self.waiting_schemas.remove(&key) else {
             return Ok(());
         };
@@ -297,10 +298,9 @@ impl Sink for NatsSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let key = format!(
-            "{}.{}",
+        let key = encoding::table_tokens(
             schema.schema["pg.schema"].as_str().unwrap_or(""),
-            schema.schema["pg.table"].as_str().unwrap_or("")
+            schema.schema["pg.table"].as_str().unwrap_or(""),
         );
         if self.published_schemas.get(&key) == Some(&schema.schema) {
             // Back to the shape consumers already have.
