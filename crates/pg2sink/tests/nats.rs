@@ -481,11 +481,16 @@ struct OwnServer {
     bin: PathBuf,
     port: u16,
     store: tempfile::TempDir,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl OwnServer {
     fn start() -> OwnServer {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> OwnServer {
         let bin = PathBuf::from(services(&["bin", "nats"]));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -496,6 +501,7 @@ impl OwnServer {
             bin,
             port,
             store: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         s.run();
@@ -522,6 +528,7 @@ impl OwnServer {
                 "-sd",
             ])
             .arg(self.store.path().join("js"))
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -698,4 +705,81 @@ fn nats_start_fails_when_the_stream_does_not_take_the_prefix() {
         "{err}"
     );
     assert!(err.contains("hint: add"), "{err}");
+}
+
+#[test]
+fn nats_over_tls_with_a_password() {
+    let db = test_db("nats_tls");
+    let (stream, prefix) = names(&db);
+    let pg = db.server();
+    let ca = pg.ca_cert_path().to_path_buf();
+    let (cert, key) = (pg.server_cert_path(), ca.with_file_name("server.key"));
+    let server = OwnServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        cert.to_str().unwrap(),
+        "--tlskey",
+        key.to_str().unwrap(),
+        "--user",
+        "pg2sink",
+        "--pass",
+        "s3cret",
+    ]);
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    db.psql("create table t (id int primary key)");
+    let ca_flag = format!("--sink.nats.ca-file={}", ca.display());
+    let common = [NO_IMPORTS[0], "--sink.nats.user=pg2sink", ca_flag.as_str()];
+
+    // A wrong password stops pg2sink at start-up, saying so.
+    let mut wrong = common.to_vec();
+    wrong.push("--sink.nats.password=Wr0ngPa55");
+    let args = [
+        format!("--url={}", db.url()),
+        format!("--sink.nats.url={url}"),
+    ];
+    let mut all = vec!["stream", "--sink=nats", "--metrics-address=off"];
+    all.extend(args.iter().map(String::as_str));
+    all.extend(wrong);
+    let mut p = Pg2Sink::spawn(&all, &[]);
+    assert!(!p.wait_exit(Duration::from_secs(60)).success());
+    let err = p.stderr();
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains("Wr0ngPa55"), "the password leaked:\n{err}");
+
+    let mut right = common.to_vec();
+    right.push("--sink.nats.password=s3cret");
+    let mut p = start(&db, &url, &stream, &prefix, &right);
+    db.psql("insert into t values (1), (2)");
+    let subject = format!("{prefix}.public.t");
+    let ids = runtime().block_on(async {
+        let client =
+            async_nats::ConnectOptions::with_user_and_password("pg2sink".into(), "s3cret".into())
+                .add_root_certificates(ca.clone())
+                .require_tls(true)
+                .connect(url.as_str())
+                .await
+                .unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut got = vec![];
+        for _ in 0..600 {
+            if let Ok(mut s) = js.get_stream(&stream).await {
+                let last = s.info().await.map_or(0, |i| i.state.last_sequence);
+                got.clear();
+                for seq in 1..=last {
+                    let m = s.get_raw_message(seq).await.unwrap();
+                    if m.subject.as_str() == subject {
+                        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+                        got.push(body["after"]["id"].as_i64().unwrap());
+                    }
+                }
+                if got.len() >= 2 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        got
+    });
+    assert_eq!(ids, [1, 2]);
+    stop(&mut p);
 }
