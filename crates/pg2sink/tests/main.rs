@@ -7,6 +7,7 @@ mod elasticsearch;
 mod errors;
 mod imports;
 mod kafka;
+mod nats;
 mod ops;
 mod postgres_sink;
 mod streaming;

@@ -83,6 +83,8 @@ pub enum SinkKind {
     Postgres,
     /// Kafka: a topic per table, a message per change keyed by the primary key.
     Kafka,
+    /// NATS JetStream: a message per change on <prefix>.<schema>.<table>.
+    Nats,
 }
 
 /// Where the source database is and which of pg2sink's objects to use.
@@ -170,6 +172,9 @@ pub struct StreamArgs {
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
     /// Print each decoded replication message, one per line, instead of
     /// writing to the sink. Confirms nothing.
@@ -512,4 +517,123 @@ pub struct KafkaArgs {
         hide_env_values = true
     )]
     pub properties: Vec<(String, String)>,
+}
+
+/// `--sink=nats` settings.
+#[derive(Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// NATS sink: a server URL (nats:// or tls://; repeatable or
+    /// comma-separated). user:password@ in the URL is accepted.
+    #[arg(
+        long = "sink.nats.url",
+        id = "nats-url",
+        value_name = "URL",
+        env = "PG2SINK_SINK_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub urls: Vec<String>,
+
+    /// NATS sink: user name (with --sink.nats.password).
+    #[arg(
+        long = "sink.nats.user",
+        id = "nats-user",
+        value_name = "USER",
+        env = "PG2SINK_SINK_NATS_USER"
+    )]
+    pub user: Option<String>,
+
+    /// NATS sink: password of --sink.nats.user.
+    #[arg(
+        long = "sink.nats.password",
+        id = "nats-password",
+        value_name = "PASSWORD",
+        env = "PG2SINK_SINK_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// NATS sink: an authentication token.
+    #[arg(
+        long = "sink.nats.token",
+        id = "nats-token",
+        value_name = "TOKEN",
+        env = "PG2SINK_SINK_NATS_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// NATS sink: a .creds file (user JWT and NKey seed, as nsc writes it).
+    #[arg(
+        long = "sink.nats.creds-file",
+        id = "nats-creds-file",
+        value_name = "FILE",
+        env = "PG2SINK_SINK_NATS_CREDS_FILE"
+    )]
+    pub creds_file: Option<PathBuf>,
+
+    /// NATS sink: PEM file of the CA that signed the server's certificate
+    /// (TLS is then required).
+    #[arg(
+        long = "sink.nats.ca-file",
+        id = "nats-ca-file",
+        value_name = "FILE",
+        env = "PG2SINK_SINK_NATS_CA_FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+
+    /// NATS sink: client certificate (PEM), for servers that verify clients.
+    #[arg(
+        long = "sink.nats.client-cert",
+        id = "nats-client-cert",
+        value_name = "FILE",
+        env = "PG2SINK_SINK_NATS_CLIENT_CERT"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// NATS sink: the client certificate's private key (PEM).
+    #[arg(
+        long = "sink.nats.client-key",
+        id = "nats-client-key",
+        value_name = "FILE",
+        env = "PG2SINK_SINK_NATS_CLIENT_KEY"
+    )]
+    pub client_key: Option<PathBuf>,
+
+    /// NATS sink: subjects are <prefix>.<schema>.<table> (schemas on
+    /// <prefix>._schemas.<schema>.<table>).
+    #[arg(
+        long = "sink.nats.subject-prefix",
+        id = "nats-subject-prefix",
+        value_name = "PREFIX",
+        env = "PG2SINK_SINK_NATS_SUBJECT_PREFIX",
+        default_value = "pg2sink"
+    )]
+    pub subject_prefix: String,
+
+    /// NATS sink: the JetStream stream taking <prefix>.> (created if missing).
+    #[arg(
+        long = "sink.nats.stream",
+        id = "nats-stream",
+        value_name = "STREAM",
+        env = "PG2SINK_SINK_NATS_STREAM",
+        default_value = "PG2SINK"
+    )]
+    pub stream: String,
+
+    /// NATS sink: duplicate window of a stream pg2sink creates; changes sent
+    /// again within it (after a restart) are discarded by JetStream.
+    #[arg(long = "sink.nats.duplicate-window", id = "nats-duplicate-window", value_name = "DURATION", env = "PG2SINK_SINK_NATS_DUPLICATE_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub duplicate_window: Duration,
+
+    /// NATS sink: replicas of a stream pg2sink creates (in a cluster).
+    #[arg(long = "sink.nats.replicas", id = "nats-replicas", value_name = "N", env = "PG2SINK_SINK_NATS_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub replicas: u32,
+
+    /// NATS sink: messages published and not yet acknowledged, at most.
+    #[arg(long = "sink.nats.max-in-flight", id = "nats-max-in-flight", value_name = "N", env = "PG2SINK_SINK_NATS_MAX_IN_FLIGHT", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
 }

@@ -13,6 +13,7 @@ use crate::sink::elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
 use crate::sink::file::{FileSink, FileSinkConfig};
 use crate::sink::http::RetryPolicy;
 use crate::sink::kafka::{KafkaConfig, KafkaSink, ValueFormat};
+use crate::sink::nats::{NatsConfig, NatsSink};
 use crate::sink::postgres::{PostgresSink, PostgresSinkConfig};
 use crate::sink::{self, FlushPolicy, Sink, SinkError, SinkEvent};
 
@@ -51,6 +52,10 @@ pub async fn spawn(
         }
         SinkKind::Kafka => {
             let sink = checked(KafkaSink::new(kafka_config(args))?).await?;
+            tokio::spawn(sink::run(sink, events, durable, policy))
+        }
+        SinkKind::Nats => {
+            let sink = checked(NatsSink::new(nats_config(args))?).await?;
             tokio::spawn(sink::run(sink, events, durable, policy))
         }
     })
@@ -136,5 +141,26 @@ pub fn kafka_config(args: &StreamArgs) -> KafkaConfig {
         ca_file: a.ca_file.clone(),
         properties: a.properties.clone(),
         retry: retry_policy(args),
+    }
+}
+
+pub fn nats_config(args: &StreamArgs) -> NatsConfig {
+    let a = &args.nats;
+    NatsConfig {
+        urls: a.urls.clone(),
+        user: a.user.clone(),
+        password: a.password.clone(),
+        token: a.token.clone(),
+        creds_file: a.creds_file.clone(),
+        ca_file: a.ca_file.clone(),
+        client_cert: a.client_cert.clone(),
+        client_key: a.client_key.clone(),
+        subject_prefix: a.subject_prefix.clone(),
+        stream: a.stream.clone(),
+        duplicate_window: a.duplicate_window,
+        replicas: a.replicas as usize,
+        max_in_flight: a.max_in_flight as usize,
+        retry: retry_policy(args),
+        ..NatsConfig::default()
     }
 }

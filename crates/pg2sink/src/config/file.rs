@@ -209,7 +209,9 @@ fn apply_to(
             .iter()
             .map(|v| &*Box::leak(v.clone().into_boxed_str()))
             .collect();
-        let secret = is_secret(arg.get_long().unwrap_or_default());
+        let long = arg.get_long().unwrap_or_default();
+        // A sink URL may carry a password (nats://user:pass@host).
+        let secret = is_secret(long) || values.iter().any(|v| redact(long, v) != *v);
         // A secret from the file must not show up in --help.
         arg.default_values(values).hide_default_value(secret)
     });
@@ -286,7 +288,7 @@ fn is_secret(flag: &str) -> bool {
 /// Flags whose value is a URL or connection string that may carry a
 /// password.
 fn is_url(flag: &str) -> bool {
-    flag == "url" || flag == "sink.postgres.url" || flag == "sink.kafka.schema-registry-url"
+    flag == "url" || flag.ends_with(".url") || flag == "sink.kafka.schema-registry-url"
 }
 
 /// librdkafka properties, KEY=VALUE: some hold secrets (sasl.password, ...).
@@ -387,6 +389,19 @@ mod tests {
     }
 
     #[test]
+    fn a_password_in_a_sink_url_from_the_file_stays_out_of_help() {
+        let settings = parse("[sink.nats]\nurl = \"nats://u:hush@h:4222\"\n").unwrap();
+        let mut command = apply(Cli::command(), &settings).unwrap();
+        let help = command
+            .find_subcommand_mut("stream")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--sink.nats.url"), "{help}");
+        assert!(!help.contains("hush"), "{help}");
+    }
+
+    #[test]
     fn config_path_from_flag() {
         assert_eq!(
             config_path(&args(&["p", "stream", "--config=/x.toml"])),
@@ -410,6 +425,13 @@ mod tests {
         );
         assert_eq!(redact("api.token", "abc"), "****");
         assert_eq!(redact("sink.elasticsearch.api-key", "abc"), "****");
+        assert_eq!(redact("sink.nats.token", "abc"), "****");
+        assert_eq!(redact("sink.nats.password", "abc"), "****");
+        assert_eq!(
+            redact("sink.nats.url", "nats://u:secret@h:4222"),
+            "nats://u:****@h:4222"
+        );
+        assert_eq!(redact("sink.nats.url", "nats://h:4222"), "nats://h:4222");
         assert_eq!(redact("schema", "abc"), "abc");
         assert_eq!(
             redact("sink.postgres.url", "postgres://u:secret@h/db"),

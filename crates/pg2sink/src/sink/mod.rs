@@ -18,6 +18,7 @@
 //! skipped, exactly once).
 //! Kafka: messages keyed on the primary key, so a key's replays follow its
 //! changes in one partition and consumers skip them by (`lsn`, `sequence`)).
+//! NATS: JetStream discards a message whose `Nats-Msg-Id` it already holds).
 //!
 //! Every sink also:
 //! - answers [`Sink::health_check`] before streaming starts, failing fast
@@ -44,6 +45,7 @@ pub mod elasticsearch;
 pub mod file;
 pub mod http;
 pub mod kafka;
+pub mod nats;
 pub mod postgres;
 
 use std::time::Duration;

@@ -1,0 +1,272 @@
+//! The NATS side of the sink: connecting (URLs, credentials, TLS), the
+//! start-up check (reachable, JetStream enabled, the stream present and
+//! taking `<prefix>.>`), and what a failed publish means.
+//!
+//! Promises: connecting is tried once (start-up fails fast); afterwards the
+//! client reconnects by itself and the sink re-sends what was not
+//! acknowledged. A publish error is classified as [`Failure::Retry`]
+//! (network, timeouts, no responders while JetStream restarts, a broken
+//! order chain) or [`Failure::Stop`] (what retrying cannot fix: a message
+//! over the server's size limit, JetStream disabled).
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::{
+    CreateStreamErrorKind, GetStreamErrorKind, PublishError, PublishErrorKind,
+};
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::{self, Context};
+use async_nats::{ConnectErrorKind, ConnectOptions, ServerAddr};
+
+use super::config::{redact_url, NatsConfig};
+use super::encoding;
+use crate::sink::SinkError;
+
+fn definite(context: impl Into<String>, source: impl Into<String>) -> SinkError {
+    SinkError::Definite {
+        context: context.into(),
+        source: source.into().into(),
+    }
+}
+
+/// Checks the options that need no server.
+pub fn check_config(config: &NatsConfig) -> Result<Vec<ServerAddr>, SinkError> {
+    if let Err(why) = encoding::check_prefix(&config.subject_prefix) {
+        return Err(definite(
+            format!(
+                "--sink.nats.subject-prefix {:?} is not usable",
+                config.subject_prefix
+            ),
+            format!("{why}\n  hint: use dot-separated tokens such as pg2sink or cdc.prod"),
+        ));
+    }
+    if let Err(why) = encoding::check_stream_name(&config.stream) {
+        return Err(definite(
+            format!(
+                "--sink.nats.stream {:?} is not a valid stream name",
+                config.stream
+            ),
+            why,
+        ));
+    }
+    if config.urls.is_empty() {
+        return Err(definite("no NATS URL", "set --sink.nats.url"));
+    }
+    config
+        .urls
+        .iter()
+        .map(|u| {
+            u.trim().parse::<ServerAddr>().map_err(|e| {
+                definite(
+                    format!("--sink.nats.url {:?} is not a NATS URL", redact_url(u)),
+                    format!("{e}\n  hint: nats://host:4222 or tls://host:4222"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Connects once (no retry: this runs at start-up).
+pub async fn connect(
+    config: &NatsConfig,
+    servers: Vec<ServerAddr>,
+) -> Result<async_nats::Client, SinkError> {
+    let shown = config
+        .urls
+        .iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut options = ConnectOptions::new()
+        .name("pg2sink")
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(config.request_timeout))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connection (re)established"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS connection lost; reconnecting (unacknowledged messages will be sent again)")
+                }
+                other => tracing::warn!(event = %other, "NATS connection event"),
+            }
+        });
+    if let Some(path) = &config.creds_file {
+        options = options.credentials_file(path).await.map_err(|e| {
+            definite(
+                format!("reading the NATS credentials file {}", path.display()),
+                format!("{e}\n  hint: check --sink.nats.creds-file"),
+            )
+        })?;
+    }
+    if let Some(user) = &config.user {
+        options =
+            options.user_and_password(user.clone(), config.password.clone().unwrap_or_default());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        (None, None) => {}
+        _ => {
+            return Err(definite(
+                "a NATS client certificate needs both files",
+                "set both --sink.nats.client-cert and --sink.nats.client-key",
+            ))
+        }
+    }
+    options.connect(servers).await.map_err(|e| {
+        let (what, hint) = match e.kind() {
+            ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => (
+                format!("NATS at {shown} refused the credentials"),
+                "check --sink.nats.user/password, --sink.nats.token or --sink.nats.creds-file",
+            ),
+            ConnectErrorKind::Tls => (
+                format!("TLS with NATS at {shown} failed"),
+                "check --sink.nats.ca-file (and --sink.nats.client-cert/-key if the server verifies clients)",
+            ),
+            _ => (
+                format!("cannot reach NATS at {shown}"),
+                "check --sink.nats.url and that nats-server runs (with JetStream: -js)",
+            ),
+        };
+        definite(what, format!("{e}\n  hint: {hint}"))
+    })
+}
+
+/// A JetStream context whose publishes wait for room when `max_in_flight`
+/// acknowledgements are outstanding.
+pub fn context(client: async_nats::Client, config: &NatsConfig) -> Context {
+    jetstream::context::ContextBuilder::new()
+        .timeout(config.request_timeout)
+        .ack_timeout(config.request_timeout)
+        // Room for one full re-send while the acknowledgements of the first
+        // attempt are still awaited (or time out).
+        .max_ack_inflight(2 * config.max_in_flight.max(1))
+        .backpressure_on_inflight(true)
+        .build(client)
+}
+
+/// Checks JetStream answers, then that the stream exists (creating it) and
+/// takes every subject under the prefix. Returns a line for the log.
+pub async fn ensure_stream(js: &Context, config: &NatsConfig) -> Result<String, SinkError> {
+    let wanted = format!("{}.>", config.subject_prefix);
+    let stream = &config.stream;
+    match js.get_stream(stream).await {
+        Ok(mut s) => {
+            let info = s.info().await.map_err(|e| {
+                definite(format!("reading JetStream stream {stream}"), e.to_string())
+            })?;
+            let c = &info.config;
+            if !c.subjects.iter().any(|s| encoding::covers(s, &wanted)) {
+                return Err(definite(
+                    format!("JetStream stream {stream} exists but does not take {wanted}"),
+                    format!(
+                        "its subjects are {:?}\n  hint: add {wanted} to the stream, or choose another --sink.nats.stream or --sink.nats.subject-prefix",
+                        c.subjects
+                    ),
+                ));
+            }
+            if c.no_ack {
+                return Err(definite(
+                    format!("JetStream stream {stream} does not acknowledge messages (no_ack)"),
+                    "pg2sink confirms a change only once JetStream acknowledged it\n  hint: turn no_ack off or choose another --sink.nats.stream",
+                ));
+            }
+            if c.duplicate_window < config.duplicate_window {
+                tracing::warn!(
+                    stream,
+                    duplicate_window = ?c.duplicate_window,
+                    wanted = ?config.duplicate_window,
+                    "the existing stream's duplicate window is shorter than --sink.nats.duplicate-window; a replay after a longer outage may repeat messages"
+                );
+            }
+            Ok(format!(
+                "stream {stream} ({} messages, duplicate window {:?})",
+                info.state.messages, c.duplicate_window
+            ))
+        }
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            let created = js
+                .create_stream(StreamConfig {
+                    name: stream.clone(),
+                    subjects: vec![wanted.clone()],
+                    duplicate_window: config.duplicate_window,
+                    storage: StorageType::File,
+                    num_replicas: config.replicas.max(1),
+                    description: Some("changes captured by pg2sink".into()),
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => {
+                    tracing::info!(stream, subjects = %wanted, duplicate_window = ?config.duplicate_window, "created JetStream stream");
+                    Ok(format!("stream {stream} (created)"))
+                }
+                Err(e) if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP) => {
+                    Err(definite(
+                        format!("cannot create JetStream stream {stream} for {wanted}"),
+                        format!("{e}\n  hint: another stream takes subjects under --sink.nats.subject-prefix; use that stream (--sink.nats.stream) or another prefix"),
+                    ))
+                }
+                Err(e) => Err(jetstream_unusable(format!("creating JetStream stream {stream}"), &e.to_string())),
+            }
+        }
+        Err(e) => Err(jetstream_unusable(
+            format!("reading JetStream stream {stream}"),
+            &e.to_string(),
+        )),
+    }
+}
+
+fn jetstream_unusable(context: String, error: &str) -> SinkError {
+    definite(
+        context,
+        format!("{error}\n  hint: is JetStream enabled (nats-server -js) and does the account allow it?"),
+    )
+}
+
+/// What to do about a publish that failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Send again (from this message on, in order) after a back-off.
+    Retry(String),
+    /// Retrying cannot help.
+    Stop(String),
+}
+
+pub fn classify(e: &PublishError) -> Failure {
+    let text = e.to_string();
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => Failure::Stop(format!(
+            "{text}\n  hint: raise max_payload in the nats-server configuration"
+        )),
+        PublishErrorKind::Other => {
+            let code = std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                .map(|j| j.error_code());
+            match code {
+                Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
+                | Some(ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM) => Failure::Stop(format!(
+                    "{text}\n  hint: raise the stream's max_msg_size (or the server's max_payload)"
+                )),
+                Some(ErrorCode::JETSTREAM_NOT_ENABLED)
+                | Some(ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT) => Failure::Stop(format!(
+                    "{text}\n  hint: enable JetStream (nats-server -js)"
+                )),
+                Some(ErrorCode::STREAM_SEALED) => Failure::Stop(format!(
+                    "{text}\n  hint: the stream is sealed; choose another --sink.nats.stream"
+                )),
+                _ => Failure::Retry(text),
+            }
+        }
+        _ => Failure::Retry(text),
+    }
+}
