@@ -633,6 +633,9 @@ impl PgServer {
             ("wal_sender_timeout", "10s"),
             ("max_connections", "300"),
             ("fsync", "on"),
+            // Tests that write big rows would otherwise leave gigabytes of
+            // recycled WAL segments behind on a small CI disk.
+            ("max_wal_size", "256MB"),
             ("ssl", "on"),
             ("ssl_cert_file", "server.crt"),
             ("ssl_key_file", "server.key"),
