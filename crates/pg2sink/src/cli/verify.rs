@@ -32,9 +32,9 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 5)]
     pub examples: usize,
 
-    /// Source rows per statement.
-    #[arg(long = "batch-rows", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch_rows: u32,
+    /// Rows read per statement (source and Postgres target).
+    #[arg(long = "chunk-rows", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk_rows: u32,
 
     /// When pg2sink is streaming, how long to wait for it to confirm the
     /// WAL position verify started at.
@@ -49,7 +49,7 @@ pub async fn run(args: VerifyArgs) -> Result<bool, Error> {
         schema: stream.source.schema.clone(),
         publication: stream.source.subscription_name.clone(),
         tables: args.tables.clone(),
-        batch_rows: args.batch_rows as usize,
+        batch_rows: args.chunk_rows as usize,
         examples: args.examples,
         catch_up_timeout: args.catch_up_timeout,
     };
@@ -129,4 +129,29 @@ pub async fn run(args: VerifyArgs) -> Result<bool, Error> {
         print!("{}", verify::render(&report));
     }
     Ok(report.differs())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        crate::cli::Cli::command().debug_assert();
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "pg2sink",
+            "verify",
+            "--sink=postgres",
+            "--table=public.a,public.b",
+            "--json",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(crate::cli::Command::Verify(v)) => {
+                assert_eq!(v.tables, ["public.a", "public.b"]);
+                assert!(v.json);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -1,0 +1,343 @@
+//! Issue 9: `pg2sink verify`, and faults — kill -9, Postgres restarts, cut
+//! connections, a failing sink, DDL during streaming and imports, a lost
+//! slot — each test ending with `verify` reporting no difference (or, for
+//! a lost slot, a clear stop).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{custom_server, test_db, test_db_on, wait_until, Pg2Sink, TestDb};
+use crate::streaming::{slot_streaming, stop, Streamer};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Runs `pg2sink verify ARGS --json`; returns the exit code and the report.
+fn verify(args: &[String]) -> (i32, Value, String) {
+    let mut all: Vec<&str> = vec!["verify", "--json", "--metrics-address=off"];
+    all.extend(args.iter().map(String::as_str));
+    let mut p = Pg2Sink::spawn(&all, &[("RUST_LOG", "pg2sink=info")]);
+    let status = p.wait_exit(WAIT);
+    let code = status.code().unwrap_or(-1);
+    let report = serde_json::from_str(&p.stdout()).unwrap_or(Value::Null);
+    (code, report, p.stderr())
+}
+
+fn file_args(db: &TestDb, s: &Streamer) -> Vec<String> {
+    vec![
+        "--sink=file".into(),
+        format!("--url={}", db.url()),
+        format!(
+            "--sink.file.modifications-path={}",
+            s.modifications.display()
+        ),
+    ]
+}
+
+fn pg_args(source: &TestDb, target: &TestDb) -> Vec<String> {
+    vec![
+        "--sink=postgres".into(),
+        format!("--url={}", source.url()),
+        format!("--sink.postgres.url={}", target.url()),
+    ]
+}
+
+/// Verify must find nothing different.
+fn assert_same(args: &[String]) -> Value {
+    let (code, report, stderr) = verify(args);
+    assert_eq!(
+        code,
+        0,
+        "verify found differences or failed:\n{}\n{stderr}",
+        serde_json::to_string_pretty(&report).unwrap()
+    );
+    report
+}
+
+fn table<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["tables"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["table"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+fn imports_done(db: &TestDb) -> bool {
+    db.try_psql(
+        "select count(*) > 0 and bool_and(completed_at is not null or skipped_reason is not null)
+           from pg2sink.import_jobs where expired_at is null",
+    )
+    .is_ok_and(|s| s == "t")
+}
+
+/// Waits until imports are done and verify (which waits for pg2sink to
+/// confirm the current position) finds no difference.
+fn settle_and_verify(db: &TestDb, args: &[String]) -> Value {
+    wait_until(WAIT, "imports to finish", || imports_done(db));
+    assert_same(args)
+}
+
+/// A TOASTed value: long and not compressible below the TOAST threshold.
+const BIG: &str = "(select string_agg(md5(random()::text), '') from generate_series(1, 300))";
+
+/// Tables `a` (with a TOASTed column) and `b`, with `rows` rows in `a`.
+fn create_tables(db: &TestDb, rows: u32) {
+    db.psql(&format!(
+        "create table a (id bigint primary key, v int, note text, big text);
+         create table b (k text primary key, n numeric, tags text[], doc jsonb);
+         insert into a select g, g, 'row ' || g, case when g % 50 = 0 then {BIG} end
+           from generate_series(1, {rows}) g;
+         insert into b select 'k' || g, g / 7.0, array['x', g::text], jsonb_build_object('g', g)
+           from generate_series(1, 200) g;"
+    ));
+}
+
+/// A mixed write load on `a` and `b` from its own thread: inserts, updates
+/// (plain, TOAST-changing, TOAST-keeping, key-moving), deletes and the odd
+/// truncate, in one- and several-statement transactions. Errors (a
+/// restarting server, a cut connection) are ridden out by reconnecting.
+struct Load {
+    done: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, first_id: i64) -> Load {
+        let done = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicU64::new(0));
+        let handle = {
+            let (done, commits) = (done.clone(), commits.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(load(url, first_id, done, commits));
+            })
+        };
+        Load {
+            done,
+            commits,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits until at least `n` more transactions have committed.
+    fn wait_commits(&self, n: u64) {
+        let start = self.commits.load(Ordering::Relaxed);
+        wait_until(WAIT, &format!("{n} commits of the load"), || {
+            self.commits.load(Ordering::Relaxed) >= start + n
+        });
+    }
+
+    fn stop(mut self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn load(url: String, first_id: i64, done: Arc<AtomicBool>, commits: Arc<AtomicU64>) {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ first_id as u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut id = first_id;
+    while !done.load(Ordering::Relaxed) {
+        let Ok((client, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        tokio::spawn(conn);
+        while !done.load(Ordering::Relaxed) && !client.is_closed() {
+            let statements = 1 + (next() % 3) as usize;
+            let mut sql = String::from("begin;");
+            for _ in 0..statements {
+                let existing = 1 + (next() % id as u64) as i64;
+                let roll = next() % 100;
+                sql.push_str(&match roll {
+                    0..=34 => {
+                        id += 1;
+                        let big = if next() % 5 == 0 { BIG } else { "null" };
+                        format!("insert into a values ({id}, {id}, 'new', {big});")
+                    }
+                    35..=54 => format!("update a set v = v + 1, note = 'upd' where id = {existing};"),
+                    55..=59 => format!("update a set big = {BIG} where id = {existing};"),
+                    60..=64 => {
+                        id += 1;
+                        format!("update a set id = {id} where id = {existing};")
+                    }
+                    65..=74 => format!("delete from a where id = {existing};"),
+                    75..=86 => format!(
+                        "insert into b values ('k{existing}', {existing}.5, array['y'], '{{\"u\": {existing}}}')
+                           on conflict (k) do update set n = b.n + 1, doc = b.doc || '{{\"x\": 1}}';"
+                    ),
+                    87..=97 => format!("delete from b where k = 'k{}';", existing % 300),
+                    _ => "truncate b;".to_string(),
+                });
+            }
+            sql.push_str("commit;");
+            match client.batch_execute(&sql).await {
+                Ok(()) => {
+                    commits.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    let _ = client.batch_execute("rollback").await;
+                }
+            }
+            if next() % 8 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// A file-sink pg2sink for the fault tests: small import chunks (so
+/// imports last a while), frequent status updates.
+fn start_file(db: &TestDb, s: &Streamer, extra: &[&str]) -> Pg2Sink {
+    let mut args = vec![
+        "--import-worker.batch-limit=300",
+        "--metrics-address=off",
+        "--heartbeat-interval=1s",
+    ];
+    args.extend_from_slice(extra);
+    s.start_with(db, &args)
+}
+
+/// A small sleep that differs from round to round (no RNG crate needed).
+fn jitter(round: u64, min_ms: u64, spread_ms: u64) -> Duration {
+    Duration::from_millis(min_ms + (round * 7919 + 13) % spread_ms)
+}
+
+// ---------------------------------------------------------------------------
+// verify itself
+// ---------------------------------------------------------------------------
+
+#[test]
+fn verify_file_sink_agrees_then_finds_missing_extra_and_different_rows() {
+    let db = test_db("verify_file");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 500);
+    let s = Streamer::new(&db, dir.path());
+    let mut p = start_file(&db, &s, &[]);
+    db.psql(&format!(
+        "insert into a values (1000, 1, 'x', {BIG});
+         update a set v = 7 where id = 1000;
+         update a set id = 1001 where id = 1000;
+         update a set big = 'small' where id = 50;
+         delete from a where id = 2;
+         truncate b;
+         insert into b values ('z', 1.50, '{{a,NULL}}', '{{\"b\": 1, \"a\": [1, 2.0]}}');"
+    ));
+    // While pg2sink runs, verify first waits until it has confirmed.
+    let report = settle_and_verify(&db, &file_args(&db, &s));
+    assert_eq!(table(&report, "public.a")["source_rows"], 500);
+    assert_eq!(table(&report, "public.b")["sink_rows"], 1);
+    assert_eq!(report["streaming"], true);
+    stop(&mut p);
+
+    // With pg2sink stopped, the source moves on: verify sees the gap.
+    db.psql(
+        "update a set note = 'changed' where id = 1001;
+         delete from a where id = 3;
+         insert into a values (5000, 1, 'late', null);",
+    );
+    let (code, report, stderr) = verify(&file_args(&db, &s));
+    assert_eq!(code, 1, "{report}\n{stderr}");
+    let a = table(&report, "public.a");
+    assert_eq!(
+        (&a["missing"], &a["extra"], &a["different"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{a}"
+    );
+    assert_eq!(a["examples"]["missing"][0], "[5000]");
+    assert_eq!(a["examples"]["extra"][0], "[3]");
+    assert_eq!(a["examples"]["different"][0]["key"], "[1001]");
+    assert_eq!(a["examples"]["different"][0]["columns"][0], "note");
+    assert_eq!(table(&report, "public.b")["different"], 0);
+
+    // pg2sink catches up, and verify agrees again.
+    let mut p = start_file(&db, &s, &[]);
+    assert_same(&file_args(&db, &s));
+    stop(&mut p);
+
+    // Errors exit 2 with a message.
+    let mut bad = file_args(&db, &s);
+    bad[2] = format!(
+        "--sink.file.modifications-path={}",
+        dir.path().join("nope").display()
+    );
+    let (code, _, stderr) = verify(&bad);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no modifications file"), "{stderr}");
+}
+
+#[test]
+fn verify_postgres_sink_agrees_across_types_then_finds_a_changed_target_row() {
+    let source = test_db("verify_pg");
+    let target = test_db_on(source.server(), "verify_pg_dst");
+    source.psql(
+        "create type mood as enum ('sad', 'ok', 'happy');
+         create type pair as (x int, label text);
+         create table t (id int primary key, n numeric, f float8, ia int[], jb jsonb,
+                         tz timestamptz, m mood, c pair, by bytea, iv interval, big text);
+         insert into t select g, g / 3.0, g * 1.5, array[g, null], jsonb_build_object('g', g, 'a', 'x'),
+                              '2024-02-29 12:00+02'::timestamptz + g * interval '1 minute',
+                              (array['sad','ok','happy'])[1 + g % 3]::mood, row(g, 'l' || g)::pair,
+                              '\\xdeadbeef', g * interval '1 hour', null
+           from generate_series(1, 300) g;",
+    );
+    create_tables(&source, 300);
+    let url = format!("--url={}", source.url());
+    let sink_url = format!("--sink.postgres.url={}", target.url());
+    let mut p = Pg2Sink::spawn(
+        &[
+            "stream",
+            "--sink=postgres",
+            &url,
+            &sink_url,
+            "--subscription-manager.poll-interval=200ms",
+            "--status-interval=1s",
+            "--metrics-address=off",
+            "--import-worker.batch-limit=100",
+        ],
+        &[],
+    );
+    wait_until(WAIT, "the slot to stream", || {
+        assert!(p.is_running(), "{}", p.stderr());
+        slot_streaming(&source)
+    });
+    source.psql(&format!(
+        "update t set big = {BIG} where id = 1;
+         update t set n = 1 where id = 1;
+         update t set id = 1000 where id = 2;
+         delete from t where id = 3;"
+    ));
+    let report = settle_and_verify(&source, &pg_args(&source, &target));
+    assert_eq!(table(&report, "public.t")["source_rows"], 299);
+    stop(&mut p);
+    target.psql("update public.t set n = 42 where id = 5; delete from public.t where id = 6;");
+    let (code, report, stderr) = verify(&pg_args(&source, &target));
+    assert_eq!(code, 1, "{report}\n{stderr}");
+    let t = table(&report, "public.t");
+    assert_eq!(
+        (&t["missing"], &t["different"]),
+        (&1.into(), &1.into()),
+        "{t}"
+    );
+    assert_eq!(t["examples"]["different"][0]["columns"][0], "n");
+}
