@@ -341,3 +341,38 @@ fn verify_postgres_sink_agrees_across_types_then_finds_a_changed_target_row() {
     );
     assert_eq!(t["examples"]["different"][0]["columns"][0], "n");
 }
+
+// ---------------------------------------------------------------------------
+// kill -9
+// ---------------------------------------------------------------------------
+
+#[test]
+fn kill_9_during_imports_and_streaming_under_mixed_load_loses_nothing() {
+    let db = test_db("faults_kill9");
+    let dir = tempfile::tempdir().unwrap();
+    // Enough rows that imports (300 per chunk) are still running during the
+    // first kills.
+    create_tables(&db, 20_000);
+    let s = Streamer::new(&db, dir.path());
+    let load = Load::start(db.url(), 100_000);
+    let mut imports_seen_running = 0;
+    for round in 0..12u64 {
+        let mut p = start_file(&db, &s, &[]);
+        if !imports_done(&db) {
+            imports_seen_running += 1;
+        }
+        std::thread::sleep(jitter(round, 200, 1300));
+        assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+        p.kill9();
+    }
+    assert!(imports_seen_running > 0, "no kill hit an import");
+    let commits = load.stop();
+    assert!(commits > 100, "the load made progress ({commits} commits)");
+    let mut p = start_file(&db, &s, &[]);
+    let report = settle_and_verify(&db, &file_args(&db, &s));
+    eprintln!(
+        "kill -9 x12: {commits} transactions; {}",
+        serde_json::to_string(&report["tables"]).unwrap()
+    );
+    stop(&mut p);
+}
