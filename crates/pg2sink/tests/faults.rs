@@ -376,3 +376,308 @@ fn kill_9_during_imports_and_streaming_under_mixed_load_loses_nothing() {
     );
     stop(&mut p);
 }
+
+// ---------------------------------------------------------------------------
+// Postgres restarted, connections cut
+// ---------------------------------------------------------------------------
+
+#[test]
+fn postgres_restarted_fast_and_immediate_mid_stream_loses_nothing() {
+    // A server of its own: restarting the shared one would break other tests.
+    let server = custom_server("faults-restart", &[]);
+    let db = test_db_on(server, "faults_restart");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 3_000);
+    let s = Streamer::new(&db, dir.path());
+    let mut p = start_file(&db, &s, &[]);
+    let load = Load::start(db.url(), 100_000);
+    for mode in ["fast", "immediate", "fast", "immediate"] {
+        load.wait_commits(50);
+        server.restart(mode);
+        assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+    }
+    load.wait_commits(50);
+    let commits = load.stop();
+    wait_until(WAIT, "pg2sink to stream again", || slot_streaming(&db));
+    settle_and_verify(&db, &file_args(&db, &s));
+    assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+    eprintln!("restarts: {commits} transactions");
+    stop(&mut p);
+}
+
+/// A TCP proxy to `upstream` that can cut every connection through it.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<u64>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        runtime.spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                // Only cuts after this connection opened end it.
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    // Dropping both sockets mid-stream is the cut.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            _runtime: runtime,
+        }
+    }
+
+    fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+#[test]
+fn connections_cut_now_and_then_lose_nothing() {
+    let db = test_db("faults_cut");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 5_000);
+    let proxy = Proxy::start(db.server().port());
+    // pg2sink reaches Postgres only through the proxy; the load and verify
+    // go straight to it.
+    let proxied = db.url().replace(
+        &format!(":{}/", db.server().port()),
+        &format!(":{}/", proxy.port),
+    );
+    assert_ne!(proxied, db.url());
+    let s = Streamer::new(&db, dir.path());
+    let url = format!("--url={proxied}");
+    let mut p = Pg2Sink::spawn(
+        &[
+            "stream",
+            "--sink=file",
+            &url,
+            &format!("--sink.file.schemas-path={}", s.schemas.display()),
+            &format!(
+                "--sink.file.modifications-path={}",
+                s.modifications.display()
+            ),
+            "--subscription-manager.poll-interval=200ms",
+            "--status-interval=1s",
+            "--import-worker.batch-limit=300",
+            "--metrics-address=off",
+            "--heartbeat-interval=1s",
+        ],
+        &[],
+    );
+    wait_until(WAIT, "the slot to stream", || {
+        assert!(p.is_running(), "{}", p.stderr());
+        slot_streaming(&db)
+    });
+    let load = Load::start(db.url(), 100_000);
+    for round in 0..10u64 {
+        std::thread::sleep(jitter(round, 300, 900));
+        proxy.cut_all();
+        assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+    }
+    let commits = load.stop();
+    settle_and_verify(&db, &file_args(&db, &s));
+    assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+    assert!(
+        p.stderr().contains("reconnecting"),
+        "the cuts were noticed:\n{}",
+        p.stderr()
+    );
+    eprintln!("cuts: {commits} transactions");
+    stop(&mut p);
+}
+
+// ---------------------------------------------------------------------------
+// The sink failing for a while
+// ---------------------------------------------------------------------------
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// pg2sink may use this much memory while its sink is down.
+const RSS_BOUND: u64 = 256 << 20;
+
+fn confirmed(db: &TestDb) -> String {
+    db.psql(&format!(
+        "select confirmed_flush_lsn from pg_replication_slots where database = '{}'",
+        db.name()
+    ))
+}
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop.
+struct TinyFs {
+    dir: tempfile::TempDir,
+}
+
+impl TinyFs {
+    fn mount(size: &str) -> TinyFs {
+        let dir = tempfile::tempdir().unwrap();
+        Self::run(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            dir.path().to_str().unwrap(),
+        ]);
+        TinyFs { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        Self::run(&[
+            "-o",
+            &format!("remount,size={size}"),
+            self.dir.path().to_str().unwrap(),
+        ]);
+    }
+
+    fn run(args: &[&str]) {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount {args:?} failed (the fault tests need root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn file_sink_on_a_full_disk_retries_holds_its_position_and_catches_up() {
+    let db = test_db("faults_full");
+    create_tables(&db, 2_000);
+    // Room for the imports and a little more; the load fills the rest.
+    let fs = TinyFs::mount("4m");
+    let s = Streamer::new(&db, fs.dir.path());
+    let mut p = start_file(&db, &s, &[]);
+    wait_until(WAIT, "imports to finish", || imports_done(&db));
+    let load = Load::start(db.url(), 100_000);
+    wait_until(WAIT, "the disk to fill up", || {
+        assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+        p.stderr().contains("the sink failed; starting over")
+    });
+    // The disk stays full a while: pg2sink keeps retrying, in bounded
+    // memory, and confirms nothing it has not written.
+    let mut peak = 0;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+        peak = peak.max(rss(p.pid()));
+    }
+    assert!(
+        peak > 0 && peak < RSS_BOUND,
+        "RSS {peak} while the disk is full"
+    );
+    let commits = load.stop();
+    fs.resize("256m");
+    settle_and_verify(&db, &file_args(&db, &s));
+    eprintln!(
+        "full disk: {commits} transactions, peak RSS {} MiB",
+        peak >> 20
+    );
+    stop(&mut p);
+}
+
+#[test]
+fn postgres_sink_target_down_for_a_while_retries_holds_its_position_and_catches_up() {
+    let source = test_db("faults_target");
+    // The target on a server of its own, so it can be stopped.
+    let target_server = custom_server("faults-target", &[]);
+    let target = test_db_on(target_server, "faults_target_dst");
+    create_tables(&source, 2_000);
+    let url = format!("--url={}", source.url());
+    let sink_url = format!("--sink.postgres.url={}", target.url());
+    let mut p = Pg2Sink::spawn(
+        &[
+            "stream",
+            "--sink=postgres",
+            &url,
+            &sink_url,
+            "--subscription-manager.poll-interval=200ms",
+            "--status-interval=1s",
+            "--metrics-address=off",
+            "--import-worker.batch-limit=300",
+            "--sink.retry-timeout=5m",
+        ],
+        &[],
+    );
+    wait_until(WAIT, "the slot to stream", || {
+        assert!(p.is_running(), "{}", p.stderr());
+        slot_streaming(&source)
+    });
+    let load = Load::start(source.url(), 100_000);
+    load.wait_commits(100);
+    target_server.stop("fast");
+    load.wait_commits(50);
+    // Nothing can be applied now, so nothing more may be confirmed.
+    let held = confirmed(&source);
+    let mut peak = 0;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+        peak = peak.max(rss(p.pid()));
+    }
+    load.wait_commits(50);
+    assert_eq!(
+        confirmed(&source),
+        held,
+        "confirmed past what the target has"
+    );
+    assert!(
+        peak > 0 && peak < RSS_BOUND,
+        "RSS {peak} while the target is down"
+    );
+    target_server.start();
+    let commits = load.stop();
+    settle_and_verify(&source, &pg_args(&source, &target));
+    assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+    eprintln!(
+        "target down: {commits} transactions, peak RSS {} MiB",
+        peak >> 20
+    );
+    stop(&mut p);
+}

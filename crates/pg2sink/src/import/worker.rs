@@ -59,7 +59,12 @@ pub async fn run(
     let mut backoff = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     while !*shutdown.borrow() {
         let client = match connection.connect().await {
-            Ok(c) => c,
+            // Connected: whatever outage grew the back-off is over, so the
+            // next failure waits from the shortest delay again.
+            Ok(c) => {
+                backoff.reset();
+                c
+            }
             Err(e) => {
                 tracing::warn!(worker, error = %e, "import worker cannot connect; retrying");
                 sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
