@@ -72,11 +72,15 @@ fn imports_done(db: &TestDb) -> bool {
     .is_ok_and(|s| s == "t")
 }
 
-/// Waits until imports are done and verify (which waits for pg2sink to
-/// confirm the current position) finds no difference.
+/// With pg2sink running: waits until it streams and its imports are done,
+/// then checks that verify (which waits for pg2sink to confirm the current
+/// position) finds no difference.
 fn settle_and_verify(db: &TestDb, args: &[String]) -> Value {
+    wait_until(WAIT, "pg2sink to stream", || slot_streaming(db));
     wait_until(WAIT, "imports to finish", || imports_done(db));
-    assert_same(args)
+    let report = assert_same(args);
+    assert_eq!(report["streaming"], true, "pg2sink was not streaming");
+    report
 }
 
 /// A TOASTed value: long and not compressible below the TOAST threshold.
