@@ -685,3 +685,56 @@ fn postgres_sink_target_down_for_a_while_retries_holds_its_position_and_catches_
     );
     stop(&mut p);
 }
+
+// ---------------------------------------------------------------------------
+// DDL while streaming and importing
+// ---------------------------------------------------------------------------
+
+#[test]
+fn tables_dropped_renamed_and_truncated_while_importing_and_streaming() {
+    let db = test_db("faults_ddl");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 10_000);
+    for t in ["c1", "c2", "c3"] {
+        db.psql(&format!(
+            "create table {t} (id int primary key, v text);
+             insert into {t} select g, 'v' || g from generate_series(1, 3000) g;"
+        ));
+    }
+    let s = Streamer::new(&db, dir.path());
+    let mut p = start_file(&db, &s, &[]);
+    let load = Load::start(db.url(), 100_000);
+    // While the imports run.
+    assert!(!imports_done(&db), "imports finished before the DDL");
+    db.psql(
+        "alter table c1 rename to c1_renamed;
+         drop table c2;
+         truncate c3;
+         insert into c3 values (1, 'after truncate');",
+    );
+    wait_until(WAIT, "imports to finish", || imports_done(&db));
+    // While streaming.
+    db.psql(
+        "create table d (id int primary key, v text);
+         insert into d select g, 'd' || g from generate_series(1, 500) g;",
+    );
+    load.wait_commits(50);
+    db.psql(
+        "alter table d rename to d2;
+         update d2 set v = 'renamed' where id < 10;
+         truncate c3;
+         insert into c3 select g, 'again' from generate_series(1, 100) g;
+         drop table c1_renamed;",
+    );
+    load.wait_commits(50);
+    load.stop();
+    wait_until(WAIT, "the publication to follow the DDL", || {
+        db.psql("select string_agg(tablename, ',' order by tablename) from pg_publication_tables")
+            == "a,b,c3,d2"
+    });
+    let report = settle_and_verify(&db, &file_args(&db, &s));
+    assert_eq!(table(&report, "public.d2")["source_rows"], 500);
+    assert_eq!(table(&report, "public.c3")["source_rows"], 100);
+    eprintln!("ddl: not in source: {}", report["not_in_source"]);
+    stop(&mut p);
+}
