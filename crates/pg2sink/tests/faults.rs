@@ -738,3 +738,137 @@ fn tables_dropped_renamed_and_truncated_while_importing_and_streaming() {
     eprintln!("ddl: not in source: {}", report["not_in_source"]);
     stop(&mut p);
 }
+
+// ---------------------------------------------------------------------------
+// The slot invalidated or dropped
+// ---------------------------------------------------------------------------
+
+fn slot_of(db: &TestDb) -> String {
+    format!("pg2sink_{}", db.name())
+}
+
+/// Starts pg2sink expecting it to stop at once with a definite error.
+fn start_expecting_error(db: &TestDb, s: &Streamer, needle: &str) -> String {
+    let mut args = vec![
+        "stream".to_string(),
+        "--sink=file".into(),
+        format!("--url={}", db.url()),
+        format!("--sink.file.schemas-path={}", s.schemas.display()),
+        format!(
+            "--sink.file.modifications-path={}",
+            s.modifications.display()
+        ),
+    ];
+    args.push("--metrics-address=off".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = Pg2Sink::spawn(&args, &[]);
+    let status = p.wait_exit(WAIT);
+    let stderr = p.stderr();
+    assert!(!status.success(), "pg2sink went on:\n{stderr}");
+    assert!(stderr.contains(needle), "no {needle:?} in:\n{stderr}");
+    assert!(
+        stderr.contains("pg2sink teardown"),
+        "no recovery hint:\n{stderr}"
+    );
+    stderr
+}
+
+/// The documented recovery: teardown, then start again (imports refill).
+fn teardown(db: &TestDb) {
+    let url = format!("--url={}", db.url());
+    let mut p = Pg2Sink::spawn(&["teardown", "--yes", &url], &[]);
+    let status = p.wait_exit(WAIT);
+    assert!(status.success(), "teardown failed:\n{}", p.stderr());
+}
+
+#[test]
+fn slot_invalidated_or_dropped_stops_with_how_to_recover_never_a_silent_gap() {
+    // A server of its own whose slots may keep almost no WAL.
+    let server = custom_server("faults-slot", &[("max_slot_wal_keep_size", "1MB")]);
+    let db = test_db_on(server, "faults_slot");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 1_000);
+    let s = Streamer::new(&db, dir.path());
+    let mut p = start_file(&db, &s, &[]);
+    settle_and_verify(&db, &file_args(&db, &s));
+    stop(&mut p);
+
+    // 1. Invalidated while pg2sink is down: the server removes WAL the
+    //    slot still needs.
+    db.psql("delete from a where id <= 10");
+    wait_until(WAIT, "the slot to be invalidated", || {
+        db.psql(
+            "insert into b select 'w' || g, g, null, null from generate_series(1, 20000) g
+               on conflict (k) do update set n = excluded.n + 1;
+             select pg_switch_wal(); checkpoint;",
+        );
+        db.psql(&format!(
+            "select wal_status from pg_replication_slots where slot_name = '{}'",
+            slot_of(&db)
+        )) == "lost"
+    });
+    start_expecting_error(&db, &s, "was invalidated");
+    teardown(&db);
+    let mut p = start_file(&db, &s, &[]);
+    let report = settle_and_verify_allowing_extra(&db, &file_args(&db, &s), "public.a", 10);
+    eprintln!("after invalidation: {}", report["tables"]);
+    stop(&mut p);
+
+    // 2. Dropped while pg2sink is down.
+    db.psql(&format!(
+        "select pg_drop_replication_slot('{}')",
+        slot_of(&db)
+    ));
+    start_expecting_error(&db, &s, "was dropped");
+
+    // 3. Dropped while pg2sink streams (ending its connection first).
+    teardown(&db);
+    let mut p = start_file(&db, &s, &[]);
+    wait_until(WAIT, "imports to finish", || imports_done(&db));
+    db.psql(&format!(
+        "do $$ begin
+           loop
+             perform pg_terminate_backend(active_pid) from pg_replication_slots
+               where slot_name = '{0}' and active_pid is not null;
+             begin
+               perform pg_drop_replication_slot('{0}');
+               exit;
+             exception when object_in_use then perform pg_sleep(0.01);
+             end;
+           end loop;
+         end $$;",
+        slot_of(&db)
+    ));
+    let status = p.wait_exit(WAIT);
+    assert!(!status.success());
+    let stderr = p.stderr();
+    assert!(stderr.contains("was dropped"), "{stderr}");
+    assert!(stderr.contains("pg2sink teardown"), "{stderr}");
+}
+
+/// Like [`settle_and_verify`], but rows deleted while no slot captured
+/// them stay in the sink: exactly `extra` of them in `table`, nothing else.
+fn settle_and_verify_allowing_extra(
+    db: &TestDb,
+    args: &[String],
+    table_name: &str,
+    extra: u64,
+) -> Value {
+    wait_until(WAIT, "pg2sink to stream", || slot_streaming(db));
+    wait_until(WAIT, "imports to finish", || imports_done(db));
+    let (code, report, stderr) = verify(args);
+    let t = table(&report, table_name);
+    assert_eq!(
+        (code, &t["missing"], &t["different"], &t["extra"]),
+        (1, &0.into(), &0.into(), &extra.into()),
+        "{report}\n{stderr}"
+    );
+    let others = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["table"] != table_name)
+        .all(|t| t["missing"] == 0 && t["extra"] == 0 && t["different"] == 0);
+    assert!(others, "{report}");
+    report
+}

@@ -42,6 +42,20 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         manager.sync(&client).await?;
     }
     let slot_name = slot_name_for(&args.source.subscription_name, &server.database);
+    // A slot pg2sink streamed from that is gone was dropped by someone:
+    // creating a new one would skip what was committed meanwhile.
+    if catalog::slot_recorded(
+        &client,
+        &args.source.schema,
+        &args.source.subscription_name,
+        &slot_name,
+    )
+    .await?
+    {
+        if let Some(problem) = catalog::slot_problem(&client, &slot_name).await {
+            return Err(problem.into());
+        }
+    }
     let slot = catalog::ensure_slot(&client, &slot_name, &server).await?;
     catalog::record_subscription(
         &client,
@@ -217,7 +231,15 @@ async fn stream_to_sink(
                     _ = wait_true(shutdown.clone()) => break Ok(()),
                 }
             }
-            Err(e) => break Err(e),
+            Err(e) => {
+                // Dropped or invalidated while streaming: say so and how to
+                // recover, rather than the server's bare error.
+                let problem = match connection.connect().await {
+                    Ok(client) => catalog::slot_problem(&client, slot).await,
+                    Err(_) => None,
+                };
+                break Err(problem.map_or(e, Error::from));
+            }
         }
     };
     drop(events);
