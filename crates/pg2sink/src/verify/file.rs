@@ -23,6 +23,18 @@ use super::{key_text, TableState};
 use crate::error::{Error, Problem};
 use crate::model::Lsn;
 
+/// A line of the file: a modification, or a schema when both kinds go to
+/// one file (`--sink.file.schemas-path` equal to the modifications path).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnyLine {
+    Modification(Line),
+    Schema {
+        #[allow(dead_code)]
+        schema: serde::de::IgnoredAny,
+    },
+}
+
 #[derive(Deserialize)]
 struct Line {
     lsn: String,
@@ -116,13 +128,18 @@ pub fn read(files: &[PathBuf], keys: &HashMap<String, Vec<String>>) -> Result<Fi
                 }
                 return Err(torn(path, number));
             }
-            let line: Line = serde_json::from_slice(&buf).map_err(|e| {
-                Problem::new(format!(
-                    "{} line {number} is not a modification: {e}",
-                    path.display()
-                ))
-                .hint("give --sink.file.modifications-path of a pg2sink modifications file")
-            })?;
+            let line = match serde_json::from_slice(&buf) {
+                Ok(AnyLine::Modification(line)) => line,
+                Ok(AnyLine::Schema { .. }) => continue,
+                Err(e) => {
+                    return Err(Problem::new(format!(
+                        "{} line {number} is not a modification: {e}",
+                        path.display()
+                    ))
+                    .hint("give --sink.file.modifications-path of a pg2sink modifications file")
+                    .into())
+                }
+            };
             let lsn: Lsn = line.lsn.parse().map_err(|e| {
                 Problem::new(format!("{} line {number}: bad lsn: {e}", path.display()))
             })?;
@@ -234,6 +251,8 @@ mod tests {
         )
         .unwrap();
         let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"{\"timestamp\":\"t\",\"schema\":{\"type\":\"record\"}}\n")
+            .unwrap();
         // A replay of the first row, then a key change keeping the TOAST
         // column, a delete, an unrelated table, and a torn line.
         f.write_all(
