@@ -28,7 +28,7 @@ use crate::model::Lsn;
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum AnyLine {
-    Modification(Line),
+    Modification(Box<Line>),
     Schema {
         #[allow(dead_code)]
         schema: serde::de::IgnoredAny,
@@ -129,7 +129,7 @@ pub fn read(files: &[PathBuf], keys: &HashMap<String, Vec<String>>) -> Result<Fi
                 return Err(torn(path, number));
             }
             let line = match serde_json::from_slice(&buf) {
-                Ok(AnyLine::Modification(line)) => line,
+                Ok(AnyLine::Modification(line)) => *line,
                 Ok(AnyLine::Schema { .. }) => continue,
                 Err(e) => {
                     return Err(Problem::new(format!(
