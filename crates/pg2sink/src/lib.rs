@@ -3,7 +3,8 @@
 //! Layout: `source` (replication connection, pgoutput decoding, catalog,
 //! subscription manager), `model` (positions, tables, values, messages),
 //! `sink` (the contract and one folder per sink), `migrations` (pg2sink's
-//! own schema), `config` (where to connect), `cli` (flags and commands).
+//! own schema), `config` (where to connect), `cli` (flags and commands), `verify`
+//! (comparing a sink with the source).
 
 pub mod cli;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod ops;
 pub mod retry;
 pub mod sink;
 pub mod source;
+pub mod verify;

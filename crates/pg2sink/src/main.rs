@@ -28,13 +28,24 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Verify(args)) = cli.command {
+        // verify's own exit codes: 0 same, 1 differs, 2 error.
+        return match runtime.block_on(pg2sink::cli::verify::run(args)) {
+            Ok(false) => std::process::ExitCode::SUCCESS,
+            Ok(true) => std::process::ExitCode::from(1),
+            Err(e) => {
+                eprintln!("pg2sink: error: {}", describe(&anyhow::Error::from(e)));
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let work = async move {
         match cli.command {
             Some(Command::Stream(args)) => pg2sink::cli::stream::run(args).await,
             Some(Command::Import { command }) => pg2sink::cli::import::run(command).await,
             Some(Command::Status(args)) => pg2sink::cli::status::run(args).await,
             Some(Command::Teardown(args)) => pg2sink::cli::teardown::run(args).await,
-            Some(Command::Config(_)) => Ok(()),
+            Some(Command::Config(_)) | Some(Command::Verify(_)) => Ok(()),
             None => pg2sink::cli::stream::run(cli.stream).await,
         }
     };

@@ -5,6 +5,7 @@ mod harness;
 mod bigquery;
 mod elasticsearch;
 mod errors;
+mod faults;
 mod imports;
 mod kafka;
 mod nats;

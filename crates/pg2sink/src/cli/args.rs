@@ -53,6 +53,10 @@ pub enum Command {
     Status(super::status::StatusArgs),
     /// Remove the slot and the publication (and with --all pg2sink's schema).
     Teardown(super::teardown::TeardownArgs),
+    /// Compare what the sink holds with the source, table by table (row
+    /// counts, missing, extra and different rows by key). Exit status 0
+    /// when nothing differs, 1 when something does, 2 on error.
+    Verify(super::verify::VerifyArgs),
     /// Print the settings `stream` would use, as TOML, with where each
     /// came from (flag, environment, file, default); secrets are hidden.
     Config(StreamArgs),

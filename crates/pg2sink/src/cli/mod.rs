@@ -6,5 +6,6 @@ pub mod sinks;
 pub mod status;
 pub mod stream;
 pub mod teardown;
+pub mod verify;
 
 pub use args::{Cli, Command};

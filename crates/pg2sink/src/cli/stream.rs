@@ -42,6 +42,20 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         manager.sync(&client).await?;
     }
     let slot_name = slot_name_for(&args.source.subscription_name, &server.database);
+    // A slot pg2sink streamed from that is gone was dropped by someone:
+    // creating a new one would skip what was committed meanwhile.
+    if catalog::slot_recorded(
+        &client,
+        &args.source.schema,
+        &args.source.subscription_name,
+        &slot_name,
+    )
+    .await?
+    {
+        if let Some(problem) = catalog::slot_problem(&client, &slot_name).await {
+            return Err(problem.into());
+        }
+    }
     let slot = catalog::ensure_slot(&client, &slot_name, &server).await?;
     catalog::record_subscription(
         &client,
@@ -89,14 +103,35 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         )
         .await
     } else {
-        stream_to_sink(
-            &connection,
-            &args,
-            &slot.name,
-            slot.confirmed_flush,
-            shutdown.clone(),
-        )
-        .await
+        let mut start = slot.confirmed_flush;
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            match stream_to_sink(&connection, &args, &slot.name, start, shutdown.clone()).await {
+                // A full disk or an I/O error: nothing past the confirmed
+                // position was confirmed, so starting the stream (and the
+                // sink) over from it, as a restart would, loses nothing and
+                // holds no changes in memory meanwhile.
+                Err(Error::Sink(e)) if e.is_transient() && !*shutdown.borrow() => {
+                    if slot_confirmed(&connection, &slot.name)
+                        .await
+                        .is_ok_and(|c| c > start)
+                    {
+                        backoff.reset(); // the sink worked for a while
+                    }
+                    let delay = backoff.next_delay();
+                    crate::ops::metrics::error(crate::ops::metrics::kind::SINK);
+                    tracing::warn!(error = %e, retry_in = ?delay, "the sink failed; starting over from the confirmed position");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = wait_true(shutdown.clone()) => break Ok(()),
+                    }
+                    if let Ok(confirmed) = slot_confirmed(&connection, &slot.name).await {
+                        start = start.max(confirmed);
+                    }
+                }
+                other => break other,
+            }
+        }
     };
     if let Some(task) = manager_task {
         task.abort();
@@ -148,6 +183,7 @@ async fn stream_to_sink(
     let mut progress = Progress::starting_at(start);
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     let result = loop {
+        let streamed_from = (progress.forwarded, progress.confirmed);
         let attempt = async {
             let conn = connection.connect_replication().await?;
             let sql =
@@ -181,6 +217,12 @@ async fn stream_to_sink(
                 if *shutdown.borrow() {
                     break Ok(());
                 }
+                // A session that got somewhere was a recovery: the next
+                // interruption starts the back-off from the beginning
+                // rather than where an old outage left it.
+                if (progress.forwarded, progress.confirmed) != streamed_from {
+                    backoff.reset();
+                }
                 let delay = backoff.next_delay();
                 crate::ops::metrics::error(crate::ops::metrics::kind::REPLICATION);
                 tracing::warn!(error = %e, retry_in = ?delay, "replication interrupted; reconnecting");
@@ -189,7 +231,15 @@ async fn stream_to_sink(
                     _ = wait_true(shutdown.clone()) => break Ok(()),
                 }
             }
-            Err(e) => break Err(e),
+            Err(e) => {
+                // Dropped or invalidated while streaming: say so and how to
+                // recover, rather than the server's bare error.
+                let problem = match connection.connect().await {
+                    Ok(client) => catalog::slot_problem(&client, slot).await,
+                    Err(_) => None,
+                };
+                break Err(problem.map_or(e, Error::from));
+            }
         }
     };
     drop(events);
@@ -210,6 +260,19 @@ async fn stream_to_sink(
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(Problem::new(format!("the sink task failed: {e}")).into()),
     }
+}
+
+/// The slot's confirmed position (where a new stream resumes).
+async fn slot_confirmed(connection: &ConnectionConfig, slot: &str) -> Result<Lsn, Error> {
+    let client = connection.connect().await?;
+    let row = client
+        .query_one(
+            "select coalesce(confirmed_flush_lsn, '0/0')::text from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(crate::error::query("reading the slot's confirmed position"))?;
+    Ok(row.get::<_, String>(0).parse().unwrap_or_default())
 }
 
 /// Prints every decoded message, one per line; confirms nothing.

@@ -80,7 +80,9 @@ impl Jobs {
         Ok(created)
     }
 
-    /// Claims the oldest claimable job, leasing it to `owner`.
+    /// Claims the oldest claimable job, leasing it to `owner`. A job whose
+    /// lease `owner` itself holds is claimable: the worker lost its
+    /// connection mid-job and no one else can be working on it.
     pub async fn claim(
         &self,
         client: &Client,
@@ -93,7 +95,7 @@ impl Jobs {
               where id = (select id from {t}
                            where publication = $1 and completed_at is null and expired_at is null
                              and skipped_reason is null
-                             and (lease_until is null or lease_until < now())
+                             and (lease_until is null or lease_until < now() or owner = $2)
                              and (retry_after is null or retry_after <= now())
                            order by id for update skip locked limit 1)
               returning id, table_schema, table_name, cursor, rows_processed",

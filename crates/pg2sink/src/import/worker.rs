@@ -59,7 +59,12 @@ pub async fn run(
     let mut backoff = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     while !*shutdown.borrow() {
         let client = match connection.connect().await {
-            Ok(c) => c,
+            // Connected: whatever outage grew the back-off is over, so the
+            // next failure waits from the shortest delay again.
+            Ok(c) => {
+                backoff.reset();
+                c
+            }
             Err(e) => {
                 tracing::warn!(worker, error = %e, "import worker cannot connect; retrying");
                 sleep_or_shutdown(backoff.next_delay(), &mut shutdown).await;
@@ -281,34 +286,12 @@ impl Worker {
     /// Runs the chunk's SELECT through `COPY ... TO STDOUT`: rows arrive as
     /// text lines kept as received, rendered only by the sink.
     async fn copy_rows(&self, select: &str, job: &Job) -> Result<Vec<CopyRow>, Error> {
-        let failed = || query(format!("reading a chunk of {}", job.qualified_name()));
-        let stream = self
-            .client
-            .copy_out(&format!("copy ({select}) to stdout"))
+        copy_rows(&self.client, select, self.options.batch_limit)
             .await
-            .map_err(failed())?;
-        futures_util::pin_mut!(stream);
-        let mut rows = Vec::with_capacity(self.options.batch_limit);
-        // The server sends one row per message; a row split across
-        // messages is joined all the same.
-        let mut partial = bytes::BytesMut::new();
-        while let Some(data) = stream.next().await {
-            let mut data = data.map_err(failed())?;
-            while let Some(end) = memchr::memchr(b'\n', &data) {
-                let line = data.split_to(end + 1);
-                if partial.is_empty() {
-                    rows.push(CopyRow::new(line));
-                } else {
-                    partial.extend_from_slice(&line);
-                    rows.push(CopyRow::new(partial.split().freeze()));
-                }
-            }
-            partial.extend_from_slice(&data);
-        }
-        if !partial.is_empty() {
-            rows.push(CopyRow::new(partial.freeze()));
-        }
-        Ok(rows)
+            .map_err(query(format!(
+                "reading a chunk of {}",
+                job.qualified_name()
+            )))
     }
 
     /// Waits until the stream has emitted the chunk at its high watermark
@@ -445,6 +428,41 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
         _ = tokio::time::sleep(delay) => {}
         _ = shutdown.changed() => {}
     }
+}
+
+/// Runs `select` through `COPY (...) TO STDOUT` (text format) and returns
+/// its rows as received. Shared with `verify`, which must read rows exactly
+/// as imports do.
+pub(crate) async fn copy_rows(
+    client: &Client,
+    select: &str,
+    capacity: usize,
+) -> Result<Vec<CopyRow>, tokio_postgres::Error> {
+    let stream = client
+        .copy_out(&format!("copy ({select}) to stdout"))
+        .await?;
+    futures_util::pin_mut!(stream);
+    let mut rows = Vec::with_capacity(capacity);
+    // The server sends one row per message; a row split across messages
+    // is joined all the same.
+    let mut partial = bytes::BytesMut::new();
+    while let Some(data) = stream.next().await {
+        let mut data = data?;
+        while let Some(end) = memchr::memchr(b'\n', &data) {
+            let line = data.split_to(end + 1);
+            if partial.is_empty() {
+                rows.push(CopyRow::new(line));
+            } else {
+                partial.extend_from_slice(&line);
+                rows.push(CopyRow::new(partial.split().freeze()));
+            }
+        }
+        partial.extend_from_slice(&data);
+    }
+    if !partial.is_empty() {
+        rows.push(CopyRow::new(partial.freeze()));
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -74,6 +74,9 @@ pub mod kind {
     pub const HEARTBEAT: &str = "heartbeat";
     /// The slot poller could not read the slot or the import jobs.
     pub const POLLER: &str = "poller";
+    /// The sink failed (disk full, I/O error) and the stream started over
+    /// from the confirmed position.
+    pub const SINK: &str = "sink";
 }
 
 struct Metrics {
@@ -251,6 +254,7 @@ impl Metrics {
             kind::IMPORT,
             kind::HEARTBEAT,
             kind::POLLER,
+            kind::SINK,
         ] {
             let _ = errors.get_or_create(&KindLabel { kind: k });
         }

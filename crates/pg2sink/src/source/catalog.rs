@@ -258,10 +258,64 @@ pub fn slot_active(slot: &str, pid: Option<i32>) -> Problem {
         .hint("stop the other consumer, or give this one a different --subscription-name")
 }
 
+/// What to do when the slot's changes are gone: start over with imports.
+const RESYNC_HINT: &str = "run `pg2sink teardown --yes` (drops the slot and the publication and forgets this publication's imports), then start pg2sink again: it creates a new slot and imports every table again, so the sink receives every current row (rows deleted meanwhile stay in the sink; `pg2sink verify` lists them as extra)";
+
 pub fn slot_lost(slot: &str) -> Problem {
-    Problem::new(format!("replication slot {slot:?} was invalidated: the server removed WAL it still needed"))
-        .detail("changes in the removed WAL can no longer be streamed; continuing would silently skip them")
-        .hint("drop the slot (SELECT pg_drop_replication_slot(...)) and start pg2sink again so it creates a new one; rows changed meanwhile must be re-imported. Consider raising max_slot_wal_keep_size")
+    Problem::new(format!(
+        "replication slot {slot:?} was invalidated: the server removed WAL it still needed"
+    ))
+    .detail(
+        "changes in the removed WAL can no longer be streamed; continuing would silently skip them",
+    )
+    .hint(format!(
+        "{RESYNC_HINT}. Consider raising max_slot_wal_keep_size"
+    ))
+}
+
+pub fn slot_dropped(slot: &str) -> Problem {
+    Problem::new(format!("replication slot {slot:?} was dropped while pg2sink still used it"))
+        .detail("changes committed since it was dropped cannot be streamed; a new slot would silently skip them")
+        .hint(RESYNC_HINT)
+}
+
+/// Whether pg2sink recorded `slot` for `publication`: it streamed from it
+/// before, so a missing slot was dropped, not never created.
+pub async fn slot_recorded(
+    client: &Client,
+    schema: &str,
+    publication: &str,
+    slot: &str,
+) -> Result<bool, Error> {
+    let row = client
+        .query_opt(
+            &format!(
+                "select slot from {}.subscriptions where publication = $1",
+                quote_ident(schema)
+            ),
+            &[&publication],
+        )
+        .await
+        .map_err(query("reading the recorded subscription"))?;
+    Ok(row.is_some_and(|r| r.get::<_, String>(0) == slot))
+}
+
+/// Why streaming from `slot` failed, when the slot is the reason: dropped
+/// or invalidated. `None` when the slot looks fine (or cannot be read).
+pub async fn slot_problem(client: &Client, slot: &str) -> Option<Problem> {
+    match client
+        .query_opt(
+            "select wal_status from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(None) => Some(slot_dropped(slot)),
+        Ok(Some(row)) if row.get::<_, Option<String>>(0).as_deref() == Some("lost") => {
+            Some(slot_lost(slot))
+        }
+        _ => None,
+    }
 }
 
 /// The server's current WAL write position.
