@@ -12,5 +12,6 @@ if [ ! -f /usr/lib/postgresql/15/lib/wal2json.so ]; then
   apt-get install -y -q postgresql-15-wal2json >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql-15-wal2json >/dev/null; }
 fi
 echo "==> building pg2sink (release)" >&2
+scripts/build-deps.sh
 cargo build --release --quiet --bin pg2sink
 exec python3 bench/bench.py --bin-dir "$bin_dir" --pg2sink "$root/target/release/pg2sink" "$@"

@@ -8,6 +8,7 @@ cd "$root"
 
 bin_dir=$(scripts/install-postgres.sh "${PG2SINK_DEMO_PG_VERSION:-15}" | tail -n 1)
 echo "==> building pg2sink" >&2
+scripts/build-deps.sh
 cargo build --release --quiet --bin pg2sink
 pg2sink="$root/target/release/pg2sink"
 

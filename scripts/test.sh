@@ -11,10 +11,7 @@ version=${PG2SINK_TEST_PG_VERSION:-15}
 export PG2SINK_TEST_PG_BIN=${PG2SINK_TEST_PG_BIN:-$(scripts/install-postgres.sh "$version" | tail -n 1)}
 export PG2SINK_TEST_PG_VERSION=$version
 command -v psql >/dev/null || apt-get install -y -q postgresql-client >/dev/null
-# The Kafka sink builds librdkafka from source: a C toolchain and OpenSSL.
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$pkg" >/dev/null; }
-done
+scripts/build-deps.sh
 # The type tests validate every schema and row with Python's fastavro.
 command -v python3 >/dev/null || apt-get install -y -q python3 python3-pip >/dev/null
 python3 -c 'import fastavro' 2>/dev/null || python3 -m pip install --quiet fastavro
