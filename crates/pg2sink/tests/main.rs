@@ -5,9 +5,11 @@ mod harness;
 mod bigquery;
 mod elasticsearch;
 mod errors;
+mod failover;
 mod imports;
 mod ops;
 mod postgres_sink;
+mod security;
 mod streaming;
 mod types;
 

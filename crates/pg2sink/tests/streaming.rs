@@ -33,6 +33,15 @@ impl Streamer {
         }
     }
 
+    /// Like [`Self::new`], connecting with `url` (e.g. as another role).
+    pub fn with_url(dir: &Path, url: &str) -> Streamer {
+        Streamer {
+            schemas: dir.join("schemas.jsonl"),
+            modifications: dir.join("modifications.jsonl"),
+            url: url.to_string(),
+        }
+    }
+
     /// Starts pg2sink and waits until its slot is active.
     pub fn start(&self, db: &TestDb) -> Pg2Sink {
         self.start_with(db, &[])
