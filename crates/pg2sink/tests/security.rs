@@ -337,7 +337,13 @@ fn a_least_privilege_role_can_stream_import_show_status_and_tear_down() {
     let url_arg = format!("--url={url}");
     let dir = tempfile::tempdir().unwrap();
     let s = Streamer::with_url(dir.path(), &url);
-    let mut p = s.start_with(&db, &["--subscription-manager.enabled=false"]);
+    let mut p = s.start_with(
+        &db,
+        &[
+            "--subscription-manager.enabled=false",
+            "--heartbeat-interval=1s",
+        ],
+    );
     db.psql("insert into b values (10); update a set v = 'uno' where id = 1;");
     let got = s.wait_for_modifications(4);
     let ops: Vec<(String, String)> = got
@@ -359,6 +365,10 @@ fn a_least_privilege_role_can_stream_import_show_status_and_tear_down() {
         let (ok, out, _) = run(&["import", "status", &url_arg], &[]);
         ok && out.matches("completed").count() == 2
     });
+    // Heartbeats too: WAL written outside the publication is followed by one.
+    db.psql("insert into not_captured values (1)");
+    p.wait_for_stderr("heartbeat written", WAIT);
+    assert!(!p.stderr().contains("heartbeat failed"), "{}", p.stderr());
     let (ok, out, err) = run(&["status", &url_arg], &[]);
     assert!(ok, "{err}");
     assert!(
