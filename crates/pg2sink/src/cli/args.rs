@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Stream every committed change of a Postgres database to a sink, with nothing lost",
     long_about = "Stream every committed change of a Postgres database to a sink, with nothing lost.\n\n\
-        Connection: --url (or PG2SINK_URL), else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, \
+        Connection: --url (or PG2SINK_URL), else libpq's PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, \
         PGDATABASE, PGSSLMODE and PGSSLROOTCERT.\n\n\
         Without a command, `stream` runs.",
     args_conflicts_with_subcommands = true

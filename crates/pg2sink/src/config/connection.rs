@@ -346,7 +346,7 @@ struct Given {
 impl ConnectionConfig {
     /// Resolves the settings: `url` (from --url / PG2SINK_URL) is a
     /// `postgres://` or `postgresql://` URL or a libpq `key=value` string.
-    /// What it leaves out comes from PGHOST, PGPORT, PGUSER, PGPASSWORD,
+    /// What it leaves out comes from PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD,
     /// PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGAPPNAME and PGCONNECT_TIMEOUT
     /// (looked up with `env`), then libpq's defaults: the socket directory
     /// /var/run/postgresql if it exists, else /tmp; port 5432; the OS user
