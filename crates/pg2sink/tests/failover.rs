@@ -40,6 +40,14 @@ fn failover_slot_is_created_and_altered_on_17_and_refused_before() {
     if version >= 17 {
         let mut p = s.start_with(&db, &with(&["--slot.failover"]));
         assert_eq!(slot_failover(&db), "t");
+        let url = format!("--url={}", db.url());
+        let mut status = Pg2Sink::spawn(&["status", &url], &[]);
+        assert!(status.wait_exit(WAIT).success(), "{}", status.stderr());
+        assert!(
+            status.stdout().contains("failover    yes"),
+            "{}",
+            status.stdout()
+        );
         streams_a_row(&db, &s, 1);
         stop(&mut p);
 
