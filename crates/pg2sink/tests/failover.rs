@@ -40,6 +40,12 @@ fn failover_slot_is_created_and_altered_on_17_and_refused_before() {
     if version >= 17 {
         let mut p = s.start_with(&db, &with(&["--slot.failover"]));
         assert_eq!(slot_failover(&db), "t");
+        // The test server lists no standby slots: pg2sink says what is at risk.
+        assert!(
+            p.stderr().contains("synchronized_standby_slots is empty"),
+            "{}",
+            p.stderr()
+        );
         let url = format!("--url={}", db.url());
         let mut status = Pg2Sink::spawn(&["status", &url], &[]);
         assert!(status.wait_exit(WAIT).success(), "{}", status.stderr());

@@ -184,6 +184,9 @@ pub async fn ensure_slot(
         .hint("upgrade the server, or run without --slot.failover (after a failover to a standby, pg2sink then needs a new slot and the tables imported again)")
         .into());
     }
+    if failover == Some(true) {
+        warn_without_synchronized_standbys(client).await;
+    }
     // Older servers have no failover column: their slots never fail over.
     let failover_column = if has_failover { "failover" } else { "false" };
     let existing = client
@@ -233,9 +236,6 @@ pub async fn ensure_slot(
     }
     let failover = failover.unwrap_or(false);
     tracing::info!(slot, failover, "creating replication slot");
-    if failover {
-        warn_without_synchronized_standbys(client).await;
-    }
     // The named argument exists from 17 on, where `failover` may be true.
     let create = if failover {
         "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput', failover => true)"
