@@ -1,12 +1,17 @@
-.PHONY: demo test bench build clean-test dev recreatedb dev-down
+.PHONY: demo test test-matrix bench build clean-test dev recreatedb dev-down
 
 # Boots a throwaway Postgres, streams changes to files, prints them.
 demo:
 	scripts/demo.sh
 
-# The whole test suite (installs and starts what it needs).
+# The whole test suite (installs and starts what it needs): everything on
+# Postgres 15, the version-dependent suites on 14, 16, 17 and 18.
 test:
 	scripts/test.sh
+
+# The whole test suite on every supported Postgres (14-18).
+test-matrix:
+	scripts/test.sh --all-versions
 
 # Benchmarks side by side with pg_recvlogical, wal2json and COPY; writes
 # docs/benchmarks.md. `make bench ARGS=--quick` runs a tenth of each workload.

@@ -197,16 +197,23 @@ fn import_resumes_from_its_cursor_after_kill_9() {
     let writer = random_writer(db.url(), 7, stop_writer.clone());
     let mut kills = 0;
     let mut progress_at_kill = vec![];
-    for round in 0..3u64 {
+    let progress = || {
+        db.try_psql("select coalesce(sum(rows_processed), 0) from pg2sink.import_jobs")
+            .ok()
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    for _round in 0..3u64 {
         let mut p = s.start(&db);
-        std::thread::sleep(Duration::from_millis(700 + round * 450));
+        // Killed once a chunk more is durable (not after a fixed time: a
+        // loaded machine may not have imported anything yet).
+        let before = progress();
+        wait_until(WAIT, "the import to make progress", || {
+            progress() > before || jobs_done(&db)
+        });
         p.kill9();
         kills += 1;
-        progress_at_kill.push(
-            db.psql("select coalesce(sum(rows_processed), 0) from pg2sink.import_jobs")
-                .parse::<i64>()
-                .unwrap(),
-        );
+        progress_at_kill.push(progress());
         if jobs_done(&db) {
             break;
         }

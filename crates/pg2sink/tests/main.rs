@@ -5,12 +5,14 @@ mod harness;
 mod bigquery;
 mod elasticsearch;
 mod errors;
+mod failover;
 mod faults;
 mod imports;
 mod kafka;
 mod nats;
 mod ops;
 mod postgres_sink;
+mod security;
 mod streaming;
 mod types;
 

@@ -15,7 +15,7 @@ use crate::streaming::{stop, Streamer};
 const WAIT: Duration = Duration::from_secs(90);
 
 /// The address pg2sink's HTTP server bound (from its JSON log line).
-fn http_address(p: &mut Pg2Sink) -> String {
+pub fn http_address(p: &mut Pg2Sink) -> String {
     p.wait_for_stderr("http server listening", WAIT);
     let line = p
         .stderr()
@@ -30,7 +30,7 @@ fn http_address(p: &mut Pg2Sink) -> String {
 }
 
 /// One HTTP/1.0 request; returns the status and the body.
-fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream =
         TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
     stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -51,13 +51,13 @@ fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, S
     (status, body.to_string())
 }
 
-fn get_json(address: &str, path: &str) -> Value {
+pub fn get_json(address: &str, path: &str) -> Value {
     let (status, body) = http(address, "GET", path, None);
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
-fn post(address: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+pub fn post(address: &str, path: &str, token: Option<&str>) -> (u16, Value) {
     let (status, body) = http(address, "POST", path, token);
     let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("POST {path}: {e}: {body:?}"));
     (status, json)

@@ -33,6 +33,15 @@ impl Streamer {
         }
     }
 
+    /// Like [`Self::new`], connecting with `url` (e.g. as another role).
+    pub fn with_url(dir: &Path, url: &str) -> Streamer {
+        Streamer {
+            schemas: dir.join("schemas.jsonl"),
+            modifications: dir.join("modifications.jsonl"),
+            url: url.to_string(),
+        }
+    }
+
     /// Starts pg2sink and waits until its slot is active.
     pub fn start(&self, db: &TestDb) -> Pg2Sink {
         self.start_with(db, &[])
@@ -93,9 +102,13 @@ pub fn slot_streaming(db: &TestDb) -> bool {
     )) == "1"
 }
 
+/// The complete lines of a JSON-lines file pg2sink may still be writing: a
+/// last line without its newline is being written (a 1 MB line is written
+/// in pieces) and is left for the next read.
 pub fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Stream every committed change of a Postgres database to a sink, with nothing lost",
     long_about = "Stream every committed change of a Postgres database to a sink, with nothing lost.\n\n\
-        Connection: --url (or PG2SINK_URL), else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, \
+        Connection: --url (or PG2SINK_URL), else libpq's PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, \
         PGDATABASE, PGSSLMODE and PGSSLROOTCERT.\n\n\
         Without a command, `stream` runs.",
     args_conflicts_with_subcommands = true
@@ -184,6 +184,13 @@ pub struct StreamArgs {
     /// writing to the sink. Confirms nothing.
     #[arg(long = "decode-only", env = "PG2SINK_DECODE_ONLY")]
     pub decode_only: bool,
+
+    /// Make the slot a failover slot (PostgreSQL 17+), synchronised to
+    /// standbys that have sync_replication_slots on, so streaming can go on
+    /// from a promoted standby. `true` creates (or alters) the slot with
+    /// FAILOVER, `false` without; unset leaves an existing slot as it is.
+    #[arg(long = "slot.failover", env = "PG2SINK_SLOT_FAILOVER", action = clap::ArgAction::Set, default_missing_value = "true", num_args = 0..=1, require_equals = true, value_name = "BOOL")]
+    pub slot_failover: Option<bool>,
 
     /// Keep the publication equal to the tables of the watched schemas.
     #[arg(long = "subscription-manager.enabled", env = "PG2SINK_SUBSCRIPTION_MANAGER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]

@@ -125,6 +125,16 @@ fn report(s: &Status) -> String {
                 .as_deref()
                 .map_or(String::new(), |w| format!("  (wal_status {w})"))
         ));
+        if let Some(failover) = slot.failover {
+            out.push_str(&format!(
+                "  failover    {}\n",
+                if failover {
+                    "yes (standbys with sync_replication_slots keep a copy)"
+                } else {
+                    "no"
+                }
+            ));
+        }
     } else {
         out.push_str(&format!(
             "slot          {}: does not exist (pg2sink creates it when it starts)\n",

@@ -56,7 +56,14 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
             return Err(problem.into());
         }
     }
-    let slot = catalog::ensure_slot(&client, &slot_name, &server).await?;
+    let slot = catalog::ensure_slot(
+        &client,
+        &connection,
+        &slot_name,
+        &server,
+        args.slot_failover,
+    )
+    .await?;
     catalog::record_subscription(
         &client,
         &args.source.schema,
@@ -64,7 +71,7 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         &slot_name,
     )
     .await?;
-    tracing::info!(slot = %slot.name, created = slot.created, confirmed = %slot.confirmed_flush, "streaming from slot");
+    tracing::info!(slot = %slot.name, created = slot.created, failover = slot.failover, confirmed = %slot.confirmed_flush, "streaming from slot");
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ const SYSTEM_ROOTS: &str = "system";
 /// The parameter names accepted in a URL's query or a `key=value` string.
 const KNOWN_KEYS: &[&str] = &[
     "host",
+    "hostaddr",
     "port",
     "user",
     "password",
@@ -221,7 +223,7 @@ pub enum ConnectError {
     },
     /// The TLS handshake or the certificate verification failed, or the
     /// server refused TLS while the sslmode requires it.
-    #[error("TLS with the server at {target} failed: {source}")]
+    #[error("TLS with the server at {target} failed: {source}{}", tls_hint(.source))]
     Tls {
         /// `host:port`.
         target: String,
@@ -295,6 +297,10 @@ impl From<io::Error> for ConnectError {
 pub struct ConnectionConfig {
     /// A TCP host name or IP address, or a Unix-socket directory if it starts with `/`.
     pub host: String,
+    /// The IP address to connect to instead of looking `host` up (libpq's
+    /// `hostaddr`); `host` is then only the name the certificate is checked
+    /// against.
+    pub hostaddr: Option<IpAddr>,
     /// The TCP port, also the number in the Unix socket's file name.
     pub port: u16,
     /// The database user.
@@ -318,6 +324,7 @@ impl fmt::Debug for ConnectionConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectionConfig")
             .field("host", &self.host)
+            .field("hostaddr", &self.hostaddr)
             .field("port", &self.port)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -339,7 +346,7 @@ struct Given {
 impl ConnectionConfig {
     /// Resolves the settings: `url` (from --url / PG2SINK_URL) is a
     /// `postgres://` or `postgresql://` URL or a libpq `key=value` string.
-    /// What it leaves out comes from PGHOST, PGPORT, PGUSER, PGPASSWORD,
+    /// What it leaves out comes from PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD,
     /// PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGAPPNAME and PGCONNECT_TIMEOUT
     /// (looked up with `env`), then libpq's defaults: the socket directory
     /// /var/run/postgresql if it exists, else /tmp; port 5432; the OS user
@@ -382,6 +389,17 @@ impl ConnectionConfig {
                 host
             }
             None => default_socket_dir().to_owned(),
+        };
+        let hostaddr = match pick("hostaddr", "PGHOSTADDR") {
+            Some((value, origin)) => {
+                Some(value.parse::<IpAddr>().map_err(|_| ConfigError::BadValue {
+                    key: "hostaddr",
+                    value,
+                    origin,
+                    reason: "not an IP address".into(),
+                })?)
+            }
+            None => None,
         };
         let port = match pick("port", "PGPORT") {
             Some((value, origin)) => parse_port(&value, origin)?,
@@ -428,6 +446,7 @@ impl ConnectionConfig {
 
         let config = ConnectionConfig {
             host,
+            hostaddr,
             port,
             user,
             password,
@@ -461,6 +480,9 @@ impl ConnectionConfig {
             quote_conninfo(&self.dbname),
             quote_conninfo(&self.user),
         );
+        if let Some(hostaddr) = self.hostaddr {
+            text.push_str(&format!(" hostaddr={hostaddr}"));
+        }
         if !self.is_unix_socket() {
             text.push_str(" sslmode=");
             text.push_str(self.ssl_mode.as_str());
@@ -491,10 +513,17 @@ impl ConnectionConfig {
 
     /// `host:port` (`[v6addr]:port`) or the socket path, for messages.
     pub fn target(&self) -> String {
-        match self.socket_path() {
-            Some(path) => path.display().to_string(),
-            None if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
-            None => format!("{}:{}", self.host, self.port),
+        if let Some(path) = self.socket_path() {
+            return path.display().to_string();
+        }
+        let host = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        match self.hostaddr {
+            Some(addr) => format!("{host} (at {})", SocketAddr::new(addr, self.port)),
+            None => host,
         }
     }
 
@@ -523,12 +552,18 @@ impl ConnectionConfig {
                 } else {
                     pg.host(&self.host);
                 }
+                if let Some(hostaddr) = self.hostaddr {
+                    pg.hostaddr(hostaddr);
+                }
                 pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 self.spawn_query_connection(&pg, tokio_postgres::NoTls)
                     .await
             }
             Some(tls) => {
                 pg.host(&self.host);
+                if let Some(hostaddr) = self.hostaddr {
+                    pg.hostaddr(hostaddr);
+                }
                 pg.ssl_mode(if self.ssl_mode.allows_plaintext() {
                     tokio_postgres::config::SslMode::Prefer
                 } else {
@@ -711,6 +746,21 @@ impl ConnectionConfig {
                 }
                 .into()
             })
+    }
+}
+
+/// What to do about the certificate checks that fail most often, which
+/// rustls names tersely.
+fn tls_hint(source: &BoxError) -> &'static str {
+    let text = source.to_string();
+    if text.contains("UnknownIssuer") {
+        " (the server's certificate was not signed by a CA in sslrootcert: point sslrootcert or PGSSLROOTCERT at the CA that signed it)"
+    } else if text.contains("not valid for name") {
+        " (connect with a host name the certificate lists, or use sslmode=verify-ca, which checks the chain but not the name)"
+    } else if text.contains("xpired") || text.contains("NotValidYet") {
+        " (the server's certificate is outside its validity period: renew it, or check the clocks)"
+    } else {
+        ""
     }
 }
 
@@ -1360,6 +1410,27 @@ mod tests {
         assert!(err.to_string().contains("bogus"), "{err}");
         let err = resolve(Some("host='a"), &[("USER", "u")]).unwrap_err();
         assert!(err.to_string().contains("unterminated"), "{err}");
+    }
+
+    #[test]
+    fn hostaddr_connects_there_and_keeps_host_for_the_certificate() {
+        let config = resolve(
+            Some("host=db.example hostaddr=127.0.0.1 port=5433 user=u"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.host, "db.example");
+        assert_eq!(config.hostaddr, Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(config.target(), "db.example:5433 (at 127.0.0.1:5433)");
+        assert!(config.describe().contains("hostaddr=127.0.0.1"));
+        let config = resolve(
+            Some("postgres://u@db.example/app"),
+            &[("PGHOSTADDR", "::1")],
+        )
+        .unwrap();
+        assert_eq!(config.hostaddr, Some("::1".parse().unwrap()));
+        let err = resolve(Some("hostaddr=db.example user=u"), &[]).unwrap_err();
+        assert!(err.to_string().contains("not an IP address"), "{err}");
     }
 
     #[test]

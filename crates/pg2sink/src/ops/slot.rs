@@ -25,6 +25,8 @@ pub struct SlotState {
     pub retained_wal_bytes: Option<i64>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
+    /// Whether it is a failover slot; `None` before PostgreSQL 17.
+    pub failover: Option<bool>,
 }
 
 impl SlotState {
@@ -36,7 +38,9 @@ impl SlotState {
                         pg_current_wal_lsn()::text,
                         (pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint,
                         (pg_current_wal_lsn() - s.restart_lsn)::bigint,
-                        s.wal_status
+                        s.wal_status,
+                        -- read through jsonb: the column exists from 17 on
+                        (to_jsonb(s) ->> 'failover')::bool
                    from pg_replication_slots s where s.slot_name = $1",
                 &[&name],
             )
@@ -58,6 +62,7 @@ impl SlotState {
                 lag_bytes: r.get(5),
                 retained_wal_bytes: r.get(6),
                 wal_status: r.get(7),
+                failover: r.get(8),
             },
         })
     }

@@ -7,6 +7,7 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::model::Lsn;
 
@@ -156,19 +157,44 @@ pub struct SlotInfo {
     /// Where streaming resumes: everything before it was confirmed durable.
     pub confirmed_flush: Lsn,
     pub created: bool,
+    /// Whether the slot is a failover slot (always false before 17).
+    pub failover: bool,
 }
 
+/// The first version with failover slots.
+const FAILOVER_VERSION: u32 = 170000;
+
 /// Creates the permanent `pgoutput` slot if it does not exist, and checks
-/// that it can be streamed from.
+/// that it can be streamed from. `failover` (`--slot.failover`) is what the
+/// slot's failover setting must be; `None` leaves an existing slot as it is.
 pub async fn ensure_slot(
     client: &Client,
+    connection: &ConnectionConfig,
     slot: &str,
     info: &ServerInfo,
+    failover: Option<bool>,
 ) -> Result<SlotInfo, Error> {
+    let has_failover = info.version_num >= FAILOVER_VERSION;
+    if failover == Some(true) && !has_failover {
+        return Err(Problem::new(format!(
+            "--slot.failover needs PostgreSQL 17 or newer, but this server runs PostgreSQL {}",
+            info.version_num / 10000
+        ))
+        .detail("failover slots (kept on standbys so streaming can go on after a promotion) came with PostgreSQL 17")
+        .hint("upgrade the server, or run without --slot.failover (after a failover to a standby, pg2sink then needs a new slot and the tables imported again)")
+        .into());
+    }
+    if failover == Some(true) {
+        warn_without_synchronized_standbys(client).await;
+    }
+    // Older servers have no failover column: their slots never fail over.
+    let failover_column = if has_failover { "failover" } else { "false" };
     let existing = client
         .query_opt(
-            "select plugin, database, active, active_pid, confirmed_flush_lsn::text, wal_status
-               from pg_replication_slots where slot_name = $1",
+            &format!(
+                "select plugin, database, active, active_pid, confirmed_flush_lsn::text, wal_status, {failover_column}
+                   from pg_replication_slots where slot_name = $1"
+            ),
             &[&slot],
         )
         .await
@@ -196,16 +222,28 @@ pub async fn ensure_slot(
         if active {
             return Err(slot_active(slot, active_pid).into());
         }
+        let is_failover: bool = row.get(6);
+        if let Some(want) = failover.filter(|want| *want != is_failover) {
+            set_failover(connection, slot, want).await?;
+        }
         let confirmed_flush = confirmed.and_then(|s| s.parse().ok()).unwrap_or_default();
         return Ok(SlotInfo {
             name: slot.to_string(),
             confirmed_flush,
             created: false,
+            failover: failover.unwrap_or(is_failover),
         });
     }
-    tracing::info!(slot, "creating replication slot");
+    let failover = failover.unwrap_or(false);
+    tracing::info!(slot, failover, "creating replication slot");
+    // The named argument exists from 17 on, where `failover` may be true.
+    let create = if failover {
+        "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput', failover => true)"
+    } else {
+        "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')"
+    };
     let row = client
-        .query_one("select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .query_one(create, &[&slot])
         .await
         .map_err(|e| match e.code() {
             Some(c) if *c == SqlState::CONFIGURATION_LIMIT_EXCEEDED => Problem::new(format!(
@@ -225,7 +263,60 @@ pub async fn ensure_slot(
         name: slot.to_string(),
         confirmed_flush: lsn.parse().unwrap_or_default(),
         created: true,
+        failover,
     })
+}
+
+/// Changes an existing slot's failover setting (PostgreSQL 17+), which only
+/// a walsender command can do. The slot must not be in use.
+async fn set_failover(
+    connection: &ConnectionConfig,
+    slot: &str,
+    failover: bool,
+) -> Result<(), Error> {
+    tracing::warn!(
+        slot,
+        failover,
+        "the replication slot's failover setting differs from --slot.failover; altering the slot"
+    );
+    let command = format!(
+        "ALTER_REPLICATION_SLOT {} ( FAILOVER {failover} )",
+        quote_ident(slot)
+    );
+    let altered = async {
+        let mut replication = connection.connect_replication().await?;
+        let result = replication.simple_query(&command).await;
+        replication.close().await;
+        result
+    };
+    altered.await.map(|_| ()).map_err(|e| {
+        Problem::new(format!(
+            "cannot set failover = {failover} on replication slot {slot:?}: {e}"
+        ))
+        .hint(format!(
+            "run {command} on a replication connection (psql \"dbname=<db> replication=database\") as a role with REPLICATION, or run pg2sink with --slot.failover={}",
+            !failover
+        ))
+        .into()
+    })
+}
+
+/// A failover slot can confirm changes a standby has not received yet;
+/// after a promotion the new primary would lack them. Postgres prevents
+/// that only when `synchronized_standby_slots` names the standbys' slots.
+async fn warn_without_synchronized_standbys(client: &Client) {
+    let setting = client
+        .query_one(
+            "select coalesce(current_setting('synchronized_standby_slots', true), '')",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, String>(0));
+    if let Ok(setting) = setting {
+        if setting.is_empty() {
+            tracing::warn!("synchronized_standby_slots is empty: pg2sink may receive changes a standby does not have yet, which a promoted standby would then lack; list the standbys' physical slots in it");
+        }
+    }
 }
 
 /// Records the publication and slot pg2sink manages.

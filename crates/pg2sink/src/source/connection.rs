@@ -379,9 +379,11 @@ impl ReplicationConnection {
         let io: Box<dyn Transport> = match config.socket_path() {
             Some(path) => Box::new(UnixStream::connect(&path).await.map_err(unreachable)?),
             None => {
-                let tcp = TcpStream::connect((config.host.as_str(), config.port))
-                    .await
-                    .map_err(unreachable)?;
+                let tcp = match config.hostaddr {
+                    Some(addr) => TcpStream::connect((addr, config.port)).await,
+                    None => TcpStream::connect((config.host.as_str(), config.port)).await,
+                }
+                .map_err(unreachable)?;
                 tcp.set_nodelay(true)?;
                 negotiate_tls(tcp, config).await?
             }
