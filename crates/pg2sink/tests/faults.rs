@@ -732,6 +732,15 @@ fn tables_dropped_renamed_and_truncated_while_importing_and_streaming() {
         db.psql("select string_agg(tablename, ',' order by tablename) from pg_publication_tables")
             == "a,b,c3,d2"
     });
+    // The renamed table gets a job of its own a moment after it joins the
+    // publication: "all jobs done" alone may be checked before it exists.
+    wait_until(WAIT, "d2's import to complete", || {
+        db.try_psql(
+            "select count(*) from pg2sink.import_jobs
+              where table_name = 'd2' and completed_at is not null",
+        )
+        .is_ok_and(|n| n != "0")
+    });
     let report = settle_and_verify(&db, &file_args(&db, &s));
     assert_eq!(table(&report, "public.d2")["source_rows"], 500);
     assert_eq!(table(&report, "public.c3")["source_rows"], 100);
