@@ -5,6 +5,7 @@ mod harness;
 mod bigquery;
 mod elasticsearch;
 mod errors;
+mod ha;
 mod imports;
 mod ops;
 mod postgres_sink;

@@ -15,7 +15,7 @@ use crate::streaming::{stop, Streamer};
 const WAIT: Duration = Duration::from_secs(90);
 
 /// The address pg2sink's HTTP server bound (from its JSON log line).
-fn http_address(p: &mut Pg2Sink) -> String {
+pub(crate) fn http_address(p: &mut Pg2Sink) -> String {
     p.wait_for_stderr("http server listening", WAIT);
     let line = p
         .stderr()
@@ -30,7 +30,7 @@ fn http_address(p: &mut Pg2Sink) -> String {
 }
 
 /// One HTTP/1.0 request; returns the status and the body.
-fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut stream =
         TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
     stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -51,7 +51,7 @@ fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, S
     (status, body.to_string())
 }
 
-fn get_json(address: &str, path: &str) -> Value {
+pub(crate) fn get_json(address: &str, path: &str) -> Value {
     let (status, body) = http(address, "GET", path, None);
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
@@ -80,7 +80,7 @@ fn table<'a>(tables: &'a Value, qualified: &str) -> &'a Value {
 
 /// A metric's value in the exposition (the first sample whose name and
 /// labels start with `series`).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -531,7 +531,10 @@ fn heartbeats_keep_retained_wal_small_while_captured_tables_are_idle() {
     stop(&mut p);
 }
 
-fn pg2sink(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
+pub(crate) fn pg2sink(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
     let mut p = Pg2Sink::spawn(args, env);
     let status = p.wait_exit(WAIT);
     (status, p.stdout(), p.stderr())

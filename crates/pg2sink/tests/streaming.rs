@@ -40,6 +40,16 @@ impl Streamer {
 
     /// Starts pg2sink with extra flags and waits until its slot is active.
     pub fn start_with(&self, db: &TestDb, extra: &[&str]) -> Pg2Sink {
+        let mut p = self.spawn_with(extra);
+        wait_until(WAIT, "pg2sink's slot to become active", || {
+            assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());
+            slot_streaming(db)
+        });
+        p
+    }
+
+    /// Starts pg2sink with extra flags, without waiting for anything.
+    pub fn spawn_with(&self, extra: &[&str]) -> Pg2Sink {
         let schemas = format!("--sink.file.schemas-path={}", self.schemas.display());
         let modifications = format!(
             "--sink.file.modifications-path={}",
@@ -56,12 +66,7 @@ impl Streamer {
             "--status-interval=1s",
         ];
         args.extend_from_slice(extra);
-        let mut p = Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=trace,info")]);
-        wait_until(WAIT, "pg2sink's slot to become active", || {
-            assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());
-            slot_streaming(db)
-        });
-        p
+        Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=trace,info")])
     }
 
     pub fn modifications(&self) -> Vec<Value> {

@@ -18,6 +18,7 @@ use crate::retry::Backoff;
 use crate::sink::FlushPolicy;
 use crate::source::catalog::{self, slot_name_for};
 use crate::source::connection::ReplicationStream;
+use crate::source::ha::{self, set_role, Role};
 use crate::source::pgoutput::{self, PgTimestamp};
 use crate::source::replication::{start_replication_sql, Progress, Session};
 use crate::source::subscription::SubscriptionManager;
@@ -31,38 +32,102 @@ const SINK_QUEUE: usize = 4096;
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
     let connection = ConnectionConfig::from_env(args.source.url.as_deref())
         .map_err(|e| Problem::new(e.to_string()))?;
-    let mut client = connection.connect().await?;
+    let client = connection.connect().await?;
     let server = catalog::check_server(&client).await?;
     tracing::info!(server = %connection.describe(), version = server.version_num, "connected");
+    let slot_name = slot_name_for(&args.source.subscription_name, &server.database);
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let shutdown_tx = Arc::new(shutdown_tx);
+    let signal_tx = shutdown_tx.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: finishing, flushing and confirming before exit");
+        let _ = signal_tx.send(true);
+    });
+
+    // Serving before waiting as a standby, so the API and the metrics say
+    // which instance is which.
+    crate::ops::start(&args, &connection, &slot_name, shutdown.clone()).await?;
+
+    let ha = args.ha && !args.decode_only;
+    let leadership = if ha {
+        // The standby holds no other connection while it waits.
+        drop(client);
+        let Some(leadership) = ha::acquire(&connection, &slot_name, shutdown.clone()).await? else {
+            return Ok(());
+        };
+        leadership
+    } else {
+        drop(client);
+        // Nothing to lose: a channel whose sender is gone never turns true.
+        let (_, lost) = watch::channel(false);
+        ha::Leadership::without_lock(lost)
+    };
+    set_role(Role::Active);
+    tracing::info!(slot = %slot_name, ha, "active: this process streams");
+    let mut lost = leadership.lost.clone();
+    let lost_tx = shutdown_tx.clone();
+    tokio::spawn(async move {
+        if lost.wait_for(|l| *l).await.is_ok() {
+            let _ = lost_tx.send(true);
+        }
+    });
+
+    let result = run_active(&args, &connection, &server, &slot_name, ha, shutdown).await;
+    if *leadership.lost.borrow() {
+        return Err(ha::lost_problem().into());
+    }
+    drop(leadership);
+    result
+}
+
+/// Everything the active process does: set-up, imports and streaming.
+async fn run_active(
+    args: &StreamArgs,
+    connection: &ConnectionConfig,
+    server: &catalog::ServerInfo,
+    slot_name: &str,
+    ha: bool,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let mut client = connection.connect().await?;
     migrations::run(&mut client, &args.source.schema).await?;
     catalog::ensure_publication(&client, &args.source.subscription_name).await?;
 
-    let mut manager = crate::ops::subscription_options(&args).map(SubscriptionManager::new);
+    let mut manager = crate::ops::subscription_options(args).map(SubscriptionManager::new);
     if let Some(manager) = manager.as_mut() {
         manager.sync(&client).await?;
     }
-    let slot_name = slot_name_for(&args.source.subscription_name, &server.database);
-    let slot = catalog::ensure_slot(&client, &slot_name, &server).await?;
+    if ha {
+        ha::wait_slot_released(&client, slot_name, &shutdown).await?;
+        // Holding the lock proves no other pg2sink of this publication runs:
+        // the jobs the previous active had claimed are free to take now,
+        // not when their leases run out.
+        let released =
+            crate::import::jobs::Jobs::new(&args.source.schema, &args.source.subscription_name)
+                .release_all(&client)
+                .await?;
+        if released > 0 {
+            tracing::info!(
+                jobs = released,
+                "took over the imports the previous active was running"
+            );
+        }
+    }
+    let slot = catalog::ensure_slot(&client, slot_name, server).await?;
     catalog::record_subscription(
         &client,
         &args.source.schema,
         &args.source.subscription_name,
-        &slot_name,
+        slot_name,
     )
     .await?;
     tracing::info!(slot = %slot.name, created = slot.created, confirmed = %slot.confirmed_flush, "streaming from slot");
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received: finishing, flushing and confirming before exit");
-        let _ = shutdown_tx.send(true);
-    });
-
-    crate::ops::start(&args, &connection, &slot.name, shutdown.clone()).await?;
     if !args.decode_only {
         crate::source::heartbeat::spawn(
-            &connection,
+            connection,
             &slot.name,
             args.heartbeat_interval,
             shutdown.clone(),
@@ -81,7 +146,7 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
 
     let result = if args.decode_only {
         decode_only(
-            &connection,
+            connection,
             &slot.name,
             &args.source.subscription_name,
             slot.confirmed_flush,
@@ -90,10 +155,11 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         .await
     } else {
         stream_to_sink(
-            &connection,
-            &args,
+            connection,
+            args,
             &slot.name,
             slot.confirmed_flush,
+            ha,
             shutdown.clone(),
         )
         .await
@@ -109,6 +175,7 @@ async fn stream_to_sink(
     args: &StreamArgs,
     slot: &str,
     start: Lsn,
+    ha: bool,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let (events, events_rx) = mpsc::channel(SINK_QUEUE);
@@ -168,6 +235,20 @@ async fn stream_to_sink(
         match attempt.await {
             Ok(()) => break Ok(()),
             Err(e) if sink_task.is_finished() => break Err(e),
+            Err(e) if e.sqlstate() == Some("55006") && ha => {
+                // This process holds the HA lock, so the slot's user is the
+                // previous active's walsender, about to exit (or a foreign
+                // consumer, which the warning names).
+                if *shutdown.borrow() {
+                    break Ok(());
+                }
+                let delay = backoff.next_delay().min(Duration::from_secs(2));
+                tracing::warn!(error = %e, retry_in = ?delay, "the slot is still in use; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wait_true(shutdown.clone()) => break Ok(()),
+                }
+            }
             Err(e)
                 if e.sqlstate() == Some("55006")
                     && progress.forwarded == start
