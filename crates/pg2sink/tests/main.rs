@@ -5,6 +5,7 @@ mod harness;
 mod bigquery;
 mod elasticsearch;
 mod errors;
+mod fuzz;
 mod ha;
 mod imports;
 mod ops;
