@@ -7,6 +7,7 @@ mod elasticsearch;
 mod errors;
 mod fuzz;
 mod ha;
+mod identifiers;
 mod imports;
 mod ops;
 mod postgres_sink;
