@@ -7,6 +7,7 @@ mod elasticsearch;
 mod errors;
 mod fuzz;
 mod ha;
+mod huge;
 mod identifiers;
 mod imports;
 mod ops;

@@ -212,68 +212,85 @@ async fn stream_to_sink(
         })
         .collect();
 
-    let mut progress = Progress::starting_at(start);
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-    let result = loop {
-        let attempt = async {
-            let conn = connection.connect_replication().await?;
-            let sql =
-                start_replication_sql(slot, &args.source.subscription_name, progress.confirmed);
-            let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
-            Session::new(
-                stream,
-                &events,
-                durable.clone(),
-                &mut progress,
-                args.status_interval,
-            )
-            .with_imports(watermarks.clone())
-            .with_types(types.clone())
-            .run(shutdown.clone(), Duration::from_secs(60))
-            .await
-        };
-        match attempt.await {
-            Ok(()) => break Ok(()),
-            Err(e) if sink_task.is_finished() => break Err(e),
-            Err(e) if e.sqlstate() == Some("55006") && ha => {
-                // This process holds the HA lock, so the slot's user is the
-                // previous active's walsender, about to exit (or a foreign
-                // consumer, which the warning names).
-                if *shutdown.borrow() {
-                    break Ok(());
+    // The replication loop runs on a thread of its own, so CPU-heavy work
+    // elsewhere (rendering a huge imported row, serialising a huge change
+    // for the sink) never keeps it from answering the server in time: a
+    // walsender that hears nothing for wal_sender_timeout hangs up.
+    let replication = {
+        let connection = connection.clone();
+        let slot = slot.to_string();
+        let publication = args.source.subscription_name.clone();
+        let status_interval = args.status_interval;
+        let durable = durable.clone();
+        let watermarks = watermarks.clone();
+        let types = types.clone();
+        let shutdown = shutdown.clone();
+        on_own_thread(async move {
+            let mut progress = Progress::starting_at(start);
+            let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+            let result = loop {
+                let attempt = async {
+                    let conn = connection.connect_replication().await?;
+                    let sql = start_replication_sql(&slot, &publication, progress.confirmed);
+                    let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
+                    Session::new(
+                        stream,
+                        &events,
+                        durable.clone(),
+                        &mut progress,
+                        status_interval,
+                    )
+                    .with_imports(watermarks.clone())
+                    .with_types(types.clone())
+                    .run(shutdown.clone(), Duration::from_secs(60))
+                    .await
+                };
+                match attempt.await {
+                    Ok(()) => break Ok(()),
+                    // The sink stopped: its own error says why.
+                    Err(e) if events.is_closed() => break Err(e),
+                    Err(e) if e.sqlstate() == Some("55006") && ha => {
+                        // This process holds the HA lock, so the slot's user is the
+                        // previous active's walsender, about to exit (or a foreign
+                        // consumer, which the warning names).
+                        if *shutdown.borrow() {
+                            break Ok(());
+                        }
+                        let delay = backoff.next_delay().min(Duration::from_secs(2));
+                        tracing::warn!(error = %e, retry_in = ?delay, "the slot is still in use; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = wait_true(shutdown.clone()) => break Ok(()),
+                        }
+                    }
+                    Err(e)
+                        if e.sqlstate() == Some("55006")
+                            && progress.forwarded == start
+                            && progress.confirmed == start =>
+                    {
+                        // Still in use by another consumer: the slot check passed at
+                        // start, so this is another process that started meanwhile.
+                        break Err(catalog::slot_active(&slot, None).into());
+                    }
+                    Err(e) if e.is_transient() => {
+                        if *shutdown.borrow() {
+                            break Ok(());
+                        }
+                        let delay = backoff.next_delay();
+                        crate::ops::metrics::error(crate::ops::metrics::kind::REPLICATION);
+                        tracing::warn!(error = %e, retry_in = ?delay, "replication interrupted; reconnecting");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = wait_true(shutdown.clone()) => break Ok(()),
+                        }
+                    }
+                    Err(e) => break Err(e),
                 }
-                let delay = backoff.next_delay().min(Duration::from_secs(2));
-                tracing::warn!(error = %e, retry_in = ?delay, "the slot is still in use; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = wait_true(shutdown.clone()) => break Ok(()),
-                }
-            }
-            Err(e)
-                if e.sqlstate() == Some("55006")
-                    && progress.forwarded == start
-                    && progress.confirmed == start =>
-            {
-                // Still in use by another consumer: the slot check passed at
-                // start, so this is another process that started meanwhile.
-                break Err(catalog::slot_active(slot, None).into());
-            }
-            Err(e) if e.is_transient() => {
-                if *shutdown.borrow() {
-                    break Ok(());
-                }
-                let delay = backoff.next_delay();
-                crate::ops::metrics::error(crate::ops::metrics::kind::REPLICATION);
-                tracing::warn!(error = %e, retry_in = ?delay, "replication interrupted; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = wait_true(shutdown.clone()) => break Ok(()),
-                }
-            }
-            Err(e) => break Err(e),
-        }
+            };
+            result
+        })
     };
-    drop(events);
+    let result = replication.await;
     for worker in workers {
         // Workers notice the shutdown between statements and give their
         // jobs back; one stuck in a statement is abandoned (its lease ends).
@@ -291,6 +308,33 @@ async fn stream_to_sink(
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(Problem::new(format!("the sink task failed: {e}")).into()),
     }
+}
+
+/// Runs `future` on a new thread with a current-thread runtime of its own.
+async fn on_own_thread<F>(future: F) -> Result<(), Error>
+where
+    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pg2sink-replication".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(future),
+                Err(e) => Err(Problem::new(format!(
+                    "cannot start the replication thread's runtime: {e}"
+                ))
+                .into()),
+            };
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Problem::new(format!("cannot start the replication thread: {e}")))?;
+    rx.await.unwrap_or_else(|_| {
+        Err(Problem::new("the replication thread ended without a result").into())
+    })
 }
 
 /// Prints every decoded message, one per line; confirms nothing.
