@@ -157,6 +157,7 @@ fn ha_standby_takes_over_after_kill9_and_the_file_sink_loses_nothing() {
         m.iter().any(|m| m["op"] == "import") && m.iter().any(|m| m["op"] == "insert")
     });
     let import_was_running = job_running(&db);
+    eprintln!("import running at the kill: {import_was_running}");
     kill_and_wait_takeover(&db, &mut a, &mut b);
     if import_was_running {
         b.wait_for_stderr(
