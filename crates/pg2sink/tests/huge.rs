@@ -135,7 +135,16 @@ fn huge_rows_stream_and_import_with_memory_bounded_by_the_row() {
             && seen.iter().any(|s| s.0 == "insert" && s.1 == 2)
     });
     let peak = peak_rss(p.pid());
-    stop(&mut p);
+    // Not `stop`'s 60 s: in a debug build on a busy machine, draining a
+    // 700 MB line into the pipe can take longer (pg2sink itself gives up
+    // waiting for the sink after 60 s and exits; nothing confirmed is lost).
+    p.sigterm();
+    let status = p.wait_exit(WAIT);
+    assert!(
+        status.success(),
+        "pg2sink exited with {status}:\n{}",
+        p.stderr()
+    );
     reader.join().unwrap();
     for (op, id, text, bytea) in seen.lock().unwrap().iter() {
         assert_eq!((*text, *bytea), (300 * MB, 200 * MB), "{op} {id}");
