@@ -48,8 +48,8 @@ fn read_pipe(path: &Path, seen: Arc<Mutex<Vec<Seen>>>) -> std::thread::JoinHandl
             let field = |name: &str| -> Option<&str> {
                 let start = line.find(&format!("\"{name}\":"))? + name.len() + 3;
                 let rest = &line[start..];
-                let end = if rest.starts_with('"') {
-                    rest[1..].find('"')? + 2
+                let end = if let Some(quoted) = rest.strip_prefix('"') {
+                    quoted.find('"')? + 2
                 } else {
                     rest.find([',', '}'])?
                 };
