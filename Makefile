@@ -1,4 +1,4 @@
-.PHONY: demo test test-matrix bench build clean-test dev recreatedb dev-down
+.PHONY: demo test test-matrix bench build clean-test dev recreatedb dev-down fuzz
 
 # Boots a throwaway Postgres, streams changes to files, prints them.
 demo:
@@ -20,6 +20,12 @@ bench:
 
 build:
 	cargo build --release
+
+# Fuzzes every parser of outside bytes for FUZZ_SECONDS (default 300) per
+# target: libFuzzer when it builds here, else the stable driver
+# (scripts/fuzz.sh). `make test` runs the stable driver for 3s per target.
+fuzz:
+	scripts/fuzz.sh
 
 # Stops the Postgres servers the test harness left running.
 clean-test:

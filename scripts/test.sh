@@ -83,6 +83,8 @@ echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy" >&2
 cargo clippy --all-targets --quiet -- -D warnings
+# The test binary includes a short fuzz run of every target in fuzz/ (3s
+# each, stable toolchain; FUZZ_SECONDS to change); `make fuzz` runs longer.
 echo "==> cargo test (Postgres $version) [$(elapsed)]" >&2
 # A failure here does not stop the other versions: their results tell
 # whether it depends on the version.

@@ -1,20 +1,9 @@
-//! Fuzzes the pgoutput decoder and the walsender frame decoder: neither may
-//! panic, and a decoded message must display on a single line.
-//!
-//! Run from the repository root: `cargo +nightly fuzz run pgoutput`.
+//! libFuzzer entry for the `pgoutput` check of `pg2sink_fuzz` (see src/lib.rs
+//! for what it promises). Run from the repository root:
+//! `cargo fuzz run pgoutput` (nightly) or `make fuzz`.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pg2sink::source::pgoutput::decode;
-use pg2sink::source::walframe::{decode_frame, WalFrame};
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(message) = decode(data.to_vec().into()) {
-        let line = message.to_string();
-        assert!(!line.contains(['\n', '\r']), "multi-line display: {line}");
-    }
-    if let Ok(WalFrame::XLogData { data, .. }) = decode_frame(data.to_vec().into()) {
-        let _ = decode(data);
-    }
-});
+fuzz_target!(|data: &[u8]| pg2sink_fuzz::pgoutput(data));

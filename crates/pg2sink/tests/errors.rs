@@ -122,8 +122,12 @@ fn slot_active_in_another_process() {
     let dir = tempfile::tempdir().unwrap();
     let first = crate::streaming::Streamer::new(&db, dir.path());
     let mut p = first.start(&db);
-    let stderr = run_fails(&db.url());
-    assert_mentions(&stderr, &["in use", "--subscription-name"]);
+    // With --ha (the default) a second process waits as a standby instead
+    // (tests/ha.rs); without it, it stops at once saying why.
+    let args = to_null(&["stream", &url_arg(&db.url()), "--ha=false"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = fails_with(&args, &[]);
+    assert_mentions(&stderr, &["in use", "--subscription-name", "--ha"]);
     crate::streaming::stop(&mut p);
 }
 

@@ -80,7 +80,7 @@ fn table<'a>(tables: &'a Value, qualified: &str) -> &'a Value {
 
 /// A metric's value in the exposition (the first sample whose name and
 /// labels start with `series`).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -531,7 +531,10 @@ fn heartbeats_keep_retained_wal_small_while_captured_tables_are_idle() {
     stop(&mut p);
 }
 
-fn pg2sink(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String, String) {
+pub(crate) fn pg2sink(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
     let mut p = Pg2Sink::spawn(args, env);
     let status = p.wait_exit(WAIT);
     (status, p.stdout(), p.stderr())

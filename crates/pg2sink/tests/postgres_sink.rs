@@ -13,12 +13,12 @@ use crate::streaming::{slot_streaming, stop};
 const WAIT: Duration = Duration::from_secs(120);
 
 /// A target database beside the source, on the same server.
-fn target_for(source: &TestDb, prefix: &str) -> TestDb {
+pub(crate) fn target_for(source: &TestDb, prefix: &str) -> TestDb {
     test_db_on(source.server(), prefix)
 }
 
 /// pg2sink streaming `source` into `target`; waits until its slot streams.
-fn start(source: &TestDb, target: &TestDb, extra: &[&str]) -> Pg2Sink {
+pub(crate) fn start(source: &TestDb, target: &TestDb, extra: &[&str]) -> Pg2Sink {
     let url = format!("--url={}", source.url());
     let sink_url = format!("--sink.postgres.url={}", target.url());
     let mut args = vec![
@@ -41,14 +41,14 @@ fn start(source: &TestDb, target: &TestDb, extra: &[&str]) -> Pg2Sink {
 }
 
 /// A table's rows as `to_jsonb` renders them, in key order.
-fn rows(db: &TestDb, table: &str, order: &str) -> String {
+pub(crate) fn rows(db: &TestDb, table: &str, order: &str) -> String {
     db.psql(&format!(
         "select coalesce(jsonb_agg(to_jsonb(t) order by {order}), '[]') from {table} t"
     ))
 }
 
 /// Waits until the target's table equals the source's, row for row.
-fn wait_equal(source: &TestDb, target: &TestDb, table: &str, order: &str) {
+pub(crate) fn wait_equal(source: &TestDb, target: &TestDb, table: &str, order: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
         let want = rows(source, table, order);
@@ -74,7 +74,7 @@ fn applied(target: &TestDb) -> String {
         .unwrap_or_default()
 }
 
-fn jobs_done(db: &TestDb) -> bool {
+pub(crate) fn jobs_done(db: &TestDb) -> bool {
     db.psql(
         "select count(*) > 0 and bool_and(completed_at is not null or skipped_reason is not null)
            from pg2sink.import_jobs where expired_at is null",

@@ -49,6 +49,16 @@ impl Streamer {
 
     /// Starts pg2sink with extra flags and waits until its slot is active.
     pub fn start_with(&self, db: &TestDb, extra: &[&str]) -> Pg2Sink {
+        let mut p = self.spawn_with(extra);
+        wait_until(WAIT, "pg2sink's slot to become active", || {
+            assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());
+            slot_streaming(db)
+        });
+        p
+    }
+
+    /// Starts pg2sink with extra flags, without waiting for anything.
+    pub fn spawn_with(&self, extra: &[&str]) -> Pg2Sink {
         let schemas = format!("--sink.file.schemas-path={}", self.schemas.display());
         let modifications = format!(
             "--sink.file.modifications-path={}",
@@ -65,12 +75,7 @@ impl Streamer {
             "--status-interval=1s",
         ];
         args.extend_from_slice(extra);
-        let mut p = Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=trace,info")]);
-        wait_until(WAIT, "pg2sink's slot to become active", || {
-            assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());
-            slot_streaming(db)
-        });
-        p
+        Pg2Sink::spawn(&args, &[("RUST_LOG", "pg2sink=trace,info")])
     }
 
     pub fn modifications(&self) -> Vec<Value> {
@@ -107,7 +112,8 @@ pub fn slot_streaming(db: &TestDb) -> bool {
 /// in pieces) and is left for the next read.
 pub fn read_lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    // A last line without its newline is still being written.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))

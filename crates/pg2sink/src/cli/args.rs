@@ -180,6 +180,12 @@ pub struct StreamArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
 
+    /// High availability: when another pg2sink with the same publication
+    /// is active, wait as a standby and take over (slot, imports, sink) as
+    /// soon as it stops or dies. false: fail at once instead.
+    #[arg(long = "ha", env = "PG2SINK_HA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ha: bool,
+
     /// Print each decoded replication message, one per line, instead of
     /// writing to the sink. Confirms nothing.
     #[arg(long = "decode-only", env = "PG2SINK_DECODE_ONLY")]

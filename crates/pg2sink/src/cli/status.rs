@@ -11,6 +11,7 @@ use crate::error::{query, Error, Problem};
 use crate::import::jobs::Jobs;
 use crate::ops::slot::{self, human_bytes, SlotState};
 use crate::ops::tables::ImportInfo;
+use crate::source::ha::{self, LockHolder};
 
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
@@ -27,6 +28,9 @@ pub struct Status {
     pub publication: String,
     pub publication_exists: bool,
     pub slot: SlotState,
+    /// The pg2sink sessions holding (active) or waiting for (standby) the
+    /// slot's HA lock.
+    pub instances: Vec<LockHolder>,
     pub tables: Vec<String>,
     pub imports: Vec<ImportInfo>,
 }
@@ -55,6 +59,7 @@ pub async fn read(
 ) -> Result<Status, Error> {
     let slot_name = slot::slot_name(client, schema, publication).await?;
     let slot = SlotState::read(client, &slot_name).await?;
+    let instances = ha::sessions(client, &slot_name).await?;
     let publication_exists = client
         .query_opt(
             "select 1 from pg_publication where pubname = $1",
@@ -95,6 +100,7 @@ pub async fn read(
         publication: publication.to_string(),
         publication_exists,
         slot,
+        instances,
         tables,
         imports,
     })
@@ -139,6 +145,23 @@ fn report(s: &Status) -> String {
         out.push_str(&format!(
             "slot          {}: does not exist (pg2sink creates it when it starts)\n",
             slot.name
+        ));
+    }
+    if s.instances.is_empty() {
+        out.push_str("pg2sink       none running with --ha (or none at all)\n");
+    }
+    for i in &s.instances {
+        let role = if i.granted {
+            "active   (holds the HA lock"
+        } else {
+            "standby  (waits for the HA lock"
+        };
+        out.push_str(&format!(
+            "pg2sink       {role}; backend pid {}{})\n",
+            i.pid,
+            i.client
+                .as_deref()
+                .map_or(String::new(), |c| format!(", client {c}"))
         ));
     }
     if s.publication_exists {

@@ -18,6 +18,7 @@ use crate::retry::Backoff;
 use crate::sink::FlushPolicy;
 use crate::source::catalog::{self, slot_name_for};
 use crate::source::connection::ReplicationStream;
+use crate::source::ha::{self, set_role, Role};
 use crate::source::pgoutput::{self, PgTimestamp};
 use crate::source::replication::{start_replication_sql, Progress, Session};
 use crate::source::subscription::SubscriptionManager;
@@ -31,59 +32,117 @@ const SINK_QUEUE: usize = 4096;
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
     let connection = ConnectionConfig::from_env(args.source.url.as_deref())
         .map_err(|e| Problem::new(e.to_string()))?;
-    let mut client = connection.connect().await?;
+    let client = connection.connect().await?;
     let server = catalog::check_server(&client).await?;
     tracing::info!(server = %connection.describe(), version = server.version_num, "connected");
+    let slot_name = slot_name_for(&args.source.subscription_name, &server.database);
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let shutdown_tx = Arc::new(shutdown_tx);
+    let signal_tx = shutdown_tx.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: finishing, flushing and confirming before exit");
+        let _ = signal_tx.send(true);
+    });
+
+    // Serving before waiting as a standby, so the API and the metrics say
+    // which instance is which.
+    crate::ops::start(&args, &connection, &slot_name, shutdown.clone()).await?;
+
+    let ha = args.ha && !args.decode_only;
+    let leadership = if ha {
+        // The standby holds no other connection while it waits.
+        drop(client);
+        let Some(leadership) = ha::acquire(&connection, &slot_name, shutdown.clone()).await? else {
+            return Ok(());
+        };
+        leadership
+    } else {
+        drop(client);
+        // Nothing to lose: a channel whose sender is gone never turns true.
+        let (_, lost) = watch::channel(false);
+        ha::Leadership::without_lock(lost)
+    };
+    set_role(Role::Active);
+    tracing::info!(slot = %slot_name, ha, "active: this process streams");
+    let mut lost = leadership.lost.clone();
+    let lost_tx = shutdown_tx.clone();
+    tokio::spawn(async move {
+        if lost.wait_for(|l| *l).await.is_ok() {
+            let _ = lost_tx.send(true);
+        }
+    });
+
+    let result = run_active(&args, &connection, &server, &slot_name, ha, shutdown).await;
+    if *leadership.lost.borrow() {
+        return Err(ha::lost_problem().into());
+    }
+    drop(leadership);
+    result
+}
+
+/// Everything the active process does: set-up, imports and streaming.
+async fn run_active(
+    args: &StreamArgs,
+    connection: &ConnectionConfig,
+    server: &catalog::ServerInfo,
+    slot_name: &str,
+    ha: bool,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let mut client = connection.connect().await?;
     migrations::run(&mut client, &args.source.schema).await?;
     catalog::ensure_publication(&client, &args.source.subscription_name).await?;
 
-    let mut manager = crate::ops::subscription_options(&args).map(SubscriptionManager::new);
+    let mut manager = crate::ops::subscription_options(args).map(SubscriptionManager::new);
     if let Some(manager) = manager.as_mut() {
         manager.sync(&client).await?;
     }
-    let slot_name = slot_name_for(&args.source.subscription_name, &server.database);
+    if ha {
+        ha::wait_slot_released(&client, slot_name, &shutdown).await?;
+        // Holding the lock proves no other pg2sink of this publication runs:
+        // the jobs the previous active had claimed are free to take now,
+        // not when their leases run out.
+        let released =
+            crate::import::jobs::Jobs::new(&args.source.schema, &args.source.subscription_name)
+                .release_all(&client)
+                .await?;
+        if released > 0 {
+            tracing::info!(
+                jobs = released,
+                "took over the imports the previous active was running"
+            );
+        }
+    }
     // A slot pg2sink streamed from that is gone was dropped by someone:
     // creating a new one would skip what was committed meanwhile.
     if catalog::slot_recorded(
         &client,
         &args.source.schema,
         &args.source.subscription_name,
-        &slot_name,
+        slot_name,
     )
     .await?
     {
-        if let Some(problem) = catalog::slot_problem(&client, &slot_name).await {
+        if let Some(problem) = catalog::slot_problem(&client, slot_name).await {
             return Err(problem.into());
         }
     }
-    let slot = catalog::ensure_slot(
-        &client,
-        &connection,
-        &slot_name,
-        &server,
-        args.slot_failover,
-    )
-    .await?;
+    let slot =
+        catalog::ensure_slot(&client, connection, slot_name, server, args.slot_failover).await?;
     catalog::record_subscription(
         &client,
         &args.source.schema,
         &args.source.subscription_name,
-        &slot_name,
+        slot_name,
     )
     .await?;
     tracing::info!(slot = %slot.name, created = slot.created, failover = slot.failover, confirmed = %slot.confirmed_flush, "streaming from slot");
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received: finishing, flushing and confirming before exit");
-        let _ = shutdown_tx.send(true);
-    });
-
-    crate::ops::start(&args, &connection, &slot.name, shutdown.clone()).await?;
     if !args.decode_only {
         crate::source::heartbeat::spawn(
-            &connection,
+            connection,
             &slot.name,
             args.heartbeat_interval,
             shutdown.clone(),
@@ -102,7 +161,7 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
 
     let result = if args.decode_only {
         decode_only(
-            &connection,
+            connection,
             &slot.name,
             &args.source.subscription_name,
             slot.confirmed_flush,
@@ -113,13 +172,13 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         let mut start = slot.confirmed_flush;
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
-            match stream_to_sink(&connection, &args, &slot.name, start, shutdown.clone()).await {
+            match stream_to_sink(connection, args, &slot.name, start, ha, shutdown.clone()).await {
                 // A full disk or an I/O error: nothing past the confirmed
                 // position was confirmed, so starting the stream (and the
                 // sink) over from it, as a restart would, loses nothing and
                 // holds no changes in memory meanwhile.
                 Err(Error::Sink(e)) if e.is_transient() && !*shutdown.borrow() => {
-                    if slot_confirmed(&connection, &slot.name)
+                    if slot_confirmed(connection, &slot.name)
                         .await
                         .is_ok_and(|c| c > start)
                     {
@@ -132,7 +191,7 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
                         _ = tokio::time::sleep(delay) => {}
                         _ = wait_true(shutdown.clone()) => break Ok(()),
                     }
-                    if let Ok(confirmed) = slot_confirmed(&connection, &slot.name).await {
+                    if let Ok(confirmed) = slot_confirmed(connection, &slot.name).await {
                         start = start.max(confirmed);
                     }
                 }
@@ -151,6 +210,7 @@ async fn stream_to_sink(
     args: &StreamArgs,
     slot: &str,
     start: Lsn,
+    ha: bool,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let (events, events_rx) = mpsc::channel(SINK_QUEUE);
@@ -187,69 +247,100 @@ async fn stream_to_sink(
         })
         .collect();
 
-    let mut progress = Progress::starting_at(start);
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-    let result = loop {
-        let streamed_from = (progress.forwarded, progress.confirmed);
-        let attempt = async {
-            let conn = connection.connect_replication().await?;
-            let sql =
-                start_replication_sql(slot, &args.source.subscription_name, progress.confirmed);
-            let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
-            Session::new(
-                stream,
-                &events,
-                durable.clone(),
-                &mut progress,
-                args.status_interval,
-            )
-            .with_imports(watermarks.clone())
-            .with_types(types.clone())
-            .run(shutdown.clone(), Duration::from_secs(60))
-            .await
-        };
-        match attempt.await {
-            Ok(()) => break Ok(()),
-            Err(e) if sink_task.is_finished() => break Err(e),
-            Err(e)
-                if e.sqlstate() == Some("55006")
-                    && progress.forwarded == start
-                    && progress.confirmed == start =>
-            {
-                // Still in use by another consumer: the slot check passed at
-                // start, so this is another process that started meanwhile.
-                break Err(catalog::slot_active(slot, None).into());
-            }
-            Err(e) if e.is_transient() => {
-                if *shutdown.borrow() {
-                    break Ok(());
-                }
-                // A session that got somewhere was a recovery: the next
-                // interruption starts the back-off from the beginning
-                // rather than where an old outage left it.
-                if (progress.forwarded, progress.confirmed) != streamed_from {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay();
-                crate::ops::metrics::error(crate::ops::metrics::kind::REPLICATION);
-                tracing::warn!(error = %e, retry_in = ?delay, "replication interrupted; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = wait_true(shutdown.clone()) => break Ok(()),
-                }
-            }
-            Err(e) => {
-                // Dropped or invalidated while streaming: say so and how to
-                // recover, rather than the server's bare error.
-                let problem = match connection.connect().await {
-                    Ok(client) => catalog::slot_problem(&client, slot).await,
-                    Err(_) => None,
+    // The replication loop runs on a thread of its own, so CPU-heavy work
+    // elsewhere (rendering a huge imported row, serialising a huge change
+    // for the sink) never keeps it from answering the server in time: a
+    // walsender that hears nothing for wal_sender_timeout hangs up.
+    let replication = {
+        let connection = connection.clone();
+        let slot = slot.to_string();
+        let publication = args.source.subscription_name.clone();
+        let status_interval = args.status_interval;
+        let durable = durable.clone();
+        let watermarks = watermarks.clone();
+        let types = types.clone();
+        let shutdown = shutdown.clone();
+        on_own_thread(async move {
+            let mut progress = Progress::starting_at(start);
+            let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+            let result = loop {
+                let streamed_from = (progress.forwarded, progress.confirmed);
+                let attempt = async {
+                    let conn = connection.connect_replication().await?;
+                    let sql = start_replication_sql(&slot, &publication, progress.confirmed);
+                    let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
+                    Session::new(
+                        stream,
+                        &events,
+                        durable.clone(),
+                        &mut progress,
+                        status_interval,
+                    )
+                    .with_imports(watermarks.clone())
+                    .with_types(types.clone())
+                    .run(shutdown.clone(), Duration::from_secs(60))
+                    .await
                 };
-                break Err(problem.map_or(e, Error::from));
-            }
-        }
+                match attempt.await {
+                    Ok(()) => break Ok(()),
+                    // The sink stopped: its own error says why.
+                    Err(e) if events.is_closed() => break Err(e),
+                    Err(e) if e.sqlstate() == Some("55006") && ha => {
+                        // This process holds the HA lock, so the slot's user is the
+                        // previous active's walsender, about to exit (or a foreign
+                        // consumer, which the warning names).
+                        if *shutdown.borrow() {
+                            break Ok(());
+                        }
+                        let delay = backoff.next_delay().min(Duration::from_secs(2));
+                        tracing::warn!(error = %e, retry_in = ?delay, "the slot is still in use; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = wait_true(shutdown.clone()) => break Ok(()),
+                        }
+                    }
+                    Err(e)
+                        if e.sqlstate() == Some("55006")
+                            && progress.forwarded == start
+                            && progress.confirmed == start =>
+                    {
+                        // Still in use by another consumer: the slot check passed at
+                        // start, so this is another process that started meanwhile.
+                        break Err(catalog::slot_active(&slot, None).into());
+                    }
+                    Err(e) if e.is_transient() => {
+                        if *shutdown.borrow() {
+                            break Ok(());
+                        }
+                        // A session that got somewhere was a recovery: the
+                        // next interruption starts the back-off from the
+                        // beginning rather than where an old outage left it.
+                        if (progress.forwarded, progress.confirmed) != streamed_from {
+                            backoff.reset();
+                        }
+                        let delay = backoff.next_delay();
+                        crate::ops::metrics::error(crate::ops::metrics::kind::REPLICATION);
+                        tracing::warn!(error = %e, retry_in = ?delay, "replication interrupted; reconnecting");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = wait_true(shutdown.clone()) => break Ok(()),
+                        }
+                    }
+                    Err(e) => {
+                        // Dropped or invalidated while streaming: say so and
+                        // how to recover, rather than the server's bare error.
+                        let problem = match connection.connect().await {
+                            Ok(client) => catalog::slot_problem(&client, &slot).await,
+                            Err(_) => None,
+                        };
+                        break Err(problem.map_or(e, Error::from));
+                    }
+                }
+            };
+            result
+        })
     };
-    drop(events);
+    let result = replication.await;
     for worker in workers {
         // Workers notice the shutdown between statements and give their
         // jobs back; one stuck in a statement is abandoned (its lease ends).
@@ -269,17 +360,31 @@ async fn stream_to_sink(
     }
 }
 
-/// The slot's confirmed position (where a new stream resumes).
-async fn slot_confirmed(connection: &ConnectionConfig, slot: &str) -> Result<Lsn, Error> {
-    let client = connection.connect().await?;
-    let row = client
-        .query_one(
-            "select coalesce(confirmed_flush_lsn, '0/0')::text from pg_replication_slots where slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(crate::error::query("reading the slot's confirmed position"))?;
-    Ok(row.get::<_, String>(0).parse().unwrap_or_default())
+/// Runs `future` on a new thread with a current-thread runtime of its own.
+async fn on_own_thread<F>(future: F) -> Result<(), Error>
+where
+    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pg2sink-replication".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(future),
+                Err(e) => Err(Problem::new(format!(
+                    "cannot start the replication thread's runtime: {e}"
+                ))
+                .into()),
+            };
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Problem::new(format!("cannot start the replication thread: {e}")))?;
+    rx.await.unwrap_or_else(|_| {
+        Err(Problem::new("the replication thread ended without a result").into())
+    })
 }
 
 /// Prints every decoded message, one per line; confirms nothing.
@@ -379,4 +484,17 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The slot's confirmed position (where a new stream resumes).
+async fn slot_confirmed(connection: &ConnectionConfig, slot: &str) -> Result<Lsn, Error> {
+    let client = connection.connect().await?;
+    let row = client
+        .query_one(
+            "select coalesce(confirmed_flush_lsn, '0/0')::text from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(crate::error::query("reading the slot's confirmed position"))?;
+    Ok(row.get::<_, String>(0).parse().unwrap_or_default())
 }

@@ -471,7 +471,8 @@ impl ConnectionConfig {
     }
 
     /// `host=... port=... dbname=... user=...` (plus `sslmode=...` for TCP);
-    /// never includes the password. For error messages and logs.
+    /// never includes the password, always one line. For error messages and
+    /// logs.
     pub fn describe(&self) -> String {
         let mut text = format!(
             "host={} port={} dbname={} user={}",
@@ -486,6 +487,20 @@ impl ConnectionConfig {
         if !self.is_unix_socket() {
             text.push_str(" sslmode=");
             text.push_str(self.ssl_mode.as_str());
+        }
+        // A control character in a name (a newline in a dbname) must not
+        // break a log line in two.
+        if text.chars().any(char::is_control) {
+            text = text
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
         }
         text
     }

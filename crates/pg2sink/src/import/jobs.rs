@@ -212,6 +212,19 @@ impl Jobs {
         Ok(())
     }
 
+    /// Frees every claimed job of the publication (their owner is known to
+    /// be gone: the HA lock's new holder calls this). Returns how many.
+    pub async fn release_all(&self, client: &Client) -> Result<u64, Error> {
+        let sql = format!(
+            "update {} set owner = null, lease_until = null where publication = $1 and owner is not null",
+            self.table
+        );
+        client
+            .execute(&sql, &[&self.publication])
+            .await
+            .map_err(query("releasing the previous active's import jobs"))
+    }
+
     /// Gives a job back (on shutdown) so another worker can take it at once.
     pub async fn release(&self, client: &Client, job: &Job) -> Result<(), Error> {
         let sql = format!(

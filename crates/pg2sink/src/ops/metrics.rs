@@ -109,6 +109,7 @@ struct Metrics {
     errors: Family<KindLabel, Counter>,
     heartbeats: Counter,
     up_streaming: Gauge,
+    active: Gauge,
     streaming: AtomicBool,
 }
 
@@ -270,6 +271,12 @@ impl Metrics {
             "1 while the replication stream is connected, else 0",
             up_streaming.clone(),
         );
+        let active = Gauge::default();
+        registry.register(
+            "pg2sink_active",
+            "1 while this process is the active instance (holds the slot's HA lock), 0 while it is a standby waiting to take over or starting",
+            active.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -296,6 +303,7 @@ impl Metrics {
             errors,
             heartbeats,
             up_streaming,
+            active,
             streaming: AtomicBool::new(false),
         }
     }
@@ -475,6 +483,13 @@ pub fn import_progress(table: &str, processed: i64, estimated: Option<i64>, comp
         _ => 0.0,
     };
     m.import_progress.get_or_create(&label).set(ratio);
+}
+
+/// This process's HA role changed.
+pub fn role(role: crate::source::ha::Role) {
+    metrics()
+        .active
+        .set(i64::from(role == crate::source::ha::Role::Active));
 }
 
 /// Marks the replication stream connected while the guard lives.

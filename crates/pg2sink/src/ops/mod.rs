@@ -31,6 +31,8 @@ const POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub struct Ops {
     pub scope: Scope,
     pub slot_name: String,
+    /// Whether instances coordinate through the HA lock (`--ha`).
+    pub ha: bool,
     connection: ConnectionConfig,
     /// The API's bearer token, when the changing calls are guarded.
     token: Option<String>,
@@ -78,6 +80,7 @@ pub async fn start(
             manager: subscription_options(args),
         },
         slot_name: slot_name.to_string(),
+        ha: args.ha && !args.decode_only,
         connection: connection.clone(),
         token: args.api_token.clone().filter(|t| !t.is_empty()),
         client: Mutex::new(None),

@@ -123,6 +123,8 @@ async fn status(State(ops): State<Arc<Ops>>) -> Response {
         "publication": ops.scope.publication,
         "slot": snapshot.slot,
         "slot_name": ops.slot_name,
+        "role": crate::source::ha::role().as_str(),
+        "ha": ops.ha,
         "streaming": metrics::is_streaming(),
         "confirmed_lsn": metrics::confirmed_lsn().to_string(),
         "changes_emitted": metrics::changes_emitted_total(),

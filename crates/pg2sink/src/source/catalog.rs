@@ -346,7 +346,7 @@ pub fn slot_active(slot: &str, pid: Option<i32>) -> Problem {
     );
     Problem::new(format!("replication slot {slot:?} is in use by {who}"))
         .detail("only one consumer can stream from a slot at a time; another pg2sink with the same --subscription-name is probably running")
-        .hint("stop the other consumer, or give this one a different --subscription-name")
+        .hint("stop the other consumer, give this one a different --subscription-name, or leave --ha on (the default) so a second pg2sink waits as a standby")
 }
 
 /// What to do when the slot's changes are gone: start over with imports.

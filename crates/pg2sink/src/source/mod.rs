@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod connection;
+pub mod ha;
 pub mod heartbeat;
 pub mod pgoutput;
 pub mod replication;

@@ -302,31 +302,32 @@ impl<'a> Session<'a> {
                 self.relations.insert(table.id, table);
             }
             PgOutputMessage::Insert(insert) => {
-                let table = self.table(insert.relation)?;
-                let (after, unchanged) = tuple_to_row(table, &insert.new, None, false);
+                let (after, unchanged) = self
+                    .convert(insert.relation, insert.new, None, false)
+                    .await?;
                 self.emit(insert.relation, Op::Insert, None, Some(after), unchanged)
                     .await?;
             }
             PgOutputMessage::Update(update) => {
-                let table = self.table(update.relation)?;
-                let (before, full_old) = match &update.old {
+                let id = update.relation;
+                let (before, full_old) = match update.old {
                     None => (None, None),
                     Some(OldTuple::Key(old)) => {
-                        (Some(tuple_to_row(table, old, None, true).0), None)
+                        (Some(self.convert(id, old, None, true).await?.0), None)
                     }
-                    Some(OldTuple::Full(old)) => {
-                        (Some(tuple_to_row(table, old, None, false).0), Some(old))
-                    }
+                    Some(OldTuple::Full(old)) => (
+                        Some(self.convert(id, old.clone(), None, false).await?.0),
+                        Some(old),
+                    ),
                 };
-                let (after, unchanged) = tuple_to_row(table, &update.new, full_old, false);
+                let (after, unchanged) = self.convert(id, update.new, full_old, false).await?;
                 self.emit(update.relation, Op::Update, before, Some(after), unchanged)
                     .await?;
             }
             PgOutputMessage::Delete(delete) => {
-                let table = self.table(delete.relation)?;
-                let before = match &delete.old {
-                    OldTuple::Key(old) => tuple_to_row(table, old, None, true).0,
-                    OldTuple::Full(old) => tuple_to_row(table, old, None, false).0,
+                let before = match delete.old {
+                    OldTuple::Key(old) => self.convert(delete.relation, old, None, true).await?.0,
+                    OldTuple::Full(old) => self.convert(delete.relation, old, None, false).await?.0,
                 };
                 self.emit(delete.relation, Op::Delete, Some(before), None, vec![])
                     .await?;
@@ -348,6 +349,43 @@ impl<'a> Session<'a> {
             PgOutputMessage::Origin(_) => {}
         }
         Ok(())
+    }
+
+    /// [`tuple_to_row`] for a change of relation `id`. A huge tuple is
+    /// converted on a blocking thread while this session keeps answering
+    /// the server: converting hundreds of megabytes can outlast the
+    /// server's `wal_sender_timeout`, which would drop the connection (and
+    /// the same row would arrive, and time out, again and again).
+    async fn convert(
+        &mut self,
+        id: RelationId,
+        tuple: TupleData,
+        full_old: Option<TupleData>,
+        keys_only: bool,
+    ) -> Result<(Row, Vec<String>), Error> {
+        let table = self.table(id)?;
+        let size = tuple_bytes(&tuple) + full_old.as_ref().map_or(0, tuple_bytes);
+        if size < BIG_TUPLE_BYTES {
+            return Ok(tuple_to_row(table, &tuple, full_old.as_ref(), keys_only));
+        }
+        tracing::debug!(
+            bytes = size,
+            "converting a huge row off the session's thread"
+        );
+        let table = table.clone();
+        let mut work = tokio::task::spawn_blocking(move || {
+            tuple_to_row(&table, &tuple, full_old.as_ref(), keys_only)
+        });
+        loop {
+            tokio::select! {
+                done = &mut work => {
+                    return done.map_err(|e| {
+                        Error::Definite(Problem::new(format!("converting a row failed: {e}")))
+                    });
+                }
+                _ = tokio::time::sleep(self.status_interval) => self.send_status(false).await?,
+            }
+        }
     }
 
     fn table(&self, id: RelationId) -> Result<&Table, Error> {
@@ -528,6 +566,20 @@ fn protocol_violation(what: &str) -> Error {
 /// tuple carries nulls elsewhere). Unchanged TOAST values are taken from
 /// `full_old` when the old row was sent whole, else left out and named in
 /// the returned list.
+/// Tuples past this size are converted off the session's thread.
+const BIG_TUPLE_BYTES: usize = 16 << 20;
+
+fn tuple_bytes(tuple: &TupleData) -> usize {
+    tuple
+        .0
+        .iter()
+        .map(|v| match v {
+            ColumnValue::Text(b) | ColumnValue::Binary(b) => b.len(),
+            ColumnValue::Null | ColumnValue::UnchangedToast => 0,
+        })
+        .sum()
+}
+
 fn tuple_to_row(
     table: &Table,
     tuple: &TupleData,

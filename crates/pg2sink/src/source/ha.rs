@@ -1,0 +1,322 @@
+//! High availability: several pg2sink processes with the same settings, one
+//! active, the others standing by until it stops.
+//!
+//! How: the active process holds a session-level advisory lock keyed on the
+//! slot's name, on a connection of its own that lives as long as it does.
+//! The server releases the lock the moment that session ends (the process
+//! exits, is killed, or its host goes away and the connection is dropped),
+//! and a standby waiting in `pg_advisory_lock` gets it at once.
+//!
+//! Promises: at most one process holding the lock streams, imports or
+//! writes to the sink; a standby opens nothing of the sink before it holds
+//! the lock; if the lock's connection is lost while active, the process
+//! stops streaming (a standby may already have taken over) rather than
+//! carrying on without it. The slot itself remains the last guard: the
+//! server lets one walsender at a time stream from it.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::config::connection::ConnectionConfig;
+use crate::error::{query, Error, Problem};
+use crate::retry::Backoff;
+
+/// The first key of every pg2sink lock ("pg2s"), so the locks do not clash
+/// with an application's own single-key advisory locks.
+pub const LOCK_CLASS: i32 = 0x7067_3273;
+
+/// How long one wait for the lock lasts before checking for a shutdown.
+const WAIT_SLICE: &str = "2s";
+
+/// How often the active process checks that its lock connection is alive.
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The second key: a hash of the slot's name (FNV-1a, stable everywhere).
+pub fn lock_key(slot: &str) -> i32 {
+    let hash = slot.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash as i32
+}
+
+/// This process's part, as shown in logs, `/api/status` and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Connecting and checking the server.
+    Starting = 0,
+    /// Waiting for the active process to stop.
+    Standby = 1,
+    /// Holds the lock (or runs without HA): streams.
+    Active = 2,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Standby => "standby",
+            Role::Active => "active",
+        }
+    }
+}
+
+static ROLE: AtomicU8 = AtomicU8::new(Role::Starting as u8);
+
+/// This process's role now.
+pub fn role() -> Role {
+    match ROLE.load(Ordering::Relaxed) {
+        1 => Role::Standby,
+        2 => Role::Active,
+        _ => Role::Starting,
+    }
+}
+
+pub fn set_role(role: Role) {
+    ROLE.store(role as u8, Ordering::Relaxed);
+    crate::ops::metrics::role(role);
+}
+
+/// The held lock. Dropping it closes the connection, which releases it.
+pub struct Leadership {
+    /// Becomes true if the lock's connection was lost while active.
+    pub lost: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Leadership {
+    /// For a process running without HA (`--ha=false`): holds nothing.
+    pub fn without_lock(lost: watch::Receiver<bool>) -> Leadership {
+        Leadership {
+            lost,
+            task: tokio::spawn(async {}),
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until this process holds the lock for `slot`, or until
+/// `shutdown` (then `None`). Connection failures are retried with back-off.
+pub async fn acquire(
+    connection: &ConnectionConfig,
+    slot: &str,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<Leadership>, Error> {
+    let key = lock_key(slot);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut announced = false;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(None);
+        }
+        let attempt = async {
+            let client = connection.connect().await?;
+            client
+                .batch_execute(&format!("set lock_timeout = '{WAIT_SLICE}'"))
+                .await
+                .map_err(query("setting lock_timeout on the HA lock's connection"))?;
+            loop {
+                if *shutdown.borrow() {
+                    return Ok(None);
+                }
+                match client
+                    .execute("select pg_advisory_lock($1, $2)", &[&LOCK_CLASS, &key])
+                    .await
+                {
+                    Ok(_) => return Ok(Some(client)),
+                    // 55P03 lock_not_available: lock_timeout passed; the
+                    // active process is still there.
+                    Err(e) if e.code().map(|c| c.code()) == Some("55P03") => {
+                        if !announced {
+                            announced = true;
+                            set_role(Role::Standby);
+                            let holder = holder(&client, key).await.ok().flatten();
+                            tracing::info!(
+                                slot,
+                                active_backend_pid = holder.as_ref().map(|h| h.pid),
+                                active_client = holder.as_ref().and_then(|h| h.client.clone()),
+                                "standby: another pg2sink is active for this slot; waiting to take over"
+                            );
+                        }
+                    }
+                    Err(e) => return Err(query("waiting for the HA lock")(e)),
+                }
+            }
+        };
+        let attempt: Result<Option<Client>, Error> = attempt.await;
+        match attempt {
+            Ok(None) => return Ok(None),
+            Ok(Some(client)) => {
+                if announced {
+                    tracing::info!(slot, "the active pg2sink stopped: taking over");
+                }
+                client
+                    .batch_execute("set lock_timeout = 0")
+                    .await
+                    .map_err(query("resetting lock_timeout"))?;
+                let (lost_tx, lost) = watch::channel(false);
+                let task = tokio::spawn(watch_lock(client, lost_tx, shutdown.clone()));
+                return Ok(Some(Leadership { lost, task }));
+            }
+            Err(e) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the server to wait for the HA lock; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wait_true(shutdown.clone()) => return Ok(None),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Keeps the lock's connection busy enough to notice when it breaks.
+async fn watch_lock(client: Client, lost: watch::Sender<bool>, shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            // Holds the connection (and so the lock) until the process ends.
+            _ = wait_true(shutdown.clone()) => {
+                std::future::pending::<()>().await;
+            }
+        }
+        let check = tokio::time::timeout(CHECK_INTERVAL * 2, client.simple_query("select 1"));
+        let failure = match check.await {
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 10s".to_string(),
+        };
+        tracing::error!(error = %failure, "lost the connection that holds the HA lock: a standby may take over, so this process stops streaming");
+        let _ = lost.send(true);
+        return;
+    }
+}
+
+/// The problem reported when the lock was lost while active.
+pub fn lost_problem() -> Problem {
+    Problem::new("stopped: the connection holding the HA lock was lost, so another pg2sink may now be active")
+        .detail("everything confirmed so far is in the sink; the active process resumes from the slot's confirmed position")
+        .hint("check the network to PostgreSQL; start pg2sink again (it waits as a standby if another instance is active)")
+}
+
+/// The backend holding the lock, for logs and `pg2sink status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LockHolder {
+    pub pid: i32,
+    pub client: Option<String>,
+    pub application_name: Option<String>,
+    /// Whether it holds the lock (the active one) or waits (a standby).
+    pub granted: bool,
+}
+
+/// Every pg2sink session holding or waiting for the lock of `slot`, the
+/// active one first.
+pub async fn sessions(client: &Client, slot: &str) -> Result<Vec<LockHolder>, Error> {
+    let rows = client
+        .query(
+            "select l.pid, host(a.client_addr) || ':' || a.client_port, a.application_name, l.granted
+               from pg_locks l left join pg_stat_activity a on a.pid = l.pid
+              where l.locktype = 'advisory' and l.database = (select oid from pg_database where datname = current_database())
+                and l.classid::bigint = $1 and l.objid::bigint = $2 and l.objsubid = 2
+              order by l.granted desc, a.backend_start",
+            &[&i64::from(LOCK_CLASS as u32), &i64::from(lock_key(slot) as u32)],
+        )
+        .await
+        .map_err(query("reading pg2sink's HA locks"))?;
+    Ok(rows
+        .iter()
+        .map(|r| LockHolder {
+            pid: r.get(0),
+            client: r.get(1),
+            application_name: r.get(2),
+            granted: r.get(3),
+        })
+        .collect())
+}
+
+async fn holder(client: &Client, key: i32) -> Result<Option<LockHolder>, Error> {
+    let row = client
+        .query_opt(
+            "select l.pid, host(a.client_addr) || ':' || a.client_port, a.application_name
+               from pg_locks l left join pg_stat_activity a on a.pid = l.pid
+              where l.locktype = 'advisory' and l.granted
+                and l.database = (select oid from pg_database where datname = current_database())
+                and l.classid::bigint = $1 and l.objid::bigint = $2 and l.objsubid = 2",
+            &[&i64::from(LOCK_CLASS as u32), &i64::from(key as u32)],
+        )
+        .await
+        .map_err(query("reading who holds the HA lock"))?;
+    Ok(row.map(|r| LockHolder {
+        pid: r.get(0),
+        client: r.get(1),
+        application_name: r.get(2),
+        granted: true,
+    }))
+}
+
+/// Waits until no walsender streams from `slot`: after the active process
+/// was killed, its walsender can linger a moment before the server notices.
+pub async fn wait_slot_released(
+    client: &Client,
+    slot: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut waited = false;
+    loop {
+        let pid: Option<i32> = client
+            .query_opt(
+                "select active_pid from pg_replication_slots where slot_name = $1 and active",
+                &[&slot],
+            )
+            .await
+            .map_err(query("checking whether the slot is in use"))?
+            .and_then(|r| r.get(0));
+        let Some(pid) = pid else {
+            if waited {
+                tracing::info!(slot, "the slot is free");
+            }
+            return Ok(());
+        };
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        if !waited {
+            tracing::info!(slot, walsender_pid = pid, "the slot is still in use (the previous active's walsender has not exited yet); waiting for it");
+            waited = true;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_and_distinct() {
+        assert_eq!(lock_key("pg2sink_app"), lock_key("pg2sink_app"));
+        assert_ne!(lock_key("pg2sink_app"), lock_key("pg2sink_other"));
+        // Pinned: a change would let an old and a new version both be active.
+        assert_eq!(lock_key(""), 0x811c_9dc5u32 as i32);
+    }
+}
