@@ -51,35 +51,54 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
     crate::ops::start(&args, &connection, &slot_name, shutdown.clone()).await?;
 
     let ha = args.ha && !args.decode_only;
-    let leadership = if ha {
-        // The standby holds no other connection while it waits.
-        drop(client);
-        let Some(leadership) = ha::acquire(&connection, &slot_name, shutdown.clone()).await? else {
-            return Ok(());
+    drop(client);
+    loop {
+        let leadership = if ha {
+            // The standby holds no other connection while it waits.
+            let Some(leadership) = ha::acquire(&connection, &slot_name, shutdown.clone()).await?
+            else {
+                return Ok(());
+            };
+            leadership
+        } else {
+            // Nothing to lose: a channel whose sender is gone never turns true.
+            let (_, lost) = watch::channel(false);
+            ha::Leadership::without_lock(lost)
         };
-        leadership
-    } else {
-        drop(client);
-        // Nothing to lose: a channel whose sender is gone never turns true.
-        let (_, lost) = watch::channel(false);
-        ha::Leadership::without_lock(lost)
-    };
-    set_role(Role::Active);
-    tracing::info!(slot = %slot_name, ha, "active: this process streams");
-    let mut lost = leadership.lost.clone();
-    let lost_tx = shutdown_tx.clone();
-    tokio::spawn(async move {
-        if lost.wait_for(|l| *l).await.is_ok() {
-            let _ = lost_tx.send(true);
+        set_role(Role::Active);
+        tracing::info!(slot = %slot_name, ha, "active: this process streams");
+        // This term as the active process ends at a signal, or when the
+        // lock's connection is lost (a standby may then take over).
+        let (term_tx, term) = watch::channel(false);
+        let (mut lost, mut signalled) = (leadership.lost.clone(), shutdown.clone());
+        let watcher = tokio::spawn(async move {
+            let lost = async {
+                if lost.wait_for(|l| *l).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = lost => {}
+                _ = signalled.wait_for(|s| *s) => {}
+            }
+            let _ = term_tx.send(true);
+        });
+        let result = run_active(&args, &connection, &server, &slot_name, ha, term).await;
+        watcher.abort();
+        let lost = *leadership.lost.borrow();
+        drop(leadership);
+        if !lost || *shutdown.borrow() {
+            return result;
         }
-    });
-
-    let result = run_active(&args, &connection, &server, &slot_name, ha, shutdown).await;
-    if *leadership.lost.borrow() {
-        return Err(ha::lost_problem().into());
+        // Stopped cleanly (everything durable confirmed): a network blip
+        // should not end the process, so contend for the lock again, as a
+        // standby would.
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "the active term ended with an error");
+        }
+        tracing::warn!("{}; waiting to become active again", ha::lost_problem());
+        set_role(Role::Standby);
     }
-    drop(leadership);
-    result
 }
 
 /// Everything the active process does: set-up, imports and streaming.
