@@ -52,6 +52,7 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
 
     let ha = args.ha && !args.decode_only;
     drop(client);
+    let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let leadership = if ha {
             // The standby holds no other connection while it waits.
@@ -87,16 +88,27 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
         watcher.abort();
         let lost = *leadership.lost.borrow();
         drop(leadership);
-        if !lost || *shutdown.borrow() {
+        if *shutdown.borrow() {
             return result;
         }
-        // Stopped cleanly (everything durable confirmed): a network blip
-        // should not end the process, so contend for the lock again, as a
-        // standby would.
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "the active term ended with an error");
+        // A network blip should not end the process: after losing the lock
+        // (the term stopped cleanly, everything durable confirmed) or a
+        // transient failure while setting up (e.g. a connection cut during
+        // the first queries), contend for the lock again, as a standby.
+        match &result {
+            _ if lost => {
+                tracing::warn!("{}; waiting to become active again", ha::lost_problem());
+            }
+            Err(e) if e.is_transient() => {
+                let delay = retry.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "the active term failed; starting over");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wait_true(shutdown.clone()) => return Ok(()),
+                }
+            }
+            _ => return result,
         }
-        tracing::warn!("{}; waiting to become active again", ha::lost_problem());
         set_role(Role::Standby);
     }
 }
