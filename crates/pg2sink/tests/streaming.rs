@@ -505,7 +505,8 @@ fn connects_as_a_scram_role_over_verified_tls_from_pg_variables() {
     ));
     assert_eq!(ssl, "t", "every pg2sink connection uses TLS");
     db.psql("insert into owned values (1)");
-    wait_until(WAIT, "the row", || read_lines(&modifications).len() == 1);
+    // The insert, or the import of the row when the import read it first.
+    wait_until(WAIT, "the row", || !read_lines(&modifications).is_empty());
     stop(&mut p);
 }
 
