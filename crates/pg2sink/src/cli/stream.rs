@@ -37,9 +37,7 @@ pub async fn run(args: StreamArgs) -> Result<(), Error> {
     tracing::info!(server = %connection.describe(), version = server.version_num, "connected");
     let slot_name = slot_name_for(&args.source.subscription_name, &server.database);
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let shutdown_tx = Arc::new(shutdown_tx);
-    let signal_tx = shutdown_tx.clone();
+    let (signal_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received: finishing, flushing and confirming before exit");
@@ -520,12 +518,9 @@ async fn wait_for_signal() {
 /// The slot's confirmed position (where a new stream resumes).
 async fn slot_confirmed(connection: &ConnectionConfig, slot: &str) -> Result<Lsn, Error> {
     let client = connection.connect().await?;
-    let row = client
-        .query_one(
-            "select coalesce(confirmed_flush_lsn, '0/0')::text from pg_replication_slots where slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(crate::error::query("reading the slot's confirmed position"))?;
-    Ok(row.get::<_, String>(0).parse().unwrap_or_default())
+    let state = crate::ops::slot::SlotState::read(&client, slot).await?;
+    Ok(state
+        .confirmed_lsn
+        .and_then(|lsn| lsn.parse().ok())
+        .unwrap_or_default())
 }
