@@ -345,10 +345,13 @@ fn rows_updated_inside_a_chunk_window_keep_their_unchanged_toast_values() {
          alter table t alter column big set storage external;
          insert into t select g, 'old', repeat(md5(g::text), 200) from generate_series(1, 4) g",
     );
+    // Only this database's sessions: other tests' import workers, in other
+    // databases of the same server, run (and idle after) the same query.
     wait_until(WAIT, "the import to wait for the open transaction", || {
         db.psql(
             "select count(*) from pg_stat_activity
-              where query like '%pg_snapshot_xip%' and pid <> pg_backend_pid()",
+              where datname = current_database()
+                and query like '%pg_snapshot_xip%' and pid <> pg_backend_pid()",
         ) != "0"
     });
     // Inside the window: updates that leave `big` out of the stream.
