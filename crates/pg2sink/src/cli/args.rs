@@ -251,6 +251,13 @@ pub struct StreamArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub import_batch_limit: u32,
 
+    /// Connections per import worker that read chunks of its table side by
+    /// side (each worker also holds one control connection). 1 reads one
+    /// chunk at a time and skips finding chunk boundaries first.
+    #[arg(long = "import-worker.readers", env = "PG2SINK_IMPORT_WORKER_READERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub import_readers: u32,
+
     /// How long a chunk waits for the stream to reach its high watermark
     /// before it is read again.
     #[arg(long = "import-worker.chunk-timeout", env = "PG2SINK_IMPORT_WORKER_CHUNK_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]

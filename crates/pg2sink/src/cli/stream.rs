@@ -260,6 +260,8 @@ async fn stream_to_sink(
         publication: args.source.subscription_name.clone(),
         batch_limit: args.import_batch_limit as usize,
         workers: args.import_workers,
+        readers: args.import_readers as usize,
+        render_json: matches!(args.sink, super::args::SinkKind::File),
         chunk_timeout: args.import_chunk_timeout,
     };
     let workers: Vec<_> = (0..args.import_workers)

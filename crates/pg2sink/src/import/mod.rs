@@ -3,6 +3,7 @@
 //! watermarks, so no stale row ever overwrites a newer change.
 
 pub mod jobs;
+pub mod reader;
 pub mod table;
 pub mod watermark;
 pub mod worker;

@@ -140,39 +140,97 @@ impl ImportTable {
     /// The next chunk after `cursor` (the previous chunk's last key, as
     /// text), in key order.
     pub fn chunk_sql(&self, cursor: Option<&[String]>, limit: usize) -> String {
+        self.range_sql(cursor, None, limit)
+    }
+
+    /// The rows with keys after `after` (none: from the start), up to and
+    /// including `upto`, in key order; at most `limit` rows when there is no
+    /// upper bound. A bounded range has no limit: cutting it short would
+    /// leave a gap before the next range, which starts at `upto`.
+    pub fn range_sql(
+        &self,
+        after: Option<&[String]>,
+        upto: Option<&[String]>,
+        limit: usize,
+    ) -> String {
         let columns: Vec<String> = self
             .table
             .columns
             .iter()
             .map(|c| quote_ident(&c.name))
             .collect();
-        let key: Vec<String> = self.key.iter().map(|(c, _)| quote_ident(c)).collect();
-        let from = format!(
-            "{}.{}",
-            quote_ident(&self.table.namespace),
-            quote_ident(&self.table.name)
-        );
         let select = if columns.is_empty() {
             "null".to_string()
         } else {
             columns.join(", ")
         };
-        let filter = match cursor {
-            Some(values) => {
-                let literals: Vec<String> = values
-                    .iter()
-                    .zip(&self.key)
-                    .map(|(v, (_, ty))| {
-                        format!("{}::{ty}", crate::source::catalog::quote_literal(v))
-                    })
-                    .collect();
-                format!(" where ({}) > ({})", key.join(", "), literals.join(", "))
-            }
-            None => String::new(),
+        let key = self.quoted_key();
+        let mut conditions = vec![];
+        if let Some(after) = after {
+            conditions.push(format!("({key}) > ({})", self.literals(after)));
+        }
+        if let Some(upto) = upto {
+            conditions.push(format!("({key}) <= ({})", self.literals(upto)));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" where {}", conditions.join(" and "))
+        };
+        let limit = match upto {
+            Some(_) => String::new(),
+            None => format!(" limit {limit}"),
         };
         format!(
-            "select {select} from {from}{filter} order by {} limit {limit}",
-            key.join(", ")
+            "select {select} from {}{filter} order by {key}{limit}",
+            self.quoted_name()
         )
+    }
+
+    /// The key `rows` rows after `after`, as text: where a chunk of that
+    /// many rows ends. No row when fewer are left. Walks the key's index
+    /// only (an index-only scan on a vacuumed table).
+    pub fn boundary_sql(&self, after: Option<&[String]>, rows: usize) -> String {
+        let key = self.quoted_key();
+        let texts: Vec<String> = self
+            .key
+            .iter()
+            .map(|(c, _)| format!("{}::text", quote_ident(c)))
+            .collect();
+        let filter = match after {
+            Some(after) => format!(" where ({key}) > ({})", self.literals(after)),
+            None => String::new(),
+        };
+        // Text forms outside: an output column named like a key column
+        // would otherwise be what ORDER BY sorts on.
+        format!(
+            "select {} from (select {key} from {}{filter} order by {key} offset {} limit 1) boundary",
+            texts.join(", "),
+            self.quoted_name(),
+            rows.saturating_sub(1)
+        )
+    }
+
+    fn quoted_key(&self) -> String {
+        let key: Vec<String> = self.key.iter().map(|(c, _)| quote_ident(c)).collect();
+        key.join(", ")
+    }
+
+    fn quoted_name(&self) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(&self.table.namespace),
+            quote_ident(&self.table.name)
+        )
+    }
+
+    /// Key values (text) as literals of the key's types.
+    fn literals(&self, values: &[String]) -> String {
+        let literals: Vec<String> = values
+            .iter()
+            .zip(&self.key)
+            .map(|(v, (_, ty))| format!("{}::{ty}", crate::source::catalog::quote_literal(v)))
+            .collect();
+        literals.join(", ")
     }
 }

@@ -1,28 +1,34 @@
 //! Import workers: claim a job, walk its table in key-ordered chunks, each
-//! merged into the stream between a low and a high watermark, and advance
-//! the cursor only once the sink has made the chunk durable.
+//! merged into the stream between a low and a high watermark (see
+//! [`super::reader`]), and advance the cursor only once the sink has made
+//! the chunk durable.
 //!
 //! Promises: each chunk is one short statement outside any long
-//! transaction; no lock beyond what a plain SELECT takes; a chunk waits for
-//! every transaction that was open at its low watermark to finish, so a row
-//! committed just before the watermark (or by a transaction that was open
-//! when its table joined the publication) is never missed or overtaken.
+//! transaction; no lock beyond what a plain SELECT takes; the chunks read
+//! cover the key space without a gap (each starts where the previous one
+//! ends); the saved cursor never passes a chunk that is not durable.
+//!
+//! A worker holds one control connection (jobs, chunk boundaries) and
+//! `--import-worker.readers` reader connections. With more than one reader
+//! it first finds where the next chunk ends (the key `batch-limit` rows
+//! on, an index-only walk) so that chunks can be read side by side.
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_postgres::Client;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::jobs::{Job, Jobs};
+use super::reader::{self, ChunkRead, Reader};
 use super::table::{self, ImportTable, KeyChoice};
-use super::watermark::{ChunkRows, Watermarks, WATERMARK_PREFIX};
+use super::watermark::Watermarks;
 use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, Problem};
-use crate::model::{CopyRow, Lsn, Table};
+use crate::model::{Lsn, Table};
 use crate::source::types::TypeRegistry;
 
 #[derive(Clone, Debug)]
@@ -31,6 +37,10 @@ pub struct ImportOptions {
     pub publication: String,
     pub batch_limit: usize,
     pub workers: usize,
+    /// Reader connections per worker: chunks of one table read at once.
+    pub readers: usize,
+    /// Render rows' JSON in the readers (the sink writes JSON lines).
+    pub render_json: bool,
     /// How long to wait for the stream to reach a chunk's high watermark
     /// before reading the chunk again.
     pub chunk_timeout: Duration,
@@ -39,6 +49,8 @@ pub struct ImportOptions {
 /// A lease outlives a chunk by far; it only matters after a crash.
 const LEASE: Duration = Duration::from_secs(60);
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often a running import saves its cursor (see `Worker::import`).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Chunks read ahead of the oldest one not yet durable: enough to keep
 /// Postgres, the stream and the sink busy at once, and a bound on memory
 /// (this many times `batch_limit` rows).
@@ -58,7 +70,15 @@ pub async fn run(
     let jobs = Jobs::new(&options.schema, &options.publication);
     let mut backoff = crate::retry::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     while !*shutdown.borrow() {
-        let client = match connection.connect().await {
+        let connected = async {
+            let client = connection.connect().await?;
+            let mut readers = vec![];
+            for _ in 0..options.readers.max(1) {
+                readers.push(Arc::new(Reader::new(connection.connect().await?).await?));
+            }
+            Ok::<_, Error>((client, readers))
+        };
+        let (client, readers) = match connected.await {
             // Connected: whatever outage grew the back-off is over, so the
             // next failure waits from the shortest delay again.
             Ok(c) => {
@@ -73,6 +93,7 @@ pub async fn run(
         };
         let mut worker = Worker {
             client,
+            readers,
             jobs: jobs.clone(),
             options: options.clone(),
             watermarks: watermarks.clone(),
@@ -92,7 +113,9 @@ pub async fn run(
 }
 
 struct Worker {
+    /// Jobs and chunk boundaries.
     client: Client,
+    readers: Vec<Arc<Reader>>,
     jobs: Jobs,
     options: ImportOptions,
     watermarks: Arc<Watermarks>,
@@ -104,11 +127,10 @@ struct Worker {
 
 impl Worker {
     async fn work(&mut self) -> Result<(), Error> {
-        // Watermarks must reach the WAL on disk at once: the walsender only
-        // decodes flushed WAL, so with the server's synchronous_commit=off
-        // every chunk would wait for the WAL writer.
+        // A cursor or job update lost in a server crash only means chunks
+        // imported again (at least once): no need to wait for its flush.
         self.client
-            .batch_execute("set synchronous_commit = on")
+            .batch_execute("set synchronous_commit = off")
             .await
             .map_err(query("configuring the import session"))?;
         loop {
@@ -122,7 +144,9 @@ impl Worker {
             };
             match self.import(&job).await {
                 Ok(()) => {}
-                Err(e) if self.client.is_closed() => return Err(e),
+                Err(e) if self.client.is_closed() || self.readers.iter().any(|r| r.is_closed()) => {
+                    return Err(e)
+                }
                 Err(e) => {
                     crate::ops::metrics::error(crate::ops::metrics::kind::IMPORT);
                     tracing::warn!(table = %job.qualified_name(), error = %e, "import failed; it will be retried");
@@ -169,50 +193,77 @@ impl Worker {
         // the stream and the sink; the cursor still only moves past chunks
         // that are durable, in order.
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        // Where the next chunk to read starts, and whether the table ends
-        // with the chunks read so far.
+        // Where the next chunk to read starts, and whether the chunks read
+        // so far reach the table's end.
         let mut read_from = cursor.clone();
         let mut exhausted = false;
+        let mut next_reader = 0;
+        // Durable rows the job's row does not count yet: the cursor is
+        // saved every SAVE_EVERY, not after every chunk (a crash imports at
+        // most that much again).
+        let mut unsaved = 0;
+        let mut saved_at = Instant::now();
         loop {
             while !exhausted && in_flight.len() < READ_AHEAD && !*self.shutdown.borrow() {
-                let chunk = self
-                    .read_chunk(job, &table, &shape, read_from.as_deref())
-                    .await?;
-                exhausted = chunk.rows < self.options.batch_limit;
-                if let Some(last) = &chunk.last_key {
-                    read_from = Some(last.clone());
+                // With several readers, where this chunk ends is found first
+                // so the next one can start at once; none when fewer rows
+                // are left (the last chunk) or with one reader.
+                let upto = if self.readers.len() > 1 {
+                    self.boundary(&table, read_from.as_deref()).await?
+                } else {
+                    None
+                };
+                let reader = self.readers[next_reader % self.readers.len()].clone();
+                next_reader += 1;
+                let mut chunk =
+                    self.start_chunk(reader, &table, &shape, read_from.as_deref(), upto.clone());
+                match upto {
+                    Some(upto) => read_from = Some(upto),
+                    None => {
+                        // Open-ended: whether rows are left after it is
+                        // known only once it is read.
+                        let read = chunk.finish_read(&self.watermarks).await?;
+                        exhausted = read.rows < self.options.batch_limit;
+                        if let Some(last) = &read.last_key {
+                            read_from = Some(last.clone());
+                        }
+                    }
                 }
                 in_flight.push_back(chunk);
             }
             let Some(mut oldest) = in_flight.pop_front() else {
                 // Shutting down between chunks.
+                self.save(job, cursor.as_deref(), unsaved, false).await?;
                 self.jobs.release(&self.client, job).await?;
                 return Ok(());
             };
-            if !self.settle(job, &mut oldest).await? {
+            let Some(read) = self.settle(job, &mut oldest).await? else {
                 // Not durable (timeout or shutdown): drop the read-ahead and
                 // start again from the last durable cursor.
                 for chunk in in_flight.drain(..) {
                     self.watermarks.forget(&chunk.id);
                 }
                 if *self.shutdown.borrow() {
+                    self.save(job, cursor.as_deref(), unsaved, false).await?;
                     self.jobs.release(&self.client, job).await?;
                     return Ok(());
                 }
                 read_from = cursor.clone();
                 exhausted = false;
                 continue;
-            }
+            };
             let done = exhausted && in_flight.is_empty();
-            imported += oldest.rows as i64;
-            match &oldest.last_key {
-                Some(last) => {
-                    self.jobs
-                        .advance(&self.client, job, last, oldest.rows as i64, done, LEASE)
-                        .await?;
-                    cursor = Some(last.clone());
-                }
-                None => self.jobs.complete(&self.client, job).await?,
+            imported += read.rows as i64;
+            unsaved += read.rows as i64;
+            // A bounded chunk covered the keys up to its bound, an
+            // open-ended one those up to its last row.
+            if let Some(end) = oldest.upto.take().or(read.last_key) {
+                cursor = Some(end);
+            }
+            if done || saved_at.elapsed() >= SAVE_EVERY {
+                self.save(job, cursor.as_deref(), unsaved, done).await?;
+                unsaved = 0;
+                saved_at = Instant::now();
             }
             if done {
                 tracing::info!(table = %job.qualified_name(), rows = imported, elapsed = ?started.elapsed(), "import complete");
@@ -232,15 +283,37 @@ impl Worker {
         }
     }
 
-    /// Reads one chunk between a low and a high watermark and hands its rows
-    /// to the stream.
-    async fn read_chunk(
-        &mut self,
-        job: &Job,
+    /// The key `batch_limit` rows after `after`, where a chunk from there
+    /// ends; `None` when fewer rows are left.
+    async fn boundary(
+        &self,
+        table: &ImportTable,
+        after: Option<&[String]>,
+    ) -> Result<Option<Vec<String>>, Error> {
+        let sql = table.boundary_sql(after, self.options.batch_limit);
+        let messages = self.client.simple_query(&sql).await.map_err(query(format!(
+            "finding where the next chunk of {} ends",
+            table.table.qualified_name()
+        )))?;
+        Ok(messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or_default().to_string())
+                    .collect(),
+            ),
+            _ => None,
+        }))
+    }
+
+    /// Registers a chunk with the stream and starts reading it on `reader`.
+    fn start_chunk(
+        &self,
+        reader: Arc<Reader>,
         table: &ImportTable,
         shape: &Arc<Table>,
-        cursor: Option<&[String]>,
-    ) -> Result<InFlight, Error> {
+        after: Option<&[String]>,
+        upto: Option<Vec<String>>,
+    ) -> InFlight {
         let id = chunk_id();
         let key_columns = table.key_columns();
         let key_positions: Vec<usize> = key_columns
@@ -250,66 +323,65 @@ impl Worker {
         let emitted = self
             .watermarks
             .register(&id, &shape.qualified_name(), key_columns);
-        let result = async {
-            self.watermark(&id, "low").await?;
-            self.wait_for_open_transactions(job).await?;
-            let sql = table.chunk_sql(cursor, self.options.batch_limit);
-            let rows = self.copy_rows(&sql, job).await?;
-            let last_key = rows.last().map(|row| row.texts_at(&key_positions));
-            let count = rows.len();
-            self.watermarks.set_rows(
-                &id,
-                ChunkRows {
-                    table: shape.clone(),
-                    key_positions: key_positions.clone(),
-                    rows,
-                },
-            );
-            self.watermark(&id, "high").await?;
-            Ok::<_, Error>((count, last_key))
+        let chunk = reader::Chunk {
+            id: id.clone(),
+            sql: table.range_sql(after, upto.as_deref(), self.options.batch_limit),
+            table: shape.clone(),
+            key_positions,
+            capacity: self.options.batch_limit,
+            render_json: self.options.render_json,
+        };
+        let read = tokio::spawn(reader::read(reader, self.watermarks.clone(), chunk));
+        InFlight {
+            id,
+            upto,
+            read: Read::Running(read),
+            emitted,
         }
-        .await;
-        match result {
-            Ok((rows, last_key)) => Ok(InFlight {
-                id,
-                emitted,
-                rows,
-                last_key,
-            }),
-            Err(e) => {
-                self.watermarks.forget(&id);
-                Err(e)
+    }
+
+    /// Saves the job's progress: the cursor past the durable chunks, the
+    /// rows they held, and whether the table is done. Also renews the lease.
+    async fn save(
+        &self,
+        job: &Job,
+        cursor: Option<&[String]>,
+        rows: i64,
+        done: bool,
+    ) -> Result<(), Error> {
+        match cursor {
+            Some(cursor) => {
+                self.jobs
+                    .advance(&self.client, job, cursor, rows, done, LEASE)
+                    .await
             }
+            // No row at all: only the end is worth writing down.
+            None if done => self.jobs.complete(&self.client, job).await,
+            None => Ok(()),
         }
     }
 
-    /// Runs the chunk's SELECT through `COPY ... TO STDOUT`: rows arrive as
-    /// text lines kept as received, rendered only by the sink.
-    async fn copy_rows(&self, select: &str, job: &Job) -> Result<Vec<CopyRow>, Error> {
-        copy_rows(&self.client, select, self.options.batch_limit)
-            .await
-            .map_err(query(format!(
-                "reading a chunk of {}",
-                job.qualified_name()
-            )))
-    }
-
-    /// Waits until the stream has emitted the chunk at its high watermark
-    /// and the sink has made it durable. `false` if that did not happen in
-    /// time (the chunk is read again) or pg2sink is stopping.
-    async fn settle(&mut self, job: &Job, chunk: &mut InFlight) -> Result<bool, Error> {
+    /// Waits until the chunk is read, the stream has emitted it at its high
+    /// watermark and the sink has made it durable. `None` if that did not
+    /// happen in time (the chunk is read again) or pg2sink is stopping.
+    async fn settle(
+        &mut self,
+        job: &Job,
+        chunk: &mut InFlight,
+    ) -> Result<Option<ChunkRead>, Error> {
+        let read = chunk.finish_read(&self.watermarks).await?;
         let end = tokio::select! {
             end = tokio::time::timeout(self.options.chunk_timeout, &mut chunk.emitted) => match end {
                 Ok(Ok(end)) => end,
                 _ => {
                     self.watermarks.forget(&chunk.id);
                     tracing::warn!(table = %job.qualified_name(), "the stream did not reach the chunk's high watermark in time; reading it again");
-                    return Ok(false);
+                    return Ok(None);
                 }
             },
             _ = self.shutdown.changed() => {
                 self.watermarks.forget(&chunk.id);
-                return Ok(false);
+                return Ok(None);
             }
         };
         // Only once durable may the cursor pass the chunk.
@@ -318,71 +390,46 @@ impl Worker {
                 changed = self.durable.changed() => if changed.is_err() {
                     return Err(Problem::new("the sink stopped").into());
                 },
-                _ = self.shutdown.changed() => return Ok(false),
+                _ = self.shutdown.changed() => return Ok(None),
             }
         }
-        Ok(true)
-    }
-
-    async fn watermark(&self, id: &str, kind: &str) -> Result<(), Error> {
-        self.client
-            .execute(
-                "select pg_logical_emit_message(true, $1, $2)",
-                &[&WATERMARK_PREFIX, &format!("{id}:{kind}")],
-            )
-            .await
-            .map_err(query("writing an import watermark"))?;
-        Ok(())
-    }
-
-    /// Waits until every transaction running at this moment has ended. Any
-    /// transaction whose commit precedes the low watermark in the WAL is
-    /// then visible to the chunk's SELECT (commit order in the WAL and
-    /// visibility can differ by a moment, or longer under synchronous
-    /// replication), and so is every row written by a transaction that was
-    /// open when the table joined the publication.
-    async fn wait_for_open_transactions(&self, job: &Job) -> Result<(), Error> {
-        let snapshot: String = self
-            .client
-            .query_one("select pg_current_snapshot()::text", &[])
-            .await
-            .map_err(query("reading the current snapshot"))?
-            .get(0);
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(1);
-        let mut warned = false;
-        loop {
-            let open: Vec<String> = self
-                .client
-                .query(
-                    "select x::text from pg_snapshot_xip($1::text::pg_snapshot) x
-                      where not pg_visible_in_snapshot(x, pg_current_snapshot())",
-                    &[&snapshot],
-                )
-                .await
-                .map_err(query("waiting for open transactions"))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if open.is_empty() {
-                return Ok(());
-            }
-            if !warned && started.elapsed() > Duration::from_secs(10) {
-                tracing::warn!(table = %job.qualified_name(), transactions = ?open, "import waits for transactions that were open when its chunk began");
-                warned = true;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
-        }
+        Ok(Some(read))
     }
 }
 
 /// A chunk handed to the stream, not yet known to be durable.
 struct InFlight {
     id: String,
+    /// The chunk's last key, when it was bounded; `None` for the
+    /// open-ended last chunk of a table.
+    upto: Option<Vec<String>>,
+    read: Read,
     emitted: tokio::sync::oneshot::Receiver<Lsn>,
-    rows: usize,
-    last_key: Option<Vec<String>>,
+}
+
+enum Read {
+    Running(JoinHandle<Result<ChunkRead, Error>>),
+    Done(ChunkRead),
+}
+
+impl InFlight {
+    /// Waits for the chunk's read to end (at most once).
+    async fn finish_read(&mut self, watermarks: &Watermarks) -> Result<ChunkRead, Error> {
+        if let Read::Running(task) = &mut self.read {
+            let read = match task.await {
+                Ok(read) => read?,
+                Err(e) => {
+                    watermarks.forget(&self.id);
+                    return Err(Problem::new(format!("reading an import chunk: {e}")).into());
+                }
+            };
+            self.read = Read::Done(read);
+        }
+        match &self.read {
+            Read::Done(read) => Ok(read.clone()),
+            Read::Running(_) => Err(Problem::new("an import chunk's read did not finish").into()),
+        }
+    }
 }
 
 /// `[#######.............] 35% of ~1200000 rows, ~12s left`, or just the
@@ -428,41 +475,6 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
         _ = tokio::time::sleep(delay) => {}
         _ = shutdown.changed() => {}
     }
-}
-
-/// Runs `select` through `COPY (...) TO STDOUT` (text format) and returns
-/// its rows as received. Shared with `verify`, which must read rows exactly
-/// as imports do.
-pub(crate) async fn copy_rows(
-    client: &Client,
-    select: &str,
-    capacity: usize,
-) -> Result<Vec<CopyRow>, tokio_postgres::Error> {
-    let stream = client
-        .copy_out(&format!("copy ({select}) to stdout"))
-        .await?;
-    futures_util::pin_mut!(stream);
-    let mut rows = Vec::with_capacity(capacity);
-    // The server sends one row per message; a row split across messages
-    // is joined all the same.
-    let mut partial = bytes::BytesMut::new();
-    while let Some(data) = stream.next().await {
-        let mut data = data?;
-        while let Some(end) = memchr::memchr(b'\n', &data) {
-            let line = data.split_to(end + 1);
-            if partial.is_empty() {
-                rows.push(CopyRow::new(line));
-            } else {
-                partial.extend_from_slice(&line);
-                rows.push(CopyRow::new(partial.split().freeze()));
-            }
-        }
-        partial.extend_from_slice(&data);
-    }
-    if !partial.is_empty() {
-        rows.push(CopyRow::new(partial.freeze()));
-    }
-    Ok(rows)
 }
 
 #[cfg(test)]

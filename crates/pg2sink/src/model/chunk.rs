@@ -15,22 +15,27 @@ use bytes::Bytes;
 use super::value::{value_to_json, write_json};
 use super::{Lsn, Modification, Op, Row, Table};
 
-/// One row of `COPY ... TO STDOUT` text output, without its newline.
+/// One row of `COPY ... TO STDOUT` text output, without its newline;
+/// optionally with its JSON object already rendered (see
+/// [`render_objects`]).
 #[derive(Clone, Debug)]
-pub struct CopyRow(Bytes);
+pub struct CopyRow {
+    line: Bytes,
+    object: Option<Bytes>,
+}
 
 impl CopyRow {
     pub fn new(mut line: Bytes) -> CopyRow {
         if line.last() == Some(&b'\n') {
             line.truncate(line.len() - 1);
         }
-        CopyRow(line)
+        CopyRow { line, object: None }
     }
 
     /// The row's fields in column order: `None` for NULL, else the value's
     /// text with COPY's backslash escapes undone.
     pub fn fields(&self) -> impl Iterator<Item = Option<Cow<'_, str>>> {
-        self.0.split(|&b| b == b'\t').map(|field| match field {
+        self.line.split(|&b| b == b'\t').map(|field| match field {
             b"\\N" => None,
             _ => Some(unescape(field)),
         })
@@ -174,7 +179,8 @@ impl ImportChunk {
     }
 
     /// Appends every row as a JSON `Modification` line (newline-ended) to
-    /// `out`, without building the rows as values.
+    /// `out`, without building the rows as values; a row's object rendered
+    /// beforehand ([`render_objects`]) is copied as it is.
     pub fn write_json_lines(&self, out: &mut Vec<u8>) {
         // What every line shares, rendered once: up to `"sequence":`, and
         // from `,"op"` to the opening of `after`.
@@ -187,34 +193,73 @@ impl ImportChunk {
         let _ = serde_json::to_writer(&mut middle, &self.table.namespace);
         middle.extend_from_slice(br#","name":"#);
         let _ = serde_json::to_writer(&mut middle, &self.table.name);
-        middle.extend_from_slice(br#","before":null,"after":{"#);
-        let names: Vec<Vec<u8>> = self
-            .table
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut name = if i == 0 { vec![] } else { vec![b','] };
-                let _ = serde_json::to_writer(&mut name, &c.name);
-                name.push(b':');
-                name
-            })
-            .collect();
+        middle.extend_from_slice(br#","before":null,"after":"#);
+        let names = ObjectNames::new(&self.table);
         let mut sequence = itoa::Buffer::new();
         for (i, row) in self.rows.iter().enumerate() {
             out.extend_from_slice(&head);
             out.extend_from_slice(sequence.format(self.first_sequence + i as u64).as_bytes());
             out.extend_from_slice(&middle);
-            let mut fields = row.fields();
-            for (column, name) in self.table.columns.iter().zip(&names) {
-                out.extend_from_slice(name);
-                match fields.next().flatten() {
-                    Some(text) => write_json(&column.ty, &text, out),
-                    None => out.extend_from_slice(b"null"),
-                }
+            match &row.object {
+                Some(object) => out.extend_from_slice(object),
+                None => names.write_object(&self.table, row, out),
             }
-            out.extend_from_slice(b"}}\n");
+            out.extend_from_slice(b"}\n");
         }
+    }
+}
+
+/// Renders each row's JSON object (what `write_json_lines` puts after
+/// `"after":`) ahead of time, so that import readers, several at once, do
+/// this work instead of the one task that writes the sink's output. The
+/// objects share one buffer per call.
+pub fn render_objects(table: &Table, rows: &mut [CopyRow]) {
+    let names = ObjectNames::new(table);
+    let mut out = Vec::with_capacity(rows.iter().map(|r| r.line.len() * 2).sum());
+    let mut ends = Vec::with_capacity(rows.len());
+    for row in rows.iter() {
+        names.write_object(table, row, &mut out);
+        ends.push(out.len());
+    }
+    let out = Bytes::from(out);
+    let mut start = 0;
+    for (row, end) in rows.iter_mut().zip(ends) {
+        row.object = Some(out.slice(start..end));
+        start = end;
+    }
+}
+
+/// The `"name":` prefixes of a table's columns, rendered once.
+struct ObjectNames(Vec<Vec<u8>>);
+
+impl ObjectNames {
+    fn new(table: &Table) -> Self {
+        Self(
+            table
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut name = if i == 0 { vec![] } else { vec![b','] };
+                    let _ = serde_json::to_writer(&mut name, &c.name);
+                    name.push(b':');
+                    name
+                })
+                .collect(),
+        )
+    }
+
+    fn write_object(&self, table: &Table, row: &CopyRow, out: &mut Vec<u8>) {
+        out.push(b'{');
+        let mut fields = row.fields();
+        for (column, name) in table.columns.iter().zip(&self.0) {
+            out.extend_from_slice(name);
+            match fields.next().flatten() {
+                Some(text) => write_json(&column.ty, &text, out),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
     }
 }
 
@@ -268,6 +313,13 @@ mod tests {
             .modifications()
             .map(|m| serde_json::to_string(&m).unwrap() + "\n")
             .collect();
+        assert_eq!(String::from_utf8(fast).unwrap(), slow);
+        // The same lines from objects rendered ahead, for some rows only.
+        let mut ahead = c.clone();
+        render_objects(&ahead.table.clone(), &mut ahead.rows[1..3]);
+        assert!(ahead.rows[1].object.is_some() && ahead.rows[0].object.is_none());
+        let mut fast = Vec::new();
+        ahead.write_json_lines(&mut fast);
         assert_eq!(String::from_utf8(fast).unwrap(), slow);
         let m = c.modification(1);
         assert_eq!(m.sequence, 2);

@@ -315,7 +315,7 @@ pub async fn walk_table(
     let mut cursor: Option<Vec<String>> = None;
     loop {
         let sql = table.chunk_sql(cursor.as_deref(), batch);
-        let rows = crate::import::worker::copy_rows(client, &sql, batch)
+        let rows = crate::import::reader::copy_rows(client, &sql, batch)
             .await
             .map_err(query(format!(
                 "reading {}.{}",
