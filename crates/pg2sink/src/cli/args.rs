@@ -251,6 +251,12 @@ pub struct StreamArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub import_batch_limit: u32,
 
+    /// Bytes (as COPY sends rows) an import chunk aims under: chunks of
+    /// wide rows hold fewer than the batch limit, which bounds memory.
+    #[arg(long = "import-worker.batch-bytes", env = "PG2SINK_IMPORT_WORKER_BATCH_BYTES", default_value_t = 4 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub import_batch_bytes: u64,
+
     /// Connections per import worker that read chunks of its table side by
     /// side (each worker also holds one control connection). 1 reads one
     /// chunk at a time and skips finding chunk boundaries first.

@@ -259,6 +259,7 @@ async fn stream_to_sink(
         schema: args.source.schema.clone(),
         publication: args.source.subscription_name.clone(),
         batch_limit: args.import_batch_limit as usize,
+        batch_bytes: args.import_batch_bytes as usize,
         workers: args.import_workers,
         readers: args.import_readers as usize,
         render_json: matches!(args.sink, super::args::SinkKind::File),

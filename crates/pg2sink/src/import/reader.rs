@@ -75,6 +75,8 @@ pub struct Chunk {
 #[derive(Clone)]
 pub struct ChunkRead {
     pub rows: usize,
+    /// The rows' size as COPY sent them.
+    pub bytes: usize,
     /// The last row's key, as text.
     pub last_key: Option<Vec<String>>,
 }
@@ -103,6 +105,7 @@ pub async fn read(
         }
         let read = ChunkRead {
             rows: rows.len(),
+            bytes: rows.iter().map(CopyRow::len).sum(),
             last_key: rows.last().map(|row| row.texts_at(&chunk.key_positions)),
         };
         watermarks.set_rows(

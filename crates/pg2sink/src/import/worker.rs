@@ -36,6 +36,9 @@ pub struct ImportOptions {
     pub schema: String,
     pub publication: String,
     pub batch_limit: usize,
+    /// Bytes per chunk (as COPY sends them) the chunk size aims under:
+    /// wide rows make smaller chunks (see [`ChunkSize`]).
+    pub batch_bytes: usize,
     pub workers: usize,
     /// Reader connections per worker: chunks of one table read at once.
     pub readers: usize,
@@ -53,7 +56,8 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Chunks read ahead of the oldest one not yet durable: enough to keep
 /// Postgres, the stream and the sink busy at once, and a bound on memory
-/// (this many times `batch_limit` rows).
+/// (this many chunks, each under `batch_limit` rows and about
+/// `batch_bytes`).
 const READ_AHEAD: usize = 4;
 
 /// Runs one worker until `shutdown`.
@@ -178,6 +182,7 @@ impl Worker {
             .jobs
             .describe(&self.client, job, &table.key_columns())
             .await?;
+        let mut size = ChunkSize::new(self.options.batch_limit, self.options.batch_bytes);
         // On a terminal, progress every 2 s with a bar; in logs every 10 s.
         let every = if std::io::stderr().is_terminal() {
             Duration::from_secs(2)
@@ -208,22 +213,30 @@ impl Worker {
                 // With several readers, where this chunk ends is found first
                 // so the next one can start at once; none when fewer rows
                 // are left (the last chunk) or with one reader.
+                let rows = size.rows();
                 let upto = if self.readers.len() > 1 {
-                    self.boundary(&table, read_from.as_deref()).await?
+                    self.boundary(&table, read_from.as_deref(), rows).await?
                 } else {
                     None
                 };
                 let reader = self.readers[next_reader % self.readers.len()].clone();
                 next_reader += 1;
-                let mut chunk =
-                    self.start_chunk(reader, &table, &shape, read_from.as_deref(), upto.clone());
+                let mut chunk = self.start_chunk(
+                    reader,
+                    &table,
+                    &shape,
+                    read_from.as_deref(),
+                    upto.clone(),
+                    rows,
+                );
                 match upto {
                     Some(upto) => read_from = Some(upto),
                     None => {
                         // Open-ended: whether rows are left after it is
                         // known only once it is read.
                         let read = chunk.finish_read(&self.watermarks).await?;
-                        exhausted = read.rows < self.options.batch_limit;
+                        size.learn(&read);
+                        exhausted = read.rows < rows;
                         if let Some(last) = &read.last_key {
                             read_from = Some(last.clone());
                         }
@@ -252,6 +265,7 @@ impl Worker {
                 exhausted = false;
                 continue;
             };
+            size.learn(&read);
             let done = exhausted && in_flight.is_empty();
             imported += read.rows as i64;
             unsaved += read.rows as i64;
@@ -283,14 +297,15 @@ impl Worker {
         }
     }
 
-    /// The key `batch_limit` rows after `after`, where a chunk from there
-    /// ends; `None` when fewer rows are left.
+    /// The key `rows` rows after `after`, where a chunk from there ends;
+    /// `None` when fewer rows are left.
     async fn boundary(
         &self,
         table: &ImportTable,
         after: Option<&[String]>,
+        rows: usize,
     ) -> Result<Option<Vec<String>>, Error> {
-        let sql = table.boundary_sql(after, self.options.batch_limit);
+        let sql = table.boundary_sql(after, rows);
         let messages = self.client.simple_query(&sql).await.map_err(query(format!(
             "finding where the next chunk of {} ends",
             table.table.qualified_name()
@@ -313,6 +328,7 @@ impl Worker {
         shape: &Arc<Table>,
         after: Option<&[String]>,
         upto: Option<Vec<String>>,
+        rows: usize,
     ) -> InFlight {
         let id = chunk_id();
         let key_columns = table.key_columns();
@@ -325,10 +341,10 @@ impl Worker {
             .register(&id, &shape.qualified_name(), key_columns);
         let chunk = reader::Chunk {
             id: id.clone(),
-            sql: table.range_sql(after, upto.as_deref(), self.options.batch_limit),
+            sql: table.range_sql(after, upto.as_deref(), rows),
             table: shape.clone(),
             key_positions,
-            capacity: self.options.batch_limit,
+            capacity: rows,
             render_json: self.options.render_json,
         };
         let read = tokio::spawn(reader::read(reader, self.watermarks.clone(), chunk));
@@ -394,6 +410,42 @@ impl Worker {
             }
         }
         Ok(Some(read))
+    }
+}
+
+/// How many rows the next chunk reads: `batch_limit`, or fewer when rows
+/// are wide, so that a chunk holds about `batch_bytes`. Starts small (the
+/// rows' width is unknown) and follows the width of the rows read.
+struct ChunkSize {
+    limit: usize,
+    bytes: usize,
+    /// Bytes per row seen last; `None` before the first row.
+    width: Option<usize>,
+}
+
+/// Rows of the first chunks, before any row's width is known.
+const FIRST_CHUNK_ROWS: usize = 100;
+
+impl ChunkSize {
+    fn new(limit: usize, bytes: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            bytes: bytes.max(1),
+            width: None,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self.width {
+            None => self.limit.min(FIRST_CHUNK_ROWS),
+            Some(width) => (self.bytes / width.max(1)).clamp(1, self.limit),
+        }
+    }
+
+    fn learn(&mut self, read: &ChunkRead) {
+        if read.rows > 0 {
+            self.width = Some(read.bytes.div_ceil(read.rows));
+        }
     }
 }
 
@@ -479,7 +531,27 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
 
 #[cfg(test)]
 mod tests {
-    use super::progress;
+    use super::{progress, ChunkRead, ChunkSize, FIRST_CHUNK_ROWS};
+
+    #[test]
+    fn chunks_of_wide_rows_hold_fewer_rows() {
+        let read = |rows, bytes| ChunkRead {
+            rows,
+            bytes,
+            last_key: None,
+        };
+        let mut size = ChunkSize::new(5000, 4 << 20);
+        assert_eq!(size.rows(), FIRST_CHUNK_ROWS);
+        size.learn(&read(0, 0));
+        assert_eq!(size.rows(), FIRST_CHUNK_ROWS, "an empty chunk says nothing");
+        size.learn(&read(100, 10_000));
+        assert_eq!(size.rows(), 5000, "narrow rows: the row limit");
+        size.learn(&read(100, 100 << 20));
+        assert_eq!(size.rows(), 4, "1 MiB rows: 4 MiB");
+        size.learn(&read(1, 64 << 20));
+        assert_eq!(size.rows(), 1, "never fewer than one row");
+        assert_eq!(ChunkSize::new(10, 1).rows(), 10);
+    }
 
     #[test]
     fn progress_bar() {

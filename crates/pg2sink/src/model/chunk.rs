@@ -32,6 +32,15 @@ impl CopyRow {
         CopyRow { line, object: None }
     }
 
+    /// The row's size as COPY sent it.
+    pub fn len(&self) -> usize {
+        self.line.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.line.is_empty()
+    }
+
     /// The row's fields in column order: `None` for NULL, else the value's
     /// text with COPY's backslash escapes undone.
     pub fn fields(&self) -> impl Iterator<Item = Option<Cow<'_, str>>> {
