@@ -444,3 +444,32 @@ fn resync_starts_a_table_over() {
     });
     stop(&mut p);
 }
+
+#[test]
+fn generated_columns_are_left_out_of_imports_as_the_stream_leaves_them_out() {
+    let db = test_db("impgen");
+    db.psql(
+        "create table g (id int primary key, a int, b int generated always as (a * 2) stored);
+         insert into g (id, a) values (1, 10), (2, 20);",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = Streamer::new(&db, dir.path());
+    let mut p = s.start(&db);
+    wait_until(WAIT, "the import", || jobs_done(&db));
+    db.psql("update g set a = 11 where id = 1");
+    caught_up(&db);
+    stop(&mut p);
+    let rows: Vec<(Value, Value)> = s
+        .modifications()
+        .iter()
+        .map(|m| (m["op"].clone(), m["after"].clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (json!("import"), json!({"id": 1, "a": 10})),
+            (json!("import"), json!({"id": 2, "a": 20})),
+            (json!("update"), json!({"id": 1, "a": 11})),
+        ]
+    );
+}

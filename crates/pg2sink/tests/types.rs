@@ -573,17 +573,16 @@ fn every_type_arrives_as_to_jsonb_renders_it() {
     validate_with_fastavro(&s.schemas, &s.modifications);
 }
 
-/// Every schema parses with apache-avro, and the fingerprint pg2sink
-/// computes is stable for the same table and columns.
+/// Every schema parses with apache-avro.
 fn validate_with_apache_avro(schemas: &[Value]) {
     for s in schemas {
         let schema = &s["schema"];
+        // Parsing only: apache-avro 0.21's canonical form differs from the
+        // specification's for these schemas (its fingerprints differ from
+        // fastavro's and pg2sink's, which agree), so fastavro is the
+        // fingerprint oracle (below).
         apache_avro::Schema::parse(schema)
             .unwrap_or_else(|e| panic!("apache-avro rejects the schema: {e}\n{schema:#}"));
-        assert_eq!(
-            pg2sink::model::table::fingerprint(schema),
-            pg2sink::model::table::fingerprint(&schema.clone())
-        );
     }
 }
 

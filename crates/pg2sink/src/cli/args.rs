@@ -161,7 +161,9 @@ pub struct StreamArgs {
     pub sink_flush_interval: Duration,
 
     /// Remote sinks: how long a failing request is retried (exponential
-    /// back-off with jitter) before pg2sink stops.
+    /// back-off with jitter) before the stream starts over from the
+    /// confirmed position (pg2sink stops if the sink's start-up check then
+    /// fails).
     #[arg(long = "sink.retry-timeout", env = "PG2SINK_SINK_RETRY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub sink_retry_timeout: Duration,
 

@@ -44,6 +44,11 @@ struct KindLabel {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
 /// Replication message types, in the order of [`message_index`].
 const MESSAGE_TYPES: [&str; 11] = [
     "begin",
@@ -98,6 +103,7 @@ struct Metrics {
     started: Instant,
     sink_write_seconds: Histogram,
     sink_flush_seconds: Histogram,
+    sink_events: Family<EventLabel, Counter>,
     sink_batch_bytes: Histogram,
     sink_batch_modifications: Histogram,
     /// Modifications written since the last flush.
@@ -215,6 +221,12 @@ impl Metrics {
             "Modifications made durable per sink flush",
             sink_batch_modifications.clone(),
         );
+        let sink_events = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "pg2sink_sink_events",
+            "What a remote sink did: requests sent, retries, errors, rows accepted, stale changes refused (a newer version was there)",
+            sink_events.clone(),
+        );
         let import_rows = Family::<TableLabel, Counter>::default();
         registry.register_with_unit(
             "pg2sink_import",
@@ -293,6 +305,7 @@ impl Metrics {
             started: Instant::now(),
             sink_write_seconds,
             sink_flush_seconds,
+            sink_events,
             sink_batch_bytes,
             sink_batch_modifications,
             unflushed_writes: AtomicU64::new(0),
@@ -437,6 +450,14 @@ pub fn sink_flush(elapsed: Duration, bytes: usize) {
     m.sink_batch_bytes.observe(bytes as f64);
     let writes = m.unflushed_writes.swap(0, Ordering::Relaxed);
     m.sink_batch_modifications.observe(writes as f64);
+}
+
+/// A remote sink's counter moved (see `sink::http::SinkStats`).
+pub fn sink_event(event: &'static str, n: u64) {
+    metrics()
+        .sink_events
+        .get_or_create(&EventLabel { event })
+        .inc_by(n);
 }
 
 /// An error of `kind` (see [`kind`]) was recovered from.

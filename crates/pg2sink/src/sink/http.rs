@@ -38,28 +38,64 @@ impl Default for RetryPolicy {
 }
 
 /// A sink's counters: what it sent, how long it took, what went wrong.
-/// Each flush logs them (target `pg2sink::sink`).
-#[derive(Debug, Default)]
+/// Each flush logs them (target `pg2sink::sink`); all but the batch timing
+/// also feed `pg2sink_sink_events_total{event}` on `/metrics`.
+#[derive(Debug)]
 pub struct SinkStats {
-    pub requests: AtomicU64,
-    pub retries: AtomicU64,
-    pub errors: AtomicU64,
+    pub requests: SinkCounter,
+    pub retries: SinkCounter,
+    pub errors: SinkCounter,
     /// Rows (documents, table rows) sent and accepted.
-    pub rows: AtomicU64,
+    pub rows: SinkCounter,
     /// Changes the sink refused because it already holds a newer version
     /// (expected after replays).
-    pub stale: AtomicU64,
-    pub batches: AtomicU64,
-    pub latency_micros: AtomicU64,
+    pub stale: SinkCounter,
+    pub batches: SinkCounter,
+    pub latency_micros: SinkCounter,
+}
+
+/// One of [`SinkStats`]' counters, with the `event` label it feeds on
+/// `/metrics` (none for the batch timing, which the sink driver's
+/// histograms already show).
+#[derive(Debug)]
+pub struct SinkCounter {
+    value: AtomicU64,
+    event: Option<&'static str>,
+}
+
+impl SinkCounter {
+    const fn new(event: Option<&'static str>) -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            event,
+        }
+    }
+}
+
+impl Default for SinkStats {
+    fn default() -> Self {
+        Self {
+            requests: SinkCounter::new(Some("request")),
+            retries: SinkCounter::new(Some("retry")),
+            errors: SinkCounter::new(Some("error")),
+            rows: SinkCounter::new(Some("row")),
+            stale: SinkCounter::new(Some("stale")),
+            batches: SinkCounter::new(None),
+            latency_micros: SinkCounter::new(None),
+        }
+    }
 }
 
 impl SinkStats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub fn add(counter: &SinkCounter, n: u64) {
+        counter.value.fetch_add(n, Ordering::Relaxed);
+        if let Some(event) = counter.event {
+            crate::ops::metrics::sink_event(event, n);
+        }
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    pub fn get(counter: &SinkCounter) -> u64 {
+        counter.value.load(Ordering::Relaxed)
     }
 
     /// Records one flushed batch and logs it.
