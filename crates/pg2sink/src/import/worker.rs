@@ -52,8 +52,6 @@ pub struct ImportOptions {
 /// A lease outlives a chunk by far; it only matters after a crash.
 const LEASE: Duration = Duration::from_secs(60);
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// How often a running import saves its cursor (see `Worker::import`).
-const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Chunks read ahead of the oldest one not yet durable: enough to keep
 /// Postgres, the stream and the sink busy at once, and a bound on memory
 /// (this many chunks, each under `batch_limit` rows and about
@@ -203,11 +201,6 @@ impl Worker {
         let mut read_from = cursor.clone();
         let mut exhausted = false;
         let mut next_reader = 0;
-        // Durable rows the job's row does not count yet: the cursor is
-        // saved every SAVE_EVERY, not after every chunk (a crash imports at
-        // most that much again).
-        let mut unsaved = 0;
-        let mut saved_at = Instant::now();
         loop {
             while !exhausted && in_flight.len() < READ_AHEAD && !*self.shutdown.borrow() {
                 // With several readers, where this chunk ends is found first
@@ -246,7 +239,6 @@ impl Worker {
             }
             let Some(mut oldest) = in_flight.pop_front() else {
                 // Shutting down between chunks.
-                self.save(job, cursor.as_deref(), unsaved, false).await?;
                 self.jobs.release(&self.client, job).await?;
                 return Ok(());
             };
@@ -257,7 +249,6 @@ impl Worker {
                     self.watermarks.forget(&chunk.id);
                 }
                 if *self.shutdown.borrow() {
-                    self.save(job, cursor.as_deref(), unsaved, false).await?;
                     self.jobs.release(&self.client, job).await?;
                     return Ok(());
                 }
@@ -268,17 +259,17 @@ impl Worker {
             size.learn(&read);
             let done = exhausted && in_flight.is_empty();
             imported += read.rows as i64;
-            unsaved += read.rows as i64;
             // A bounded chunk covered the keys up to its bound, an
             // open-ended one those up to its last row.
             if let Some(end) = oldest.upto.take().or(read.last_key) {
                 cursor = Some(end);
             }
-            if done || saved_at.elapsed() >= SAVE_EVERY {
-                self.save(job, cursor.as_deref(), unsaved, done).await?;
-                unsaved = 0;
-                saved_at = Instant::now();
-            }
+            // After every durable chunk: a pg2sink killed now resumes past
+            // it. The session does not wait for the WAL flush of this
+            // update, so it costs a round trip; only a crash of the server
+            // itself can lose it (the chunks are then imported again).
+            self.save(job, cursor.as_deref(), read.rows as i64, done)
+                .await?;
             if done {
                 tracing::info!(table = %job.qualified_name(), rows = imported, elapsed = ?started.elapsed(), "import complete");
                 return Ok(());
