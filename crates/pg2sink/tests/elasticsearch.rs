@@ -131,7 +131,7 @@ pub fn numbers_as_f64(v: Value) -> Value {
     }
 }
 
-fn wait_equal(db: &TestDb, table: &str, index: &str, key: &[&str]) {
+fn wait_equal(db: &TestDb, table: &str, index: &str, key: &[&str], p: &Pg2Sink) {
     let deadline = Instant::now() + WAIT;
     let normal = |m: BTreeMap<String, Value>| -> BTreeMap<String, Value> {
         m.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect()
@@ -145,8 +145,20 @@ fn wait_equal(db: &TestDb, table: &str, index: &str, key: &[&str]) {
             return;
         }
         if Instant::now() > deadline {
+            // What pg2sink said about imports, watermarks and warnings.
+            let log: Vec<String> = strip_ansi(&p.stderr())
+                .lines()
+                .filter(|l| {
+                    l.contains("WARN")
+                        || l.contains("ERROR")
+                        || l.contains("import")
+                        || l.contains("watermark")
+                })
+                .map(|l| l.chars().take(300).collect())
+                .collect();
             panic!(
-                "index {index} differs from table {table}:\n source: {want:?}\n index:  {got:?}"
+                "index {index} differs from table {table}:\n source: {want:?}\n index:  {got:?}\n pg2sink:\n{}",
+                log.join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -212,8 +224,8 @@ fn es_index_holds_the_source_rows_through_kill_and_replay() {
          update b set k2 = 'xx' where k1 = 7;"
     ));
     let (ia, ib) = (format!("{prefix}public.a"), format!("{prefix}public.b"));
-    wait_equal(&db, "a", &ia, &["id"]);
-    wait_equal(&db, "b", &ib, &["k1", "k2"]);
+    wait_equal(&db, "a", &ia, &["id"], &p);
+    wait_equal(&db, "b", &ib, &["k1", "k2"], &p);
     assert_eq!(
         documents(&ia)["3"]["big"].as_str().unwrap().len(),
         12800,
@@ -230,8 +242,8 @@ fn es_index_holds_the_source_rows_through_kill_and_replay() {
     );
     let mut p = start(&db, &prefix, &[]);
     db.psql("truncate b; insert into b values (9, 'after truncate', 'nine');");
-    wait_equal(&db, "a", &ia, &["id"]);
-    wait_equal(&db, "b", &ib, &["k1", "k2"]);
+    wait_equal(&db, "a", &ia, &["id"], &p);
+    wait_equal(&db, "b", &ib, &["k1", "k2"], &p);
     stop(&mut p);
 
     // A replay of every change since before the workload: older versions
@@ -254,8 +266,8 @@ fn es_index_holds_the_source_rows_through_kill_and_replay() {
             "select confirmed_flush_lsn >= '{current}' from pg_replication_slots where slot_name = '{slot}'"
         )) == "t"
     });
-    wait_equal(&db, "a", &ia, &["id"]);
-    wait_equal(&db, "b", &ib, &["k1", "k2"]);
+    wait_equal(&db, "a", &ia, &["id"], &replay);
+    wait_equal(&db, "b", &ib, &["k1", "k2"], &replay);
     // The replayed older versions were refused (409) and counted, not
     // errors, on /metrics.
     let metrics = crate::ops::http(&address, "GET", "/metrics", None).1;
@@ -297,7 +309,7 @@ fn es_rejected_document_stops_pg2sink_and_is_not_lost() {
     let (status, _) = http("DELETE", &format!("{}/{index}", es()), None);
     assert_eq!(status, 200);
     let mut p = start(&db, &prefix, &[]);
-    wait_equal(&db, "t", &index, &["id"]);
+    wait_equal(&db, "t", &index, &["id"], &p);
     stop(&mut p);
 }
 

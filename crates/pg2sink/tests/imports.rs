@@ -473,3 +473,47 @@ fn generated_columns_are_left_out_of_imports_as_the_stream_leaves_them_out() {
         ]
     );
 }
+
+#[test]
+fn a_transaction_left_open_in_another_database_does_not_hold_up_imports() {
+    let db = test_db("impotherdb");
+    let other = test_db("impotherdb2");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Streamer::new(&db, dir.path());
+    // The slot first: creating a logical slot waits for every transaction
+    // of the server (a Postgres rule), the import must not.
+    let mut p = s.start(&db);
+    // A transaction with an xid, open in another database of the same
+    // server from before the table exists until the end: it cannot write
+    // `t`, so the import's chunks must not wait for it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&other.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        rt.spawn(conn);
+        c.batch_execute("begin; select pg_current_xact_id()")
+            .await
+            .unwrap();
+        c
+    });
+    db.psql("create table t (id int primary key); insert into t select generate_series(1, 10);");
+    wait_until(
+        WAIT,
+        "the import, with the other transaction still open",
+        || jobs_done(&db),
+    );
+    assert!(
+        !p.stderr().contains("import waits for transactions"),
+        "{}",
+        p.stderr()
+    );
+    stop(&mut p);
+    rt.block_on(client.batch_execute("rollback")).unwrap();
+    let imported = s
+        .modifications()
+        .iter()
+        .filter(|m| m["op"] == "import")
+        .count();
+    assert_eq!(imported, 10);
+}

@@ -1,8 +1,9 @@
 //! Reading one chunk between its watermarks, on a reader connection.
 //!
 //! Promises: the low watermark is committed before the chunk's snapshot is
-//! taken; the chunk's SELECT waits for every transaction running just
-//! after the low watermark; the rows reach the watermark registry before
+//! taken; the chunk's SELECT waits for every transaction of this database
+//! running just after the low watermark (other databases' transactions
+//! cannot write its table); the rows reach the watermark registry before
 //! the high watermark is written; the high watermark is on disk (so the
 //! walsender can decode it) when the read returns. Each chunk is a few
 //! short statements, no long transaction and no lock beyond a plain
@@ -170,8 +171,8 @@ async fn close_window(client: &Client, id: &str) -> Result<(), Error> {
         .map_err(query("writing an import's high watermark"))
 }
 
-/// Waits until every transaction running in `snapshot` (taken just after
-/// the low watermark) has ended. Any transaction whose commit precedes the
+/// Waits until every transaction of this database running in `snapshot`
+/// (taken just after the low watermark) has ended. Any transaction whose commit precedes the
 /// low watermark in the WAL is then visible to the chunk's SELECT (commit
 /// order in the WAL and visibility can differ by a moment, or longer under
 /// synchronous replication), and so is every row written by a transaction
@@ -187,8 +188,23 @@ async fn wait_for_open_transactions(
     loop {
         let open: Vec<String> = client
             .query(
+                // A transaction of another database cannot write this
+                // table: it is not waited for when its session (through
+                // the lock every transaction holds on its own id) or its
+                // prepared state shows it belongs elsewhere. Anything not
+                // shown to be elsewhere is waited for.
                 "select x::text from pg_snapshot_xip($1::text::pg_snapshot) x
-                  where not pg_visible_in_snapshot(x, pg_current_snapshot())",
+                  where not pg_visible_in_snapshot(x, pg_current_snapshot())
+                    and not exists (
+                          select from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                           where l.locktype = 'transactionid' and l.granted
+                             and l.transactionid::text::bigint = x::text::numeric % 4294967296
+                             and a.datid is distinct from (select oid from pg_database
+                                                            where datname = current_database()))
+                    and not exists (
+                          select from pg_prepared_xacts p
+                           where p.transaction::text::bigint = x::text::numeric % 4294967296
+                             and p.database <> current_database())",
                 &[&snapshot],
             )
             .await
