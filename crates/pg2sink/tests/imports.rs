@@ -73,6 +73,21 @@ fn source_state(db: &TestDb, table: &str, key: &[&str]) -> BTreeMap<String, Valu
         .collect()
 }
 
+/// A session of its own that runs `sql` (which opens a transaction) and
+/// keeps it open; the runtime drives the connection until dropped.
+fn hold_transaction(db: &TestDb, sql: &str) -> (tokio::runtime::Runtime, tokio_postgres::Client) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.batch_execute(sql).await.unwrap();
+        c
+    });
+    (rt, client)
+}
+
 fn jobs_done(db: &TestDb) -> bool {
     // One statement: checking "none pending" and "some exist" separately
     // races the creation of the first job.
@@ -292,17 +307,10 @@ fn table_created_while_running_with_an_open_transaction_ends_with_all_its_rows()
     let s = Streamer::new(&db, dir.path());
     let mut p = s.start(&db);
     db.psql("create table late (id int primary key)");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        rt.spawn(conn);
-        c.batch_execute("begin; insert into late select generate_series(1, 100)")
-            .await
-            .unwrap();
-        c
-    });
+    let (rt, client) = hold_transaction(
+        &db,
+        "begin; insert into late select generate_series(1, 100)",
+    );
     wait_until(WAIT, "late to join the publication", || {
         db.psql("select count(*) from pg_publication_tables where tablename = 'late'") == "1"
     });
@@ -329,17 +337,7 @@ fn rows_updated_inside_a_chunk_window_keep_their_unchanged_toast_values() {
     let mut p = s.start(&db);
     // A transaction with an xid, open before the table's first chunk: the
     // worker writes its low watermark, then waits for it to end.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        rt.spawn(conn);
-        c.batch_execute("begin; select pg_current_xact_id()")
-            .await
-            .unwrap();
-        c
-    });
+    let (rt, client) = hold_transaction(&db, "begin; select pg_current_xact_id()");
     db.psql(
         "create table t (id int primary key, v text, big text);
          alter table t alter column big set storage external;
@@ -486,17 +484,7 @@ fn a_transaction_left_open_in_another_database_does_not_hold_up_imports() {
     // A transaction with an xid, open in another database of the same
     // server from before the table exists until the end: it cannot write
     // `t`, so the import's chunks must not wait for it.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let client = rt.block_on(async {
-        let (c, conn) = tokio_postgres::connect(&other.url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        rt.spawn(conn);
-        c.batch_execute("begin; select pg_current_xact_id()")
-            .await
-            .unwrap();
-        c
-    });
+    let (rt, client) = hold_transaction(&other, "begin; select pg_current_xact_id()");
     db.psql("create table t (id int primary key); insert into t select generate_series(1, 10);");
     wait_until(
         WAIT,
