@@ -63,8 +63,39 @@ class Postgres:
                        capture_output=True)
 
     def psql(self, sql, db="bench"):
-        return sh("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+        # The version's own psql: Debian's /usr/bin/psql is a Perl wrapper.
+        return sh(f"{self.bin_dir}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
                   f"postgres://postgres@127.0.0.1:{PORT}/{db}?sslmode=disable", "-c", sql)
+
+
+class Poller:
+    """One psql session kept open for the polling done while a tool runs.
+
+    Starting a psql for every poll (every 20 ms) took about a quarter of
+    this 2-core machine's CPU during the import: the benchmark competed
+    with what it measured. A query on an open session costs next to
+    nothing."""
+
+    def __init__(self, pg):
+        self.p = subprocess.Popen([f"{pg.bin_dir}/psql", "-X", "-q", "-At", pg.url], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def query(self, sql):
+        """The query's output; empty if it failed."""
+        self.p.stdin.write(sql.rstrip().rstrip(";") + ";\n\\echo __end__\n")
+        self.p.stdin.flush()
+        lines = []
+        while True:
+            line = self.p.stdout.readline()
+            if not line:
+                raise SystemExit("the polling psql session ended")
+            if line.rstrip("\n") == "__end__":
+                return "\n".join(lines)
+            lines.append(line.rstrip("\n"))
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=10)
 
 
 def lsn(text):
@@ -136,8 +167,9 @@ class Bench:
                               "--status-interval=1s", *extra],
                              stderr=open(os.path.join(self.work, "pg2sink.log"), "a"))
         rss = cpu = 0.0
+        poll = Poller(self.pg)
         while True:
-            done = until() if until else lsn(self.pg.psql(
+            done = until(poll) if until else lsn(poll.query(
                 "select confirmed_flush_lsn from pg_replication_slots where slot_name = 'pg2sink_bench'")) >= end
             try:
                 rss, cpu = proc_stats(p.pid)
@@ -149,13 +181,14 @@ class Bench:
                 raise SystemExit(f"pg2sink exited early; see {self.work}/pg2sink.log")
             time.sleep(0.02)
         wall = time.time() - start
+        poll.close()
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=60)
         return wall, rss, cpu, out
 
     def recvlogical(self, slot, plugin_opts, end, out):
         start = time.time()
-        subprocess.run(["pg_recvlogical", "-d", self.pg.url, "--slot", slot, "--start", "-E", end,
+        subprocess.run([f"{self.args.bin_dir}/pg_recvlogical", "-d", self.pg.url, "--slot", slot, "--start", "-E", end,
                         "--no-loop", "-f", out, *plugin_opts], check=True, capture_output=True)
         return time.time() - start
 
@@ -208,7 +241,7 @@ class Bench:
                      f"insert into big select g, g % 1000, md5(g::text), now(), g / 7.0 from generate_series(1, {rows}) g")
         self.pg.psql("vacuum analyze big")
         t0 = time.time()
-        subprocess.run(["psql", "-X", "-q", self.pg.url, "-c", "copy big to stdout"], check=True,
+        subprocess.run([f"{self.args.bin_dir}/psql", "-X", "-q", self.pg.url, "-c", "copy big to stdout"], check=True,
                            stdout=subprocess.DEVNULL)
         copy = time.time() - t0
         # The import alone: the slot left by earlier workloads skips the WAL
@@ -216,10 +249,10 @@ class Bench:
         # measure), so the watermarks are reached at once.
         self.advance_pg2sink_slot()
 
-        def done():
-            if self.pg.psql("select to_regclass('pg2sink.import_jobs') is null") == "t":
+        def done(poll):
+            if poll.query("select to_regclass('pg2sink.import_jobs') is null") == "t":
                 return False  # pg2sink has not set up its schema yet
-            return self.pg.psql("select count(*) from pg2sink.import_jobs where table_name = 'big' "
+            return poll.query("select count(*) from pg2sink.import_jobs where table_name = 'big' "
                                 "and completed_at is not null") == "1"
         wall, rss, cpu, out = self.run_pg2sink(0, extra=["--subscription-manager.poll-interval=1s",
                                                          "--import-worker-count=1",

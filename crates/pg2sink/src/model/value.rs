@@ -75,6 +75,13 @@ pub fn write_json(ty: &TypeInfo, text: &str, out: &mut Vec<u8>) {
         }
         PgType::Bool if text == "t" => out.extend_from_slice(b"true"),
         PgType::Bool if text == "f" => out.extend_from_slice(b"false"),
+        // Rendered in place: a timestamp's text never needs escaping
+        // (checked all the same, since a parser trusts no input).
+        PgType::Timestamp | PgType::Timestamptz if !needs_escaping(text) => {
+            out.push(b'"');
+            iso_timestamp_into(text, scalar == PgType::Timestamptz, out);
+            out.push(b'"');
+        }
         PgType::Timestamp => write_str(&iso_timestamp(text, false), out),
         PgType::Timestamptz => write_str(&iso_timestamp(text, true), out),
         // Every type `text_to_json` renders other than as its text.
@@ -93,8 +100,24 @@ pub fn write_json(ty: &TypeInfo, text: &str, out: &mut Vec<u8>) {
 }
 
 fn write_str(text: &str, out: &mut Vec<u8>) {
-    // serde_json's own escaping, so the bytes match a serialised Value.
-    let _ = serde_json::to_writer(out, text);
+    // Most text needs no escaping: copied as is. Otherwise serde_json's
+    // own escaping, so the bytes match a serialised Value.
+    if needs_escaping(text) {
+        let _ = serde_json::to_writer(out, text);
+    } else {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Whether serde_json escapes any of `text`'s bytes: control characters,
+/// `"` and `\` (and nothing else). No early exit: the loop vectorises.
+fn needs_escaping(text: &str) -> bool {
+    text.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
 }
 
 fn write_value(value: &Value, out: &mut Vec<u8>) {
@@ -264,31 +287,39 @@ fn jsonb_key_order(a: &str, b: &str) -> Ordering {
 /// `0044-03-15 12:00:00+00 BC` → `0044-03-15T12:00:00+00:00 BC`, as
 /// to_jsonb prints them. Needs the session's DateStyle to be ISO.
 fn iso_timestamp(text: &str, with_zone: bool) -> String {
+    let mut out = Vec::with_capacity(text.len() + 4);
+    iso_timestamp_into(text, with_zone, &mut out);
+    // Only whole pieces of `text` (split at ASCII characters) and ASCII
+    // were written.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// [`iso_timestamp`], written to `out`.
+fn iso_timestamp_into(text: &str, with_zone: bool, out: &mut Vec<u8>) {
     let (body, era) = match text.strip_suffix(" BC") {
         Some(body) => (body, " BC"),
         None => (text, ""),
     };
     let Some((date, time)) = body.split_once(' ') else {
-        return text.to_string(); // infinity, -infinity
+        out.extend_from_slice(text.as_bytes()); // infinity, -infinity
+        return;
     };
-    let mut out = String::with_capacity(text.len() + 4);
-    out.push_str(date);
-    out.push('T');
+    out.extend_from_slice(date.as_bytes());
+    out.push(b'T');
     match time.rfind(['+', '-']).filter(|_| with_zone) {
         // The zone is the last +hh, +hh:mm or +hh:mm:ss; to_jsonb always
         // prints at least hh:mm.
         Some(pos) => {
             let (clock, zone) = time.split_at(pos);
-            out.push_str(clock);
-            out.push_str(zone);
+            out.extend_from_slice(clock.as_bytes());
+            out.extend_from_slice(zone.as_bytes());
             if zone.len() == 3 {
-                out.push_str(":00");
+                out.extend_from_slice(b":00");
             }
         }
-        None => out.push_str(time),
+        None => out.extend_from_slice(time.as_bytes()),
     }
-    out.push_str(era);
-    out
+    out.extend_from_slice(era.as_bytes());
 }
 
 /// A parsed array literal: nested lists of optional element texts.
