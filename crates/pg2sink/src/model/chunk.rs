@@ -50,6 +50,7 @@ impl CopyRow {
         Fields {
             line: &self.line,
             text: std::str::from_utf8(&self.line).ok(),
+            escaped: memchr::memchr(b'\\', &self.line).is_some(),
             at: Some(0),
         }
     }
@@ -70,13 +71,14 @@ impl CopyRow {
     }
 }
 
-/// The fields of a [`CopyRow`]: see [`CopyRow::fields`]. One pass over
-/// the line's bytes finds each tab and whether the field holds a backslash
-/// (fields are short: a plain loop beats a search call per field).
+/// The fields of a [`CopyRow`]: see [`CopyRow::fields`].
 pub struct Fields<'a> {
     line: &'a [u8],
     /// The line, when it is valid UTF-8.
     text: Option<&'a str>,
+    /// Whether the line holds a backslash at all (one search per line;
+    /// most lines hold none).
+    escaped: bool,
     /// Where the next field starts; `None` after the last one.
     at: Option<usize>,
 }
@@ -86,17 +88,19 @@ impl<'a> Iterator for Fields<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let start = self.at?;
-        let mut end = start;
-        let mut escaped = false;
-        while let Some(&b) = self.line.get(end) {
-            if b == b'\t' {
-                break;
+        let rest = &self.line[start..];
+        let end = match memchr::memchr(b'\t', rest) {
+            Some(tab) => {
+                self.at = Some(start + tab + 1);
+                start + tab
             }
-            escaped |= b == b'\\';
-            end += 1;
-        }
-        self.at = (end < self.line.len()).then_some(end + 1);
+            None => {
+                self.at = None;
+                self.line.len()
+            }
+        };
         let field = &self.line[start..end];
+        let escaped = self.escaped && memchr::memchr(b'\\', field).is_some();
         Some(match (escaped, self.text) {
             _ if field == b"\\N" => None,
             // Tabs are ASCII: the cut is at character boundaries.
