@@ -45,12 +45,15 @@ class Postgres:
         subprocess.run(self.as_pg + [f"{self.bin_dir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres"],
                        check=True, capture_output=True)
         # Load generation settings: the benchmark measures decoding and
-        # delivery, not the server's commit path. fsync=off and
-        # synchronous_commit=off speed up loading only; pg2sink's own fsync
-        # of the output file stays on.
+        # delivery, not the server's commit path. synchronous_commit=off
+        # speeds up loading (the WAL writer still flushes it). fsync stays
+        # on: with fsync=off the server's WAL and pages pile up unflushed in
+        # the page cache, and the kernel's writeback of them stalled
+        # pg2sink's own fsyncs (the latency tail of (e)), which a production
+        # server does not do. pg2sink's fsync of its output is always on.
         opts = (f"-p {PORT} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.work} "
                 "-c wal_level=logical -c max_wal_senders=10 -c max_replication_slots=10 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c synchronous_commit=off -c full_page_writes=off "
                 "-c max_wal_size=20GB -c checkpoint_timeout=1h -c shared_buffers=1GB "
                 "-c logical_decoding_work_mem=256MB -c wal_sender_timeout=60s")
         subprocess.run(self.as_pg + [f"{self.bin_dir}/pg_ctl", "-D", self.data, "-l", f"{self.work}/pg.log",
@@ -281,7 +284,7 @@ class Bench:
                               "--subscription-manager.poll-interval=200ms", "--import-worker-count=0"],
                              stderr=open(os.path.join(self.work, "pg2sink.log"), "a"))
         time.sleep(2)
-        delays = []
+        delays, commits = [], []
         stop = threading.Event()
 
         def tail():
@@ -304,6 +307,7 @@ class Bench:
                             from datetime import datetime
                             committed = datetime.fromisoformat(ts).timestamp()
                             delays.append((now - committed) * 1000)
+                            commits.append(committed)
         t = threading.Thread(target=tail)
         t.start()
         script = os.path.join(self.work, "lat.sql")
@@ -318,8 +322,23 @@ class Bench:
         stop.set()
         t.join()
         rss, cpu = proc_stats(p.pid)
+        # The sink's flushes (write + fsync) that took over 50 ms, from
+        # pg2sink's own histogram: whether a slow line waited on the disk.
+        try:
+            import urllib.request
+            metrics = urllib.request.urlopen("http://127.0.0.1:9525/metrics", timeout=5).read().decode()
+            buckets = [l for l in metrics.splitlines() if l.startswith("pg2sink_sink_flush_seconds_")]
+            print("  sink flushes: " + "; ".join(l.split("{", 1)[-1] for l in buckets), file=sys.stderr)
+        except OSError as e:
+            print(f"  no metrics: {e}", file=sys.stderr)
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=30)
+        # Where the slowest lines were committed, in seconds from the first
+        # commit: a burst at the start would be catching up, not steady state.
+        slowest = sorted(zip(delays, commits), reverse=True)[:5]
+        first = min(commits) if commits else 0
+        print("  slowest lines (ms, s after the first commit): " +
+              ", ".join(f"{d:.0f} @ {c - first:.1f}" for d, c in slowest), file=sys.stderr)
         delays.sort()
         q = lambda f: delays[min(len(delays) - 1, int(f * len(delays)))] if delays else float("nan")
         self.results.append({"workload": f"(e) latency at {rate} tx/s for {seconds}s", "rows": len(delays),
