@@ -128,36 +128,53 @@ class Bench:
         self.pg = Postgres(args.bin_dir, self.work)
         self.results = []
 
-    def slots(self, prefix):
-        """pg2sink's own set-up (schema, publication, its slot) plus the two
-        comparison slots, all before the workload writes anything."""
-        self.pg.psql(f"select pg_create_logical_replication_slot('{prefix}_pgoutput', 'pgoutput')")
-        self.pg.psql(f"select pg_create_logical_replication_slot('{prefix}_wal2json', 'wal2json')")
+    def names(self):
+        """pg2sink's subscription names, one per repetition: each has its
+        own publication, slot (`<name>_bench`) and import jobs."""
+        return [f"pg2sink{r or ''}" for r in range(self.args.repeat)]
 
-    def advance_pg2sink_slot(self):
+    def slots(self, prefix):
+        """The comparison slots, one per tool and repetition, created before
+        the workload writes anything (pg2sink's are made by its set-up)."""
+        for r in range(self.args.repeat):
+            for plugin in ("pgoutput", "wal2json"):
+                self.pg.psql(f"select pg_create_logical_replication_slot('{prefix}_{plugin}{r}', '{plugin}')")
+
+    def drop_slots(self, prefix):
+        for r in range(self.args.repeat):
+            for plugin in ("pgoutput", "wal2json"):
+                self.pg.psql(f"select pg_drop_replication_slot('{prefix}_{plugin}{r}')")
+
+    def advance_pg2sink_slots(self):
         # Twice, around a checkpoint: a logical slot's restart point moves
         # only past a running-transactions record decoded before a later
         # confirmation, and without it the next pg2sink would decode (and
         # skip) all the WAL in between again.
+        names = ", ".join(f"'{n}_bench'" for n in self.names())
         for _ in range(2):
             self.pg.psql("select count(pg_replication_slot_advance(slot_name, pg_current_wal_lsn())) "
-                         "from pg_replication_slots where slot_name = 'pg2sink_bench'")
+                         f"from pg_replication_slots where slot_name in ({names})")
             self.pg.psql("checkpoint")
 
     def pg2sink_setup(self):
+        """Each pg2sink's schema, publication (with the workload's tables)
+        and slot, before the workload."""
         out = os.path.join(self.work, "setup.jsonl")
-        p = subprocess.Popen([self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
-                              "--sink.file.schemas-path", out, "--import-worker-count=0"],
-                             stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.pg.psql("select count(*) from pg_stat_replication") == "1":
-                break
-            time.sleep(0.1)
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=30)
+        for name in self.names():
+            p = subprocess.Popen([self.args.pg2sink, "--url", self.pg.url, "--subscription-name", name,
+                                  "--sink.file.modifications-path", out, "--sink.file.schemas-path", out,
+                                  "--import-worker-count=0"],
+                                 stderr=subprocess.DEVNULL)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                if self.pg.psql(f"select count(*) from pg_replication_slots where slot_name = '{name}_bench' "
+                                "and active") == "1":
+                    break
+                time.sleep(0.1)
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
 
-    def run_pg2sink(self, end, extra=(), until=None):
+    def run_pg2sink(self, name, end, extra=(), until=None):
         out = os.path.join(self.work, "modifications.jsonl")
         if os.path.exists(out):
             os.remove(out)
@@ -165,7 +182,8 @@ class Bench:
         # PG2SINK_BENCH_WRAP: a command prefix for profiling, e.g.
         # "perf record -g -o /tmp/perf.data --".
         wrap = os.environ.get("PG2SINK_BENCH_WRAP", "").split()
-        p = subprocess.Popen([*wrap, self.args.pg2sink, "--url", self.pg.url, "--sink.file.modifications-path", out,
+        p = subprocess.Popen([*wrap, self.args.pg2sink, "--url", self.pg.url, "--subscription-name", name,
+                              "--sink.file.modifications-path", out,
                               "--sink.file.schemas-path", os.path.join(self.work, "schemas.jsonl"),
                               "--status-interval=1s", *extra],
                              stderr=open(os.path.join(self.work, "pg2sink.log"), "a"))
@@ -173,7 +191,7 @@ class Bench:
         poll = Poller(self.pg)
         while True:
             done = until(poll) if until else lsn(poll.query(
-                "select confirmed_flush_lsn from pg_replication_slots where slot_name = 'pg2sink_bench'")) >= end
+                f"select confirmed_flush_lsn from pg_replication_slots where slot_name = '{name}_bench'")) >= end
             try:
                 rss, cpu = proc_stats(p.pid)
             except OSError:
@@ -195,17 +213,17 @@ class Bench:
                         "--no-loop", "-f", out, *plugin_opts], check=True, capture_output=True)
         return time.time() - start
 
-    def streaming(self, name, rows, setup_sql, workload_sql, wal2json=True):
+    def streaming(self, name, rows, setup_sql, workload_sql, wal2json=True, repeat=None):
         # Start with the page cache's dirty data on disk: the previous
         # workload's output being written back would slow this one's fsyncs.
         os.sync()
         prefix = name.split()[0].strip("()").lower()
         self.pg.psql(setup_sql)
         self.pg2sink_setup()
-        # Same WAL range for all three: pg2sink's slot (left behind by an
-        # earlier workload, or by the set-up's own writes when its short run
-        # stopped early) starts where the comparison slots are created.
-        self.advance_pg2sink_slot()
+        # Same WAL range for all: pg2sink's slots (left behind by an earlier
+        # workload, or by the set-up's own writes when its short run stopped
+        # early) start where the comparison slots are created.
+        self.advance_pg2sink_slots()
         self.slots(prefix)
         t0 = time.time()
         for sql in workload_sql:
@@ -214,22 +232,34 @@ class Bench:
         # The insert position: with synchronous_commit=off the write
         # position can still be short of the last commit record.
         end = self.pg.psql("select pg_current_wal_insert_lsn()")
-        wall, rss, cpu, out = self.run_pg2sink(lsn(end), extra=["--import-worker-count=0",
-                                                                 "--subscription-manager.poll-interval=1h"])
-        lines = sum(1 for _ in open(out))
-        base = self.recvlogical(f"{prefix}_pgoutput", ["-o", "proto_version=1", "-o", "publication_names=pg2sink"],
-                                end, "/dev/null")
-        w2j = None
-        if wal2json:
-            w2j_out = os.path.join(self.work, "wal2json.json")
-            w2j = self.recvlogical(f"{prefix}_wal2json", ["-o", "format-version=2"], end, w2j_out)
-            os.remove(w2j_out)
-        for slot in (f"{prefix}_pgoutput", f"{prefix}_wal2json"):
-            self.pg.psql(f"select pg_drop_replication_slot('{slot}')")
+        # Each tool reads the range `repeat` times, from its own slots, in
+        # turns (pg2sink, pgoutput, wal2json, pg2sink, ...); the faster of
+        # its runs counts. A noisy neighbour on this VM slows whichever tool
+        # runs at that moment by up to a third; the best run of each is what
+        # the machine can do.
+        runs = {"pg2sink": [], "pgoutput": [], "wal2json": []}
+        lines = rss = cpu = 0
+        for r, pg2sink_name in enumerate(self.names()[:repeat or self.args.repeat]):
+            wall, rss_r, cpu_r, out = self.run_pg2sink(pg2sink_name, lsn(end),
+                                                       extra=["--import-worker-count=0",
+                                                              "--subscription-manager.poll-interval=1h"])
+            runs["pg2sink"].append(wall)
+            lines = sum(1 for _ in open(out))
+            rss, cpu = max(rss, rss_r), cpu_r if wall == min(runs["pg2sink"]) else cpu
+            runs["pgoutput"].append(self.recvlogical(
+                f"{prefix}_pgoutput{r}", ["-o", "proto_version=1", "-o", "publication_names=pg2sink"], end,
+                "/dev/null"))
+            if wal2json:
+                w2j_out = os.path.join(self.work, "wal2json.json")
+                runs["wal2json"].append(self.recvlogical(f"{prefix}_wal2json{r}", ["-o", "format-version=2"], end,
+                                                         w2j_out))
+                os.remove(w2j_out)
+        self.drop_slots(prefix)
         self.results.append({
             "workload": name, "rows": lines, "lines": lines, "generate_s": gen,
-            "pg2sink_s": wall, "pgoutput_devnull_s": base, "wal2json_s": w2j,
-            "pg2sink_rss_mib": rss, "pg2sink_cpu_s": cpu,
+            "pg2sink_s": min(runs["pg2sink"]), "pgoutput_devnull_s": min(runs["pgoutput"]),
+            "wal2json_s": min(runs["wal2json"]) if runs["wal2json"] else None,
+            "pg2sink_rss_mib": rss, "pg2sink_cpu_s": cpu, "runs_s": runs,
         })
         self.report_line(self.results[-1])
 
@@ -243,31 +273,42 @@ class Bench:
         self.pg.psql(f"create table big (id bigint primary key, a int, b text, c timestamptz, d numeric);"
                      f"insert into big select g, g % 1000, md5(g::text), now(), g / 7.0 from generate_series(1, {rows}) g")
         self.pg.psql("vacuum analyze big")
-        t0 = time.time()
-        subprocess.run([f"{self.args.bin_dir}/psql", "-X", "-q", self.pg.url, "-c", "copy big to stdout"], check=True,
-                           stdout=subprocess.DEVNULL)
-        copy = time.time() - t0
-        # The import alone: the slot left by earlier workloads skips the WAL
+        # The import alone: the slots left by earlier workloads skip the WAL
         # of generating the table (decoding a backlog is what (a)-(c)
         # measure), so the watermarks are reached at once.
-        self.advance_pg2sink_slot()
+        self.advance_pg2sink_slots()
+        # In turns, `repeat` times each (see `streaming`): COPY, then a
+        # pg2sink of its own subscription (its own import job).
+        runs = {"pg2sink": [], "copy": []}
+        imported = rss = cpu = 0
+        for name in self.names():
+            t0 = time.time()
+            subprocess.run([f"{self.args.bin_dir}/psql", "-X", "-q", self.pg.url, "-c", "copy big to stdout"],
+                           check=True, stdout=subprocess.DEVNULL)
+            runs["copy"].append(time.time() - t0)
 
-        def done(poll):
-            if poll.query("select to_regclass('pg2sink.import_jobs') is null") == "t":
-                return False  # pg2sink has not set up its schema yet
-            return poll.query("select count(*) from pg2sink.import_jobs where table_name = 'big' "
-                                "and completed_at is not null") == "1"
-        wall, rss, cpu, out = self.run_pg2sink(0, extra=["--subscription-manager.poll-interval=1s",
-                                                         "--import-worker-count=1",
-                                                         f"--import-worker.batch-limit={self.args.batch}"],
-                                               until=done)
-        imported = sum(1 for line in open(out) if '"op":"import"' in line)
+            def done(poll, name=name):
+                if poll.query("select to_regclass('pg2sink.import_jobs') is null") == "t":
+                    return False  # pg2sink has not set up its schema yet
+                return poll.query("select count(*) from pg2sink.import_jobs where table_name = 'big' "
+                                  f"and publication = '{name}' and completed_at is not null") == "1"
+            wall, rss_r, cpu_r, out = self.run_pg2sink(name, 0, extra=["--subscription-manager.poll-interval=1s",
+                                                                       "--import-worker-count=1",
+                                                                       f"--import-worker.batch-limit={self.args.batch}"],
+                                                       until=done)
+            runs["pg2sink"].append(wall)
+            rss, cpu = max(rss, rss_r), cpu_r if wall == min(runs["pg2sink"]) else cpu
+            imported = sum(1 for line in open(out) if '"op":"import"' in line)
+            # Its slot goes on; the next pg2sink's must not decode this one's
+            # import first.
+            self.advance_pg2sink_slots()
         # The import's own time, from its log line, without process start-up.
         for line in open(os.path.join(self.work, "pg2sink.log")):
             if "import complete" in line and "public.big" in line:
                 print("  " + line.strip(), file=sys.stderr)
         self.results.append({"workload": f"(d) import of a {rows:,}-row table", "rows": rows, "lines": imported,
-                             "pg2sink_s": wall, "copy_s": copy, "pg2sink_rss_mib": rss, "pg2sink_cpu_s": cpu})
+                             "pg2sink_s": min(runs["pg2sink"]), "copy_s": min(runs["copy"]), "pg2sink_rss_mib": rss,
+                             "pg2sink_cpu_s": cpu, "runs_s": runs})
         self.report_line(self.results[-1])
 
     def latency(self, rate, seconds):
@@ -361,14 +402,18 @@ class Bench:
             "# Benchmarks", "",
             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores ({cpu}), "
             f"{mem:.0f} GiB RAM, {platform.system()} {platform.release()}, PostgreSQL "
-            f"{self.pg.version}. Every figure below comes from one run; "
-            "ratios compare tools on the same WAL range in that run.", "",
+            f"{self.pg.version}. Every figure below comes from one run of that command; ratios compare tools "
+            f"on the same WAL range in that run. Within it each tool reads each of (a)–(d) {self.args.repeat} times, "
+            "in turns, from its own slots created at the same position (for (d): COPY, then an import by a "
+            "pg2sink of its own subscription), and its fastest run is shown: this VM's speed varies by up to "
+            "a third from one minute to the next, and the best run of each tool is what the machine can do. "
+            "The last column lists every run. (e) and (f) run once.", "",
             "## Streaming", "",
             "Wall time to consume the same WAL range from a slot each (created at the same position before the "
             "workload). pg2sink: file sink with fsync, until the slot's confirmed position reaches the end. "
             "Ratio = pg2sink / pg_recvlogical+pgoutput to /dev/null (the walsender's limit; target ≤ 1.1).", "",
-            "| workload | rows | pg2sink s | pgoutput→/dev/null s | wal2json→file s | ratio vs limit | pg2sink vs wal2json | rows/s pg2sink | peak RSS MiB | CPU s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| workload | rows | pg2sink s | pgoutput→/dev/null s | wal2json→file s | ratio vs limit | pg2sink vs wal2json | rows/s pg2sink | peak RSS MiB | CPU s | runs s (pg2sink; pgoutput; wal2json) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in self.results:
             if "pgoutput_devnull_s" in r:
@@ -378,17 +423,18 @@ class Bench:
                 lines.append(f"| {r['workload']} | {r['rows']:,} | {r['pg2sink_s']:.2f} | {r['pgoutput_devnull_s']:.2f} | "
                              f"{w2j_s} | {r['pg2sink_s'] / r['pgoutput_devnull_s']:.2f} | "
                              f"{vs_w2j} | {r['rows'] / r['pg2sink_s']:,.0f} | "
-                             f"{r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.1f} |")
+                             f"{r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.1f} | {runs_text(r)} |")
         lines += ["", "## Import", "",
                   "pg2sink's import (chunks of the batch limit, each between watermarks, fsynced) against "
                   "`COPY table TO STDOUT` into /dev/null through psql. Target: ≥ 0.5× COPY's rows/s.", "",
-                  "| workload | rows | pg2sink s | COPY s | pg2sink rows/s | COPY rows/s | ratio (rows/s) | peak RSS MiB | CPU s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| workload | rows | pg2sink s | COPY s | pg2sink rows/s | COPY rows/s | ratio (rows/s) | peak RSS MiB | CPU s | runs s (pg2sink; COPY) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in self.results:
             if "copy_s" in r:
                 lines.append(f"| {r['workload']} | {r['rows']:,} | {r['pg2sink_s']:.2f} | {r['copy_s']:.2f} | "
                              f"{r['rows'] / r['pg2sink_s']:,.0f} | {r['rows'] / r['copy_s']:,.0f} | "
-                             f"{r['copy_s'] / r['pg2sink_s']:.2f} | {r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.1f} |")
+                             f"{r['copy_s'] / r['pg2sink_s']:.2f} | {r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.1f} | "
+                             f"{runs_text(r)} |")
         lines += ["", "## Latency", "",
                   "pgbench commits one-row transactions at a fixed rate; a tailer notes when each line appears in "
                   "pg2sink's output file (written after the previous fsync; the file is fsynced before the slot "
@@ -401,6 +447,11 @@ class Bench:
         return "\n".join(lines) + "\n"
 
 
+def runs_text(r):
+    """Every run's time, per tool: `6.50, 6.81; 6.77, 7.02; ...`."""
+    return "; ".join(", ".join(f"{t:.2f}" for t in times) for times in r.get("runs_s", {}).values() if times)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin-dir", required=True)
@@ -408,6 +459,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a tenth of each workload")
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--out", help="default: docs/benchmarks.md for a full run, else only printed")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="runs of each tool per workload (the best counts; (e) and (f) run once)")
     ap.add_argument("--only", default="abcdef", help="the workloads to run, e.g. --only=d (default: all)")
     args = ap.parse_args()
     scale = 10 if args.quick else 1
@@ -456,7 +509,7 @@ def main():
                         "drop table if exists a, b1, b2, b3, c, big;"
                         "create table f (id bigint primary key, k int, name text, at timestamptz, amount numeric)",
                         [f"insert into f select g, g % 1000, md5(g::text), now(), g / 3.0 from generate_series(1, {n}) g"],
-                        wal2json=False)
+                        wal2json=False, repeat=1)
     finally:
         b.pg.stop()
     command = "make bench" + (" ARGS=--quick" if args.quick else "")
