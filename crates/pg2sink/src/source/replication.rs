@@ -100,7 +100,16 @@ pub struct Session<'a> {
     idle_position: Lsn,
     /// Newest WAL position received.
     received: Lsn,
+    /// When the last standby status was sent.
+    status_sent: tokio::time::Instant,
 }
+
+/// The shortest gap between two confirmations prompted by the sink's
+/// flushes. Under a stream of small transactions the sink flushes up to a
+/// thousand times a second; answering each with a status message cost the
+/// walsender (the stream's bottleneck) time it would rather spend decoding.
+/// A confirmation waits at most this long; data already durable does not.
+const CONFIRM_GAP: Duration = Duration::from_millis(20);
 
 impl<'a> Session<'a> {
     pub fn new(
@@ -123,6 +132,7 @@ impl<'a> Session<'a> {
             types: None,
             idle_position: Lsn::ZERO,
             received: Lsn::ZERO,
+            status_sent: tokio::time::Instant::now(),
         }
     }
 
@@ -151,6 +161,8 @@ impl<'a> Session<'a> {
         let mut status = tokio::time::interval(self.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = *shutdown.borrow();
+        // A confirmation held back by CONFIRM_GAP, and when it is due.
+        let mut confirm_due: Option<tokio::time::Instant> = None;
         while !(stopping && self.transaction.is_none()) {
             tokio::select! {
                 changed = shutdown.changed(), if !stopping => {
@@ -167,6 +179,15 @@ impl<'a> Session<'a> {
                     if changed.is_err() {
                         return Err(Error::Definite(Problem::new("the sink stopped")));
                     }
+                    let due = self.status_sent + CONFIRM_GAP;
+                    if due <= tokio::time::Instant::now() {
+                        self.send_status(false).await?;
+                    } else {
+                        confirm_due.get_or_insert(due);
+                    }
+                }
+                _ = tokio::time::sleep_until(confirm_due.unwrap_or_else(tokio::time::Instant::now)), if confirm_due.is_some() => {
+                    confirm_due = None;
                     self.send_status(false).await?;
                 }
                 _ = status.tick() => self.send_status(false).await?,
@@ -215,6 +236,7 @@ impl<'a> Session<'a> {
             reply_requested,
         );
         self.stream.send_payload(&status).await?;
+        self.status_sent = tokio::time::Instant::now();
         tracing::debug!(%confirmed, "sent standby status");
         Ok(())
     }
