@@ -301,6 +301,35 @@ fn several_workers_share_the_jobs_of_several_tables_without_importing_a_chunk_tw
 }
 
 #[test]
+fn integer_keys_spaced_unevenly_are_each_imported_once() {
+    // Chunk bounds of an integer key are guessed from the keys' spacing:
+    // dense runs after wide gaps overshoot the guess (the chunk is cut and
+    // the rest of its range read next), sparse runs undershoot it.
+    let db = test_db("impspacing");
+    db.psql(
+        "create table t (id bigint primary key, v text);
+         insert into t select g, 'a' from generate_series(-5000, 3000) g;
+         insert into t select 1000000 + g, 'b' from generate_series(1, 30000) g;
+         insert into t select 10000000000 + g * 997, 'c' from generate_series(1, 3000) g;
+         insert into t select 20000000000 + g, 'd' from generate_series(1, 20000) g;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = Streamer::new(&db, dir.path());
+    let mut p = s.start_with(&db, &["--import-worker.batch-limit=500"]);
+    wait_until(WAIT, "the import to complete", || jobs_done(&db));
+    caught_up(&db);
+    stop(&mut p);
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    for m in s.modifications().iter().filter(|m| m["op"] == "import") {
+        *seen.entry(m["after"]["id"].as_i64().unwrap()).or_default() += 1;
+    }
+    let expected: usize = db.psql("select count(*) from t").trim().parse().unwrap();
+    assert_eq!(seen.len(), expected, "every row imported");
+    let twice: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "rows imported twice: {twice:?}");
+}
+
+#[test]
 fn table_created_while_running_with_an_open_transaction_ends_with_all_its_rows() {
     let db = test_db("implate");
     let dir = tempfile::tempdir().unwrap();

@@ -153,6 +153,41 @@ impl ImportTable {
         upto: Option<&[String]>,
         limit: usize,
     ) -> String {
+        self.select_sql(after, upto, upto.is_none().then_some(limit))
+    }
+
+    /// A bounded range cut at `cap` rows: the caller reads what lies
+    /// between its last row and `upto` itself when the cap is reached.
+    pub fn capped_range_sql(
+        &self,
+        after: Option<&[String]>,
+        upto: &[String],
+        cap: usize,
+    ) -> String {
+        self.select_sql(after, Some(upto), Some(cap))
+    }
+
+    /// The key when it is one integer column: its chunks' bounds can then be
+    /// computed from the keys' spacing instead of walking the index.
+    pub fn integer_key(&self) -> bool {
+        matches!(self.key.as_slice(), [(_, ty)] if matches!(ty.as_str(), "smallint" | "integer" | "bigint"))
+    }
+
+    /// The largest key, as text (`None` for an empty table).
+    pub fn max_key_sql(&self) -> String {
+        format!(
+            "select max({})::text from {}",
+            self.quoted_key(),
+            self.quoted_name()
+        )
+    }
+
+    fn select_sql(
+        &self,
+        after: Option<&[String]>,
+        upto: Option<&[String]>,
+        limit: Option<usize>,
+    ) -> String {
         let columns: Vec<String> = self
             .table
             .columns
@@ -177,9 +212,9 @@ impl ImportTable {
         } else {
             format!(" where {}", conditions.join(" and "))
         };
-        let limit = match upto {
-            Some(_) => String::new(),
-            None => format!(" limit {limit}"),
+        let limit = match limit {
+            Some(limit) => format!(" limit {limit}"),
+            None => String::new(),
         };
         format!(
             "select {select} from {}{filter} order by {key}{limit}",

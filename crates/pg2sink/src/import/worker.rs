@@ -187,6 +187,13 @@ impl Worker {
         } else {
             Duration::from_secs(10)
         };
+        // With one integer key, chunk bounds come from the keys' spacing
+        // (no index walk per chunk) while below the largest key at the
+        // start; the table's end is found as without it.
+        let mut spacing = KeySpacing::default();
+        if self.readers.len() > 1 && table.integer_key() {
+            spacing.max = self.max_key(&table).await?;
+        }
         let mut cursor = job.cursor.clone();
         let mut imported = job.rows_processed;
         let started = Instant::now();
@@ -207,10 +214,15 @@ impl Worker {
                 // so the next one can start at once; none when fewer rows
                 // are left (the last chunk) or with one reader.
                 let rows = size.rows();
-                let upto = if self.readers.len() > 1 {
-                    self.boundary(&table, read_from.as_deref(), rows).await?
-                } else {
-                    None
+                let (upto, cap) = match spacing.guess(read_from.as_deref(), rows) {
+                    // A guessed bound may hold far more rows than expected:
+                    // the chunk is cut at twice the expected rows.
+                    Some(upto) => (Some(vec![upto.to_string()]), Some(rows * 2)),
+                    None if self.readers.len() > 1 => (
+                        self.boundary(&table, read_from.as_deref(), rows).await?,
+                        None,
+                    ),
+                    None => (None, None),
                 };
                 let reader = self.readers[next_reader % self.readers.len()].clone();
                 next_reader += 1;
@@ -221,6 +233,7 @@ impl Worker {
                     read_from.as_deref(),
                     upto.clone(),
                     rows,
+                    cap,
                 );
                 match upto {
                     Some(upto) => read_from = Some(upto),
@@ -257,13 +270,36 @@ impl Worker {
                 continue;
             };
             size.learn(&read);
-            let done = exhausted && in_flight.is_empty();
+            spacing.learn(&oldest, &read);
             imported += read.rows as i64;
-            // A bounded chunk covered the keys up to its bound, an
-            // open-ended one those up to its last row.
-            if let Some(end) = oldest.upto.take().or(read.last_key) {
-                cursor = Some(end);
+            match (oldest.cut_short(&read), oldest.upto.take()) {
+                // Cut at its cap before its bound: the rest of its range is
+                // read next, and the cursor stops at its last row until then.
+                (Some(last), Some(upto)) => {
+                    tracing::debug!(table = %job.qualified_name(), after = ?last, ?upto, "chunk cut at its cap; reading the rest of its range");
+                    let reader = self.readers[next_reader % self.readers.len()].clone();
+                    next_reader += 1;
+                    let rest = self.start_chunk(
+                        reader,
+                        &table,
+                        &shape,
+                        Some(&last),
+                        Some(upto),
+                        size.rows(),
+                        oldest.cap,
+                    );
+                    in_flight.push_front(rest);
+                    cursor = Some(last);
+                }
+                // A bounded chunk covered the keys up to its bound, an
+                // open-ended one those up to its last row.
+                (_, upto) => {
+                    if let Some(end) = upto.or(read.last_key) {
+                        cursor = Some(end);
+                    }
+                }
             }
+            let done = exhausted && in_flight.is_empty();
             // After every durable chunk: a pg2sink killed now resumes past
             // it. The session does not wait for the WAL flush of this
             // update, so it costs a round trip; only a crash of the server
@@ -311,7 +347,26 @@ impl Worker {
         }))
     }
 
-    /// Registers a chunk with the stream and starts reading it on `reader`.
+    /// The table's largest key, when it is one integer.
+    async fn max_key(&self, table: &ImportTable) -> Result<Option<i64>, Error> {
+        let messages = self
+            .client
+            .simple_query(&table.max_key_sql())
+            .await
+            .map_err(query(format!(
+                "finding the largest key of {}",
+                table.table.qualified_name()
+            )))?;
+        Ok(messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(|k| k.parse().ok()),
+            _ => None,
+        }))
+    }
+
+    /// Registers a chunk with the stream and starts reading it on `reader`:
+    /// the keys after `after` up to `upto` (at most `cap` rows of them), or
+    /// `rows` rows after `after` when it has no bound.
+    #[allow(clippy::too_many_arguments)]
     fn start_chunk(
         &self,
         reader: Arc<Reader>,
@@ -320,6 +375,7 @@ impl Worker {
         after: Option<&[String]>,
         upto: Option<Vec<String>>,
         rows: usize,
+        cap: Option<usize>,
     ) -> InFlight {
         let id = chunk_id();
         let key_columns = table.key_columns();
@@ -332,7 +388,10 @@ impl Worker {
             .register(&id, &shape.qualified_name(), key_columns);
         let chunk = reader::Chunk {
             id: id.clone(),
-            sql: table.range_sql(after, upto.as_deref(), rows),
+            sql: match (&upto, cap) {
+                (Some(upto), Some(cap)) => table.capped_range_sql(after, upto, cap),
+                _ => table.range_sql(after, upto.as_deref(), rows),
+            },
             table: shape.clone(),
             key_positions,
             capacity: rows,
@@ -341,7 +400,9 @@ impl Worker {
         let read = tokio::spawn(reader::read(reader, self.watermarks.clone(), chunk));
         InFlight {
             id,
+            after: after.map(<[String]>::to_vec),
             upto,
+            cap,
             read: Read::Running(read),
             emitted,
         }
@@ -440,12 +501,70 @@ impl ChunkSize {
     }
 }
 
+/// Guesses where a chunk of a one-integer key ends from the keys' spacing
+/// in the chunk read last: an index walk per chunk (`boundary`) costs the
+/// server about a sixth of the import's own reads. Off (`max` unset) for
+/// other keys; gives no guess at or past the largest key at the start
+/// (the table's end is found by walking), or when the last chunk told
+/// nothing (empty).
+#[derive(Default)]
+struct KeySpacing {
+    /// The largest key when the import started.
+    max: Option<i64>,
+    /// Keys per row in the chunk read last.
+    per_row: Option<f64>,
+}
+
+impl KeySpacing {
+    fn guess(&self, after: Option<&[String]>, rows: usize) -> Option<i64> {
+        let max = self.max?;
+        let after = integer(after)?;
+        let span = (self.per_row? * rows as f64).ceil();
+        if !(1.0..9.0e18).contains(&span) {
+            return None;
+        }
+        let upto = after.checked_add(span as i64)?;
+        (upto < max).then_some(upto)
+    }
+
+    fn learn(&mut self, chunk: &InFlight, read: &ChunkRead) {
+        if self.max.is_none() {
+            return;
+        }
+        let end = match (chunk.cut_short(read), &chunk.upto) {
+            (None, Some(upto)) => integer(Some(upto)),
+            _ => integer(read.last_key.as_deref()),
+        };
+        self.per_row = match (integer(chunk.after.as_deref()), end) {
+            (Some(after), Some(end)) if read.rows > 0 => {
+                Some((end as f64 - after as f64) / read.rows as f64)
+            }
+            // The table's first chunk: its spacing is learnt from the next.
+            (None, _) => self.per_row,
+            _ => None,
+        };
+    }
+}
+
+/// A one-column key's text as an integer.
+fn integer(key: Option<&[String]>) -> Option<i64> {
+    match key? {
+        [one] => one.parse().ok(),
+        _ => None,
+    }
+}
+
 /// A chunk handed to the stream, not yet known to be durable.
 struct InFlight {
     id: String,
+    /// Where the chunk starts (after this key); `None`: at the table's
+    /// start.
+    after: Option<Vec<String>>,
     /// The chunk's last key, when it was bounded; `None` for the
     /// open-ended last chunk of a table.
     upto: Option<Vec<String>>,
+    /// At most this many rows of a bounded chunk are read.
+    cap: Option<usize>,
     read: Read,
     emitted: tokio::sync::oneshot::Receiver<Lsn>,
 }
@@ -456,6 +575,16 @@ enum Read {
 }
 
 impl InFlight {
+    /// The last key read, when the chunk reached its cap: its range may
+    /// hold more rows after it.
+    fn cut_short(&self, read: &ChunkRead) -> Option<Vec<String>> {
+        let cap = self.cap?;
+        if read.rows < cap {
+            return None;
+        }
+        read.last_key.clone()
+    }
+
     /// Waits for the chunk's read to end (at most once).
     async fn finish_read(&mut self, watermarks: &Watermarks) -> Result<ChunkRead, Error> {
         if let Read::Running(task) = &mut self.read {
@@ -522,7 +651,58 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
 
 #[cfg(test)]
 mod tests {
-    use super::{progress, ChunkRead, ChunkSize, FIRST_CHUNK_ROWS};
+    use super::{progress, ChunkRead, ChunkSize, InFlight, KeySpacing, Read, FIRST_CHUNK_ROWS};
+
+    fn in_flight(after: Option<i64>, upto: Option<i64>, cap: Option<usize>) -> InFlight {
+        let (_, emitted) = tokio::sync::oneshot::channel();
+        let key = |k: Option<i64>| k.map(|k| vec![k.to_string()]);
+        InFlight {
+            id: "c".into(),
+            after: key(after),
+            upto: key(upto),
+            cap,
+            read: Read::Done(ChunkRead {
+                rows: 0,
+                bytes: 0,
+                last_key: None,
+            }),
+            emitted,
+        }
+    }
+
+    #[test]
+    fn key_spacing_follows_the_chunk_read_last_and_stops_short_of_the_largest_key() {
+        let read = |rows, last: i64| ChunkRead {
+            rows,
+            bytes: rows,
+            last_key: Some(vec![last.to_string()]),
+        };
+        let after = |k: i64| Some(vec![k.to_string()]);
+        let mut spacing = KeySpacing::default();
+        // Off without a largest key (other keys, one reader).
+        spacing.learn(&in_flight(Some(0), Some(100), None), &read(100, 100));
+        assert_eq!(spacing.guess(after(100).as_deref(), 100), None);
+        spacing.max = Some(10_000);
+        // Nothing known from the table's first chunk.
+        spacing.learn(&in_flight(None, Some(100), None), &read(100, 100));
+        assert_eq!(spacing.guess(after(100).as_deref(), 100), None);
+        // Keys 2 apart: 100 rows span 200 keys.
+        spacing.learn(&in_flight(Some(100), Some(300), None), &read(100, 300));
+        assert_eq!(spacing.guess(after(300).as_deref(), 100), Some(500));
+        // Cut at its cap: the spacing of what was read (5 keys per row).
+        spacing.learn(&in_flight(Some(300), Some(1000), Some(4)), &read(4, 320));
+        assert_eq!(spacing.guess(after(320).as_deref(), 10), Some(370));
+        // Not at or past the largest key: the end is found by walking.
+        assert_eq!(spacing.guess(after(9_990).as_deref(), 10), None);
+        assert_eq!(spacing.guess(Some(&["x".to_string()]), 10), None);
+        // An empty range tells nothing: the next bound is walked.
+        spacing.learn(&in_flight(Some(370), Some(400), None), &read(0, 0));
+        assert_eq!(spacing.guess(after(400).as_deref(), 10), None);
+        // No overflow near the type's end.
+        spacing.max = Some(i64::MAX);
+        spacing.learn(&in_flight(Some(0), Some(i64::MAX - 1), None), &read(1, 0));
+        assert_eq!(spacing.guess(after(i64::MAX - 1).as_deref(), 10), None);
+    }
 
     #[test]
     fn chunks_of_wide_rows_hold_fewer_rows() {
