@@ -56,6 +56,8 @@ class Postgres:
                 "-c synchronous_commit=off -c full_page_writes=off "
                 "-c max_wal_size=20GB -c checkpoint_timeout=1h -c shared_buffers=1GB "
                 "-c logical_decoding_work_mem=256MB -c wal_sender_timeout=60s")
+        self.settings = " ".join(o for o in opts.split() if o != "-c" and not o.isdigit() and not o.startswith(("-p", "listen_addresses",
+                                                                                      "unix_socket")))
         subprocess.run(self.as_pg + [f"{self.bin_dir}/pg_ctl", "-D", self.data, "-l", f"{self.work}/pg.log",
                                      "-w", "-o", opts, "start"], check=True, capture_output=True)
         self.psql("create database bench", db="postgres")
@@ -408,6 +410,9 @@ class Bench:
             "pg2sink of its own subscription), and its fastest run is shown: this VM's speed varies by up to "
             "a third from one minute to the next, and the best run of each tool is what the machine can do. "
             "The last column lists every run. (e) and (f) run once.", "",
+            f"The server is started by the benchmark with `{self.pg.settings}` (loading uses "
+            "`synchronous_commit=off`; the latency workload commits with `synchronous_commit=on`; see the "
+            "comment in `bench/bench.py`).", "",
             "## Streaming", "",
             "Wall time to consume the same WAL range from a slot each (created at the same position before the "
             "workload). pg2sink: file sink with fsync, until the slot's confirmed position reaches the end. "
