@@ -34,6 +34,10 @@ const WAIT_SLICE: &str = "2s";
 /// How often the active process checks that its lock connection is alive.
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often the active process looks whether the server closed its lock
+/// connection (no query: the client knows).
+const CLOSED_POLL: Duration = Duration::from_millis(100);
+
 /// The second key: a hash of the slot's name (FNV-1a, stable everywhere).
 pub fn lock_key(slot: &str) -> i32 {
     let hash = slot.bytes().fold(0x811c_9dc5u32, |h, b| {
@@ -179,10 +183,16 @@ pub async fn acquire(
     }
 }
 
-/// Keeps the lock's connection busy enough to notice when it breaks.
+/// Keeps the lock's connection busy enough to notice when it breaks. A
+/// connection the server closed (a restart) is noticed within
+/// `CLOSED_POLL`, before the stream has reconnected: otherwise the process
+/// would stream again after a restart and stop a few seconds later when
+/// the next query found the lock gone. A query every `CHECK_INTERVAL`
+/// catches connections that hang without closing.
 async fn watch_lock(client: Client, lost: watch::Sender<bool>, shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    let mut tick = tokio::time::interval(CLOSED_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_query = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -191,11 +201,18 @@ async fn watch_lock(client: Client, lost: watch::Sender<bool>, shutdown: watch::
                 std::future::pending::<()>().await;
             }
         }
-        let check = tokio::time::timeout(CHECK_INTERVAL * 2, client.simple_query("select 1"));
-        let failure = match check.await {
-            Ok(Ok(_)) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 10s".to_string(),
+        let failure = if client.is_closed() {
+            "the server closed it".to_string()
+        } else if last_query.elapsed() >= CHECK_INTERVAL {
+            last_query = tokio::time::Instant::now();
+            let check = tokio::time::timeout(CHECK_INTERVAL * 2, client.simple_query("select 1"));
+            match check.await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 10s".to_string(),
+            }
+        } else {
+            continue;
         };
         tracing::error!(error = %failure, "lost the connection that holds the HA lock: a standby may take over, so this process stops streaming");
         let _ = lost.send(true);
