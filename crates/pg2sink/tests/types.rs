@@ -861,6 +861,51 @@ fn a_one_megabyte_value_survives_an_update_of_another_column() {
 }
 
 #[test]
+fn types_pg2sink_does_not_know_travel_as_their_text_with_one_warning() {
+    // ltree and cube (contrib) are base types pg2sink has no mapping for:
+    // their values travel as their text, in imports and in the stream
+    // alike. A json cast (which to_jsonb() would apply) is worth a warning,
+    // once per type, not per value.
+    let db = test_db("types_unknown");
+    let dir = tempfile::tempdir().unwrap();
+    db.psql(
+        "create extension if not exists ltree;
+         create extension if not exists cube;
+         create cast (cube as json) with inout;
+         create table ext (id int primary key, path ltree, paths ltree[], c cube);
+         insert into ext values (1, 'a.b.c', '{a.b,c}', '(1, 2)');",
+    );
+    let s = Streamer::new(&db, dir.path());
+    let mut p = s.start(&db);
+    wait_for_publication(&db, &["public.ext"]);
+    db.psql("insert into ext values (2, 'top', '{}', '(3),(4)'); update ext set path = 'x.y' where id = 1;");
+    let got = s.wait_for_modifications(3);
+    let stderr = p.stderr();
+    stop(&mut p);
+    let row = |op: &str| {
+        got.iter()
+            .find(|m| m["op"] == op)
+            .unwrap_or_else(|| panic!("no {op} in {got:?}"))["after"]
+            .clone()
+    };
+    assert_eq!(
+        row("import"),
+        json!({"id": 1, "path": "a.b.c", "paths": ["a.b", "c"], "c": "(1, 2)"})
+    );
+    assert_eq!(
+        row("insert"),
+        json!({"id": 2, "path": "top", "paths": [], "c": "(3),(4)"})
+    );
+    assert_eq!(row("update")["path"], "x.y");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("passed as their text form"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning, for cube: {warnings:?}");
+    assert!(warnings[0].contains("cube"), "{warnings:?}");
+}
+
+#[test]
 fn keyless_tables_are_skipped_unless_the_user_opts_in_to_replica_identity_full() {
     let db = test_db("types_identity");
     let dir = tempfile::tempdir().unwrap();
