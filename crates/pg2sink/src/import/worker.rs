@@ -224,10 +224,8 @@ impl Worker {
                     ),
                     None => (None, None),
                 };
-                let reader = self.readers[next_reader % self.readers.len()].clone();
-                next_reader += 1;
                 let mut chunk = self.start_chunk(
-                    reader,
+                    self.next_reader(&mut next_reader),
                     &table,
                     &shape,
                     read_from.as_deref(),
@@ -270,34 +268,29 @@ impl Worker {
                 continue;
             };
             size.learn(&read);
-            spacing.learn(&oldest, &read);
             imported += read.rows as i64;
-            match (oldest.cut_short(&read), oldest.upto.take()) {
-                // Cut at its cap before its bound: the rest of its range is
-                // read next, and the cursor stops at its last row until then.
-                (Some(last), Some(upto)) => {
-                    tracing::debug!(table = %job.qualified_name(), after = ?last, ?upto, "chunk cut at its cap; reading the rest of its range");
-                    let reader = self.readers[next_reader % self.readers.len()].clone();
-                    next_reader += 1;
-                    let rest = self.start_chunk(
-                        reader,
-                        &table,
-                        &shape,
-                        Some(&last),
-                        Some(upto),
-                        size.rows(),
-                        oldest.cap,
-                    );
-                    in_flight.push_front(rest);
-                    cursor = Some(last);
-                }
-                // A bounded chunk covered the keys up to its bound, an
-                // open-ended one those up to its last row.
-                (_, upto) => {
-                    if let Some(end) = upto.or(read.last_key) {
-                        cursor = Some(end);
-                    }
-                }
+            // The keys the chunk covered end at its last row when it was cut
+            // at its cap, else at its bound, else (open-ended) at its last row.
+            let cut = oldest.cut_short(&read);
+            let covered = cut.clone().or(oldest.upto.clone()).or(read.last_key);
+            spacing.learn(oldest.after.as_deref(), covered.as_deref(), read.rows);
+            if let (Some(last), Some(upto)) = (cut, oldest.upto.take()) {
+                // The rest of its range is read next; the cursor stops at its
+                // last row until then.
+                tracing::debug!(table = %job.qualified_name(), after = ?last, ?upto, "chunk cut at its cap; reading the rest of its range");
+                let rest = self.start_chunk(
+                    self.next_reader(&mut next_reader),
+                    &table,
+                    &shape,
+                    Some(&last),
+                    Some(upto),
+                    size.rows(),
+                    oldest.cap,
+                );
+                in_flight.push_front(rest);
+            }
+            if covered.is_some() {
+                cursor = covered;
             }
             let done = exhausted && in_flight.is_empty();
             // After every durable chunk: a pg2sink killed now resumes past
@@ -332,11 +325,27 @@ impl Worker {
         after: Option<&[String]>,
         rows: usize,
     ) -> Result<Option<Vec<String>>, Error> {
-        let sql = table.boundary_sql(after, rows);
-        let messages = self.client.simple_query(&sql).await.map_err(query(format!(
+        let what = format!(
             "finding where the next chunk of {} ends",
             table.table.qualified_name()
-        )))?;
+        );
+        self.first_row(&table.boundary_sql(after, rows), what).await
+    }
+
+    /// The table's largest key, when it is one integer.
+    async fn max_key(&self, table: &ImportTable) -> Result<Option<i64>, Error> {
+        let what = format!(
+            "finding the largest key of {}",
+            table.table.qualified_name()
+        );
+        let row = self.first_row(&table.max_key_sql(), what).await?;
+        Ok(integer(row.as_deref()))
+    }
+
+    /// The first row `sql` returns on the control connection, as text (NULL
+    /// as "").
+    async fn first_row(&self, sql: &str, what: String) -> Result<Option<Vec<String>>, Error> {
+        let messages = self.client.simple_query(sql).await.map_err(query(what))?;
         Ok(messages.iter().find_map(|m| match m {
             SimpleQueryMessage::Row(row) => Some(
                 (0..row.len())
@@ -347,20 +356,10 @@ impl Worker {
         }))
     }
 
-    /// The table's largest key, when it is one integer.
-    async fn max_key(&self, table: &ImportTable) -> Result<Option<i64>, Error> {
-        let messages = self
-            .client
-            .simple_query(&table.max_key_sql())
-            .await
-            .map_err(query(format!(
-                "finding the largest key of {}",
-                table.table.qualified_name()
-            )))?;
-        Ok(messages.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).and_then(|k| k.parse().ok()),
-            _ => None,
-        }))
+    /// The reader for the next chunk: each in turn.
+    fn next_reader(&self, turn: &mut usize) -> Arc<Reader> {
+        *turn += 1;
+        self.readers[(*turn - 1) % self.readers.len()].clone()
     }
 
     /// Registers a chunk with the stream and starts reading it on `reader`:
@@ -527,18 +526,14 @@ impl KeySpacing {
         (upto < max).then_some(upto)
     }
 
-    fn learn(&mut self, chunk: &InFlight, read: &ChunkRead) {
+    /// Learns from a chunk that covered the keys after `after` up to `end`
+    /// with `rows` rows.
+    fn learn(&mut self, after: Option<&[String]>, end: Option<&[String]>, rows: usize) {
         if self.max.is_none() {
             return;
         }
-        let end = match (chunk.cut_short(read), &chunk.upto) {
-            (None, Some(upto)) => integer(Some(upto)),
-            _ => integer(read.last_key.as_deref()),
-        };
-        self.per_row = match (integer(chunk.after.as_deref()), end) {
-            (Some(after), Some(end)) if read.rows > 0 => {
-                Some((end as f64 - after as f64) / read.rows as f64)
-            }
+        self.per_row = match (integer(after), integer(end)) {
+            (Some(after), Some(end)) if rows > 0 => Some((end as f64 - after as f64) / rows as f64),
             // The table's first chunk: its spacing is learnt from the next.
             (None, _) => self.per_row,
             _ => None,
@@ -677,30 +672,34 @@ mod tests {
             bytes: rows,
             last_key: Some(vec![last.to_string()]),
         };
-        let after = |k: i64| Some(vec![k.to_string()]);
+        let key = |k: i64| Some(vec![k.to_string()]);
+        let after = key;
         let mut spacing = KeySpacing::default();
         // Off without a largest key (other keys, one reader).
-        spacing.learn(&in_flight(Some(0), Some(100), None), &read(100, 100));
+        spacing.learn(key(0).as_deref(), key(100).as_deref(), 100);
         assert_eq!(spacing.guess(after(100).as_deref(), 100), None);
         spacing.max = Some(10_000);
         // Nothing known from the table's first chunk.
-        spacing.learn(&in_flight(None, Some(100), None), &read(100, 100));
+        spacing.learn(None, key(100).as_deref(), 100);
         assert_eq!(spacing.guess(after(100).as_deref(), 100), None);
         // Keys 2 apart: 100 rows span 200 keys.
-        spacing.learn(&in_flight(Some(100), Some(300), None), &read(100, 300));
+        spacing.learn(key(100).as_deref(), key(300).as_deref(), 100);
         assert_eq!(spacing.guess(after(300).as_deref(), 100), Some(500));
         // Cut at its cap: the spacing of what was read (5 keys per row).
-        spacing.learn(&in_flight(Some(300), Some(1000), Some(4)), &read(4, 320));
+        let cut = in_flight(Some(300), Some(1000), Some(4));
+        assert_eq!(cut.cut_short(&read(3, 310)), None);
+        assert_eq!(cut.cut_short(&read(4, 320)), key(320));
+        spacing.learn(key(300).as_deref(), key(320).as_deref(), 4);
         assert_eq!(spacing.guess(after(320).as_deref(), 10), Some(370));
         // Not at or past the largest key: the end is found by walking.
         assert_eq!(spacing.guess(after(9_990).as_deref(), 10), None);
         assert_eq!(spacing.guess(Some(&["x".to_string()]), 10), None);
         // An empty range tells nothing: the next bound is walked.
-        spacing.learn(&in_flight(Some(370), Some(400), None), &read(0, 0));
+        spacing.learn(key(370).as_deref(), key(400).as_deref(), 0);
         assert_eq!(spacing.guess(after(400).as_deref(), 10), None);
         // No overflow near the type's end.
         spacing.max = Some(i64::MAX);
-        spacing.learn(&in_flight(Some(0), Some(i64::MAX - 1), None), &read(1, 0));
+        spacing.learn(key(0).as_deref(), key(i64::MAX - 1).as_deref(), 1);
         assert_eq!(spacing.guess(after(i64::MAX - 1).as_deref(), 10), None);
     }
 
