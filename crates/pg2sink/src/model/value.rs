@@ -82,8 +82,9 @@ pub fn write_json(ty: &TypeInfo, text: &str, out: &mut Vec<u8>) {
             iso_timestamp_into(text, scalar == PgType::Timestamptz, out);
             out.push(b'"');
         }
-        PgType::Timestamp => write_str(&iso_timestamp(text, false), out),
-        PgType::Timestamptz => write_str(&iso_timestamp(text, true), out),
+        PgType::Timestamp | PgType::Timestamptz => {
+            write_str(&iso_timestamp(text, scalar == PgType::Timestamptz), out)
+        }
         // Every type `text_to_json` renders other than as its text.
         PgType::Int2
         | PgType::Int4
