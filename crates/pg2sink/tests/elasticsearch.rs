@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{repo_root, test_db, wait_until, Pg2Sink, TestDb};
+use crate::harness::{
+    repo_root, stream_start_failure, strip_ansi, test_db, wait_until, Pg2Sink, TestDb,
+};
 use crate::streaming::{slot_streaming, stop};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -316,48 +318,18 @@ fn es_rejected_document_stops_pg2sink_and_is_not_lost() {
 #[test]
 fn es_start_fails_fast_when_the_server_is_down() {
     let db = test_db("es_down");
-    let started = Instant::now();
-    let url = format!("--url={}", db.url());
-    let mut p = Pg2Sink::spawn(
+    let err = stream_start_failure(
+        &db,
         &[
-            "stream",
             "--sink=elasticsearch",
-            &url,
             "--sink.elasticsearch.url=http://127.0.0.1:9",
-            "--metrics-address=off",
         ],
-        &[],
+        Duration::from_secs(20),
     );
-    let status = p.wait_exit(Duration::from_secs(30));
-    assert!(!status.success());
-    let err = p.stderr();
     assert!(err.contains("cannot reach Elasticsearch"), "{err}");
     assert!(err.contains("http://127.0.0.1:9"), "{err}");
     assert!(
         err.contains("hint: check --sink.elasticsearch.url"),
         "{err}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
-}
-
-/// Log text without terminal colour codes.
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

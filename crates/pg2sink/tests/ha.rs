@@ -4,75 +4,18 @@
 //! losing nothing.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{test_db, wait_until, Pg2Sink, TestDb};
+use crate::harness::{test_db, wait_until, Pg2Sink, TestDb, Writer};
 use crate::ops::{get_json, http, http_address, pg2sink, sample};
 use crate::postgres_sink::{target_for, wait_equal};
 use crate::streaming::{slot_streaming, stop, Streamer};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A writer committing one numbered transaction after another (the SQL
-/// for id `n` from `sql`); records each id once its commit returned.
-struct Writer {
-    done: Arc<AtomicBool>,
-    committed: Arc<Mutex<Vec<i64>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(db: &TestDb, sql: fn(i64) -> String) -> Writer {
-        let done = Arc::new(AtomicBool::new(false));
-        let committed = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (url, done, committed) = (db.url(), done.clone(), committed.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Runtime::new().unwrap();
-                rt.block_on(async {
-                    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                        .await
-                        .unwrap();
-                    tokio::spawn(conn);
-                    let mut id = 0i64;
-                    while !done.load(Ordering::Relaxed) {
-                        id += 1;
-                        c.batch_execute(&sql(id)).await.unwrap();
-                        committed.lock().unwrap().push(id);
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                })
-            })
-        };
-        Writer {
-            done,
-            committed,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.committed.lock().unwrap().len()
-    }
-
-    /// Stops the writer; returns the ids it committed.
-    fn stop(mut self) -> Vec<i64> {
-        self.done.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        self.committed.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-    }
-}
+/// The writers' pause after each commit.
+const PAUSE: Duration = Duration::from_millis(2);
 
 /// Waits until `p` logs that it stands by.
 fn wait_standby(p: &mut Pg2Sink) {
@@ -149,9 +92,12 @@ fn ha_standby_takes_over_after_kill9_and_the_file_sink_loses_nothing() {
     assert!(out.contains("active   (holds the HA lock"), "{out}");
     assert!(out.contains("standby  (waits for the HA lock"), "{out}");
 
-    let writer = Writer::start(&db, |id| {
-        format!("insert into t values ({id}, repeat('x', 100))")
-    });
+    let writer = Writer::start(
+        &db,
+        |id| format!("insert into t values ({id}, repeat('x', 100))"),
+        1,
+        PAUSE,
+    );
     wait_until(WAIT, "imported and streamed rows to arrive", || {
         let m = s.modifications();
         m.iter().any(|m| m["op"] == "import") && m.iter().any(|m| m["op"] == "insert")
@@ -227,18 +173,23 @@ fn ha_standby_takes_over_the_postgres_sink_and_the_target_equals_the_source() {
     wait_standby(&mut b);
 
     // Inserts, updates of imported rows and deletes, each its own commit.
-    let writer = Writer::start(&source, |i| {
-        format!(
-            "begin;
+    let writer = Writer::start(
+        &source,
+        |i| {
+            format!(
+                "begin;
              insert into a values ({i}, 0, 'new');
              update a set v = v + 1, note = 'u{i}' where id = {} or id = {};
              delete from a where id = {};
              commit;",
-            i / 2,
-            -(i * 7 % 100000) - 1,
-            i - 5
-        )
-    });
+                i / 2,
+                -(i * 7 % 100000) - 1,
+                i - 5
+            )
+        },
+        1,
+        PAUSE,
+    );
     wait_until(WAIT, "rows to reach the target", || {
         target
             .try_psql("select count(*) > 0 from a where note <> 'old'")

@@ -6,15 +6,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::harness::{repo_root, test_db, wait_until, Pg2Sink, TestDb};
+use crate::harness::{
+    repo_root, stream_start_failure, strip_ansi, test_db, wait_until, Pg2Sink, TestDb, Writer,
+};
 use crate::streaming::{slot_streaming, stop, NO_IMPORTS};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -310,34 +310,14 @@ fn nats_consumer_reads_each_subject_in_order() {
     assert!(schema_odd < position(&|m| m.subject == subject_odd).unwrap());
 }
 
-/// Commits numbered rows into `t`, one per transaction, recording each id
-/// once its commit returned, until `done`.
-fn steady_writer(
-    db: &TestDb,
-    committed: Arc<Mutex<Vec<i64>>>,
-    done: Arc<AtomicBool>,
-) -> JoinHandle<()> {
-    let url = db.url();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut id = 0i64;
-            while !done.load(Ordering::Relaxed) {
-                id += 1;
-                c.execute("insert into t values ($1, repeat('x', 100))", &[&id])
-                    .await
-                    .unwrap();
-                committed.lock().unwrap().push(id);
-                if id % 20 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        })
-    })
+/// Commits numbered rows into `t`, one per transaction.
+fn steady_writer(db: &TestDb) -> Writer {
+    Writer::start(
+        db,
+        |id| format!("insert into t values ({id}, repeat('x', 100))"),
+        20,
+        Duration::from_millis(5),
+    )
 }
 
 fn ids(c: &Consumer, subject: &str) -> Vec<i64> {
@@ -347,7 +327,7 @@ fn ids(c: &Consumer, subject: &str) -> Vec<i64> {
 /// The duplicates JetStream discarded, as pg2sink's last batch log line
 /// counts them.
 fn stale_total(stderr: &str) -> u64 {
-    crate::elasticsearch::strip_ansi(stderr)
+    strip_ansi(stderr)
         .rsplit("stale_total=")
         .next()
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
@@ -386,9 +366,7 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
     crate::elasticsearch::prepare_replay(&db, "t");
     // The slot exists before the first row.
     start(&db, &url, &stream, &prefix, NO_IMPORTS).kill9();
-    let committed = Arc::new(Mutex::new(Vec::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = steady_writer(&db, committed.clone(), done.clone());
+    let writer = steady_writer(&db);
     let mut c = Consumer::new(&url, &stream);
     let subject = format!("{prefix}.public.t");
     let mut discarded = 0;
@@ -402,9 +380,7 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
         p.kill9();
         discarded += stale_total(&p.stderr());
     }
-    done.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    let committed = committed.lock().unwrap().clone();
+    let committed = writer.stop();
     let last = *committed.last().unwrap();
     let mut p = start(&db, &url, &stream, &prefix, NO_IMPORTS);
     wait_until(WAIT, "every committed row to arrive", || {
@@ -450,20 +426,14 @@ fn nats_kill9_under_a_steady_writer_no_duplicate_no_gap() {
 #[test]
 fn nats_start_fails_fast_when_the_server_is_down() {
     let db = test_db("nats_down");
-    let url = format!("--url={}", db.url());
-    let mut p = Pg2Sink::spawn(
+    let err = stream_start_failure(
+        &db,
         &[
-            "stream",
             "--sink=nats",
-            &url,
             "--sink.nats.url=nats://pg2sink:hush-hush@127.0.0.1:9",
-            "--metrics-address=off",
         ],
-        &[],
+        Duration::from_secs(60),
     );
-    let status = p.wait_exit(Duration::from_secs(60));
-    assert!(!status.success());
-    let err = crate::elasticsearch::strip_ansi(&p.stderr());
     for line in err.lines().filter(|l| l.contains("WARN")) {
         eprintln!("{line}");
     }
@@ -581,9 +551,7 @@ fn nats_server_restarted_mid_stream_nothing_lost() {
         "select slot_name from pg_replication_slots where database = '{}'",
         db.name()
     ));
-    let committed = Arc::new(Mutex::new(Vec::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = steady_writer(&db, committed.clone(), done.clone());
+    let writer = steady_writer(&db);
     let mut c = Consumer::new(&url, &stream);
     let subject = format!("{prefix}.public.t");
     // Stopped cleanly, then killed: messages in flight at the kill are
@@ -631,9 +599,7 @@ fn nats_server_restarted_mid_stream_nothing_lost() {
     wait_until(WAIT, "messages to flow again", || {
         c.poll().len() > before + 200
     });
-    done.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    let committed = committed.lock().unwrap().clone();
+    let committed = writer.stop();
     let last = *committed.last().unwrap();
     wait_until(WAIT, "pg2sink to catch up", || {
         c.poll();
@@ -659,7 +625,7 @@ fn nats_server_restarted_mid_stream_nothing_lost() {
     assert_exactly(&ordered, &committed);
     let bulk: Vec<i64> = seen.into_iter().filter(|i| *i >= BULK).collect();
     assert_exactly(&bulk, &(BULK..BULK + BULK_ROWS).collect::<Vec<_>>());
-    let err = crate::elasticsearch::strip_ansi(&p.stderr());
+    let err = strip_ansi(&p.stderr());
     for line in err
         .lines()
         .filter(|l| l.contains("WARN") && !l.contains("IO error"))

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::{test_db, test_db_on, wait_until, Pg2Sink, TestDb};
+use crate::harness::{stream_start_failure, test_db, test_db_on, wait_until, Pg2Sink, TestDb};
 use crate::streaming::{slot_streaming, stop};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -328,27 +328,18 @@ fn pg_sink_turns_every_type_back_into_typed_columns() {
 #[test]
 fn pg_sink_start_fails_fast_when_the_target_is_unreachable() {
     let source = test_db("pgsink_down");
-    let started = Instant::now();
-    let url = format!("--url={}", source.url());
-    let mut p = Pg2Sink::spawn(
+    let err = stream_start_failure(
+        &source,
         &[
-            "stream",
             "--sink=postgres",
-            &url,
             "--sink.postgres.url=postgres://nobody@127.0.0.1:9/nowhere?sslmode=disable",
-            "--metrics-address=off",
         ],
-        &[],
+        Duration::from_secs(50),
     );
-    let status = p.wait_exit(Duration::from_secs(60));
-    assert!(!status.success());
-    let err = p.stderr();
     assert!(err.contains("cannot reach the target Postgres"), "{err}");
     assert!(err.contains("port=9"), "{err}");
     assert!(err.contains("hint: check --sink.postgres.url"), "{err}");
     assert!(!err.contains("PASSWORD"), "{err}");
-    // Fails fast: no retrying at start-up (a generous bound, not a timing test).
-    assert!(started.elapsed() < Duration::from_secs(50));
 }
 
 #[test]
@@ -360,21 +351,12 @@ fn pg_sink_start_fails_fast_when_the_role_lacks_privileges() {
         "revoke create on database \"{0}\" from public; revoke create on schema public from public;",
         target.name()
     ));
-    let url = format!("--url={}", source.url());
     let sink_url = format!("--sink.postgres.url={}", target.role_url("weak", "weak-pw"));
-    let mut p = Pg2Sink::spawn(
-        &[
-            "stream",
-            "--sink=postgres",
-            &url,
-            &sink_url,
-            "--metrics-address=off",
-        ],
-        &[],
+    let err = stream_start_failure(
+        &source,
+        &["--sink=postgres", &sink_url],
+        Duration::from_secs(60),
     );
-    let status = p.wait_exit(Duration::from_secs(60));
-    assert!(!status.success());
-    let err = p.stderr();
     assert!(
         err.contains("creating the schema pg2sink on the target"),
         "{err}"

@@ -3,13 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{test_db, wait_until, Pg2Sink, TestDb};
+use crate::harness::{test_db, wait_until, Pg2Sink, TestDb, Writer};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -352,41 +350,19 @@ fn kill_9_repeatedly_under_load_loses_nothing() {
     // the business of imports, not of the stream.
     s.start_with(&db, NO_IMPORTS).kill9();
 
-    // A writer commits numbered rows, one per transaction, and records each
-    // id once its commit has returned.
-    let committed = Arc::new(Mutex::new(Vec::<i64>::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (url, committed, done) = (db.url(), committed.clone(), done.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let mut id = 0i64;
-                while !done.load(Ordering::Relaxed) {
-                    id += 1;
-                    c.execute("insert into t values ($1, repeat('x', 200))", &[&id])
-                        .await
-                        .unwrap();
-                    committed.lock().unwrap().push(id);
-                    if id % 50 == 0 {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-            })
-        })
-    };
+    // A writer commits numbered rows, one per transaction.
+    let writer = Writer::start(
+        &db,
+        |id| format!("insert into t values ({id}, repeat('x', 200))"),
+        50,
+        Duration::from_millis(5),
+    );
     for round in 0..6u64 {
         let mut p = s.start_with(&db, NO_IMPORTS);
         std::thread::sleep(Duration::from_millis(300 + (round * 257) % 900));
         p.kill9();
     }
-    done.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    let committed: Vec<i64> = committed.lock().unwrap().clone();
+    let committed = writer.stop();
     assert!(committed.len() > 100, "the writer made progress");
 
     let mut p = s.start_with(&db, NO_IMPORTS);
