@@ -493,6 +493,12 @@ pub struct KafkaArgs {
     )]
     pub format: KafkaFormat,
 
+    /// Kafka sink: follow each delete (and the old key of an update that
+    /// changed the key) with a tombstone, a message with the key and no
+    /// value, so that log compaction can drop the key.
+    #[arg(long = "sink.kafka.tombstones", env = "PG2SINK_SINK_KAFKA_TOMBSTONES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tombstones: bool,
+
     /// Kafka sink: a Confluent schema registry; Avro values are then framed
     /// with the registered schema's id (subject <topic>-value).
     #[arg(

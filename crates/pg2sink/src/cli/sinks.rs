@@ -133,6 +133,7 @@ pub fn kafka_config(args: &StreamArgs) -> KafkaConfig {
             KafkaFormat::Json => ValueFormat::Json,
             KafkaFormat::Avro => ValueFormat::Avro,
         },
+        tombstones: a.tombstones,
         schema_registry_url: a.schema_registry_url.clone(),
         security_protocol: a.security_protocol.clone(),
         sasl_mechanism: a.sasl_mechanism.clone(),

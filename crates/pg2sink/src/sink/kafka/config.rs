@@ -30,6 +30,9 @@ pub struct KafkaConfig {
     /// Replication factor of a topic the sink creates.
     pub replication_factor: i32,
     pub format: ValueFormat,
+    /// Follow a delete (and the old key of an update that changed the key)
+    /// with a tombstone, so log compaction can drop the key.
+    pub tombstones: bool,
     /// Confluent schema registry: Avro values are then framed with the
     /// registered schema's id.
     pub schema_registry_url: Option<String>,
@@ -57,6 +60,7 @@ impl Default for KafkaConfig {
             partitions: 1,
             replication_factor: 1,
             format: ValueFormat::Json,
+            tombstones: true,
             schema_registry_url: None,
             security_protocol: None,
             sasl_mechanism: None,
@@ -101,6 +105,7 @@ impl fmt::Debug for KafkaConfig {
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("format", &self.format)
+            .field("tombstones", &self.tombstones)
             .field(
                 "schema_registry_url",
                 &self

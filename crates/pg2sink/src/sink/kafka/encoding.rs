@@ -8,6 +8,7 @@
 //!   and stay in order. A table without key columns gives no key. An
 //!   update that changed the key is also written under the old key
 //!   ([`moved_from`]), so that key's partition learns the row left it;
+//!   a key left without a row is then followed by a tombstone (no value);
 //! - every message carries the headers `lsn` (`16/B374D848`), `sequence`
 //!   (decimal) and `op` (`insert`, `update`, `delete`, `truncate`,
 //!   `import`), so consumers order and de-duplicate on (`lsn`, `sequence`)

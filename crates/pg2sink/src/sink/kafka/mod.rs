@@ -13,7 +13,9 @@
 //! truncate has no key: it is written to every partition of the table's
 //! topic, so each partition sees it between the changes before and after.
 //! An update that changed the primary key is written under the old key and
-//! under the new one.
+//! under the new one. A key left without a row (a delete's, or the old key
+//! of such an update) then gets a tombstone, a message with no value and
+//! the same headers, unless `--sink.kafka.tombstones=false`.
 //!
 //! Replays (after a crash, changes past the last confirmed position are
 //! sent again) append duplicates: a key's messages then read, e.g.,
@@ -329,6 +331,18 @@ impl Sink for KafkaSink {
         } else {
             vec![(None, key.as_deref())]
         };
+        // The key the change leaves without a row gets a tombstone after
+        // its message, so that compaction can drop the key.
+        let gone = match &moved_from {
+            Some(old) => Some(old.as_slice()),
+            None if m.op == Op::Delete => key.as_deref(),
+            None => None,
+        };
+        let tombstone = gone.filter(|_| self.config.tombstones);
+        let what = format!(
+            "the change at lsn {} sequence {} of {qualified}",
+            m.lsn, m.sequence
+        );
         for (partition, key) in copies {
             self.produce(
                 &topic,
@@ -336,12 +350,14 @@ impl Sink for KafkaSink {
                 key,
                 value.as_deref(),
                 owned_headers(&headers),
-                format!(
-                    "the change at lsn {} sequence {} of {qualified}",
-                    m.lsn, m.sequence
-                ),
+                what.clone(),
             )
             .await?;
+        }
+        if let Some(key) = tombstone {
+            let what = format!("the tombstone after {what}");
+            self.produce(&topic, None, Some(key), None, owned_headers(&headers), what)
+                .await?;
         }
         Ok(())
     }
