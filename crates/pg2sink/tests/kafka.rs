@@ -14,9 +14,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::harness::{
-    repo_root, stream_start_failure, strip_ansi, test_db, wait_until, Pg2Sink, TestDb,
-};
+use crate::harness::{repo_root, stream_start_failure, test_db, wait_until, Pg2Sink, TestDb};
 use crate::streaming::{slot_streaming, stop};
 
 const WAIT: Duration = Duration::from_secs(90);

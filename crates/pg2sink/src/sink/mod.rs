@@ -48,6 +48,7 @@ pub mod kafka;
 pub mod nats;
 pub mod postgres;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -92,6 +93,19 @@ impl SinkError {
     pub fn is_transient(&self) -> bool {
         matches!(self, SinkError::Transient { .. })
     }
+}
+
+/// What a sink knows of a change's table, by `schema.table`: the source
+/// always sends a table's schema before its changes, so a miss is a bug.
+pub fn table_of<'a, T>(
+    tables: &'a HashMap<String, T>,
+    m: &Modification,
+) -> Result<&'a T, SinkError> {
+    let qualified = format!("{}.{}", m.namespace, m.name);
+    tables.get(&qualified).ok_or_else(|| SinkError::Definite {
+        context: format!("a change of {qualified} came before its schema"),
+        source: "the source sends a table's schema before its changes".into(),
+    })
 }
 
 /// One destination. Implementations buffer as they like; `flush` is the

@@ -28,7 +28,7 @@ use self::client::Client;
 pub use self::config::BigQueryConfig;
 use self::schema::TableLayout;
 use super::http::SinkStats;
-use super::{Sink, SinkError};
+use super::{table_of, Sink, SinkError};
 use crate::model::{Modification, Schema};
 use crate::retry::Backoff;
 
@@ -181,13 +181,7 @@ impl Sink for BigQuerySink {
     }
 
     async fn write_modification(&mut self, m: &Modification) -> Result<(), SinkError> {
-        let qualified = format!("{}.{}", m.namespace, m.name);
-        let Some(layout) = self.tables.get(&qualified) else {
-            return Err(SinkError::Definite {
-                context: format!("a change of {qualified} came before its schema"),
-                source: "the source sends a table's schema before its changes".into(),
-            });
-        };
+        let layout = table_of(&self.tables, m)?;
         let rows = encoding::rows(layout, m);
         self.unflushed += rows.iter().map(|r| r.to_string().len()).sum::<usize>();
         match self.pending.last_mut() {

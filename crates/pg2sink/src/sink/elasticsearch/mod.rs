@@ -31,7 +31,7 @@ pub use self::config::ElasticsearchConfig;
 use self::encoding::{Action, ItemOutcome};
 use self::mapping::TableMapping;
 use super::http::SinkStats;
-use super::{Sink, SinkError};
+use super::{table_of, Sink, SinkError};
 use crate::model::{Modification, Row, Schema};
 use crate::retry::Backoff;
 
@@ -239,13 +239,7 @@ impl Sink for ElasticsearchSink {
     }
 
     async fn write_modification(&mut self, m: &Modification) -> Result<(), SinkError> {
-        let qualified = format!("{}.{}", m.namespace, m.name);
-        let Some(table) = self.tables.get(&qualified) else {
-            return Err(SinkError::Definite {
-                context: format!("a change of {qualified} came before its schema"),
-                source: "the source sends a table's schema before its changes".into(),
-            });
-        };
+        let table = table_of(&self.tables, m)?;
         for action in encoding::actions(table, m)? {
             self.unflushed += action.size();
             self.pending.push(action);

@@ -48,7 +48,7 @@ use self::client::Client;
 pub use self::config::{KafkaConfig, ValueFormat};
 use self::topic::TableTopic;
 use super::http::SinkStats;
-use super::{Sink, SinkError};
+use super::{table_of, Sink, SinkError};
 use crate::model::{Modification, Op, Schema};
 
 /// A table as the sink knows it.
@@ -298,13 +298,8 @@ impl Sink for KafkaSink {
     }
 
     async fn write_modification(&mut self, m: &Modification) -> Result<(), SinkError> {
-        let qualified = format!("{}.{}", m.namespace, m.name);
-        let Some(table) = self.tables.get(&qualified) else {
-            return Err(SinkError::Definite {
-                context: format!("a change of {qualified} came before its schema"),
-                source: "the source sends a table's schema before its changes".into(),
-            });
-        };
+        let table = table_of(&self.tables, m)?;
+        let qualified = &table.topic.qualified;
         let key = encoding::key(&table.topic, m);
         let moved_from = encoding::moved_from(&table.topic, m);
         let value = self.value(table, m)?;

@@ -33,7 +33,7 @@ pub use self::config::PostgresSinkConfig;
 use self::encoding::TableBatch;
 use self::schema::TableShape;
 use super::http::SinkStats;
-use super::{Sink, SinkError};
+use super::{table_of, Sink, SinkError};
 use crate::model::{Lsn, Modification, Schema};
 use crate::retry::Backoff;
 
@@ -172,13 +172,7 @@ impl Sink for PostgresSink {
             SinkStats::add(&self.stats.stale, 1);
             return Ok(());
         }
-        let qualified = format!("{}.{}", m.namespace, m.name);
-        if !self.tables.contains_key(&qualified) {
-            return Err(definite(
-                format!("a change of {qualified} came before its schema"),
-                "the source sends a table's schema before its changes",
-            ));
-        }
+        table_of(&self.tables, m)?;
         self.seen = position;
         self.open_bytes += modification_size(m);
         self.open.push(m.clone());
@@ -209,13 +203,7 @@ impl Sink for PostgresSink {
         let started = Instant::now();
         let mut batches: BTreeMap<&str, (&TableShape, TableBatch)> = BTreeMap::new();
         for m in &changes {
-            let qualified = format!("{}.{}", m.namespace, m.name);
-            let shape = self.tables.get(&qualified).ok_or_else(|| {
-                definite(
-                    format!("a change of {qualified} came before its schema"),
-                    "the source sends a table's schema before its changes",
-                )
-            })?;
+            let shape = table_of(&self.tables, m)?;
             let entry = batches
                 .entry(shape.source.as_str())
                 .or_insert_with(|| (shape, TableBatch::default()));
