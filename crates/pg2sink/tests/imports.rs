@@ -3,13 +3,11 @@
 //! the source's state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{test_db, wait_until, Pg2Sink, TestDb};
+use crate::harness::{test_db, wait_until, Pg2Sink, TestDb, Writer};
 use crate::streaming::{read_lines, stop, Streamer};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -108,42 +106,29 @@ fn caught_up(db: &TestDb) {
 }
 
 /// Random inserts, updates (some changing the key) and deletes on
-/// `t (a int, b text, v int, primary key (a, b))` until stopped.
-fn random_writer(url: String, seed: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            let mut next = move || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let a = (next() % 100_000) as i32;
-                let sql = match next() % 4 {
-                    0 => format!(
-                        "insert into t values ({}, 'n{}', {}) on conflict do nothing",
-                        a + 200_000,
-                        n,
-                        n
-                    ),
-                    1 => format!("update t set v = v + 1 where a = {a}"),
-                    2 => format!("update t set a = a + 1000000 where a = {a}"),
-                    _ => format!("delete from t where a = {a}"),
-                };
-                c.batch_execute(&sql).await.unwrap();
-                n += 1;
-            }
-            n
-        })
-    })
+/// `t (a int, b text, v int, primary key (a, b))` until stopped, as fast
+/// as they commit.
+fn random_writer(db: &TestDb, seed: u64) -> Writer {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let sql = move |n: i64| {
+        let a = (next() % 100_000) as i32;
+        match next() % 4 {
+            0 => format!(
+                "insert into t values ({}, 'n{n}', {n}) on conflict do nothing",
+                a + 200_000
+            ),
+            1 => format!("update t set v = v + 1 where a = {a}"),
+            2 => format!("update t set a = a + 1000000 where a = {a}"),
+            _ => format!("delete from t where a = {a}"),
+        }
+    };
+    Writer::start(db, sql, 1, Duration::ZERO)
 }
 
 fn consistency_run(seed: u64) {
@@ -154,12 +139,10 @@ fn consistency_run(seed: u64) {
     );
     let dir = tempfile::tempdir().unwrap();
     let s = Streamer::new(&db, dir.path());
-    let stop_writer = Arc::new(AtomicBool::new(false));
-    let writer = random_writer(db.url(), seed, stop_writer.clone());
+    let writer = random_writer(&db, seed);
     let mut p = s.start(&db);
     wait_until(WAIT, "the import to complete", || jobs_done(&db));
-    stop_writer.store(true, Ordering::Relaxed);
-    let writes = writer.join().unwrap();
+    let writes = writer.stop().len();
     caught_up(&db);
     stop(&mut p);
     let messages = s.modifications();
@@ -208,8 +191,7 @@ fn import_resumes_from_its_cursor_after_kill_9() {
     );
     let dir = tempfile::tempdir().unwrap();
     let s = Streamer::new(&db, dir.path());
-    let stop_writer = Arc::new(AtomicBool::new(false));
-    let writer = random_writer(db.url(), 7, stop_writer.clone());
+    let writer = random_writer(&db, 7);
     let mut kills = 0;
     let mut progress_at_kill = vec![];
     let progress = || {
@@ -235,8 +217,7 @@ fn import_resumes_from_its_cursor_after_kill_9() {
     }
     let mut p = s.start(&db);
     wait_until(WAIT, "the import to complete", || jobs_done(&db));
-    stop_writer.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    writer.stop();
     caught_up(&db);
     stop(&mut p);
     let messages = s.modifications();

@@ -18,8 +18,13 @@ pub struct Writer {
 impl Writer {
     /// Commits `sql(1)`, `sql(2)`, ... on `db`, sleeping `pause` after
     /// every `every`-th commit so the load stays steady without starving
-    /// pg2sink of the machine's two cores.
-    pub fn start(db: &TestDb, sql: fn(i64) -> String, every: i64, pause: Duration) -> Writer {
+    /// pg2sink of the machine's two cores (`Duration::ZERO`: no pause).
+    pub fn start(
+        db: &TestDb,
+        mut sql: impl FnMut(i64) -> String + Send + 'static,
+        every: i64,
+        pause: Duration,
+    ) -> Writer {
         let done = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(Mutex::new(Vec::new()));
         let thread = {
@@ -36,7 +41,7 @@ impl Writer {
                         id += 1;
                         c.batch_execute(&sql(id)).await.unwrap();
                         committed.lock().unwrap().push(id);
-                        if id % every == 0 {
+                        if !pause.is_zero() && id % every == 0 {
                             tokio::time::sleep(pause).await;
                         }
                     }
