@@ -608,7 +608,7 @@ fn tuple_to_row(
     full_old: Option<&TupleData>,
     keys_only: bool,
 ) -> (Row, Vec<String>) {
-    let mut row = Row::new();
+    let mut row = Row::with_capacity(table.columns.len());
     let mut unchanged = Vec::new();
     for (i, column) in table.columns.iter().enumerate() {
         if keys_only && !column.is_key {
