@@ -608,7 +608,12 @@ fn tuple_to_row(
     full_old: Option<&TupleData>,
     keys_only: bool,
 ) -> (Row, Vec<String>) {
-    let mut row = Row::with_capacity(table.columns.len());
+    let capacity = if keys_only {
+        table.columns.iter().filter(|c| c.is_key).count()
+    } else {
+        table.columns.len()
+    };
+    let mut row = Row::with_capacity(capacity);
     let mut unchanged = Vec::new();
     for (i, column) in table.columns.iter().enumerate() {
         if keys_only && !column.is_key {
