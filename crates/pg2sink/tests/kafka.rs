@@ -217,10 +217,10 @@ fn kafka_start_fails_fast_when_the_broker_is_down() {
 
 /// The messages of a topic de-duplicated the way the docs tell consumers
 /// to: per key, a message whose (lsn, sequence) is not greater than the last
-/// applied one is a replay and skipped. Returns the current rows by key
-/// (JSON text) and every distinct (lsn, sequence) applied; panics when a
-/// key's messages or a truncate's copies break the documented order.
-fn apply(messages: &[Msg]) -> (BTreeMap<String, Value>, BTreeSet<(u64, u64)>) {
+/// applied one is a replay and skipped, and so is a tombstone (it repeats
+/// the position of the change before it). Panics when a key's messages, a
+/// tombstone or a truncate's copies break the documented order.
+fn apply(messages: &[Msg]) -> Applied {
     let mut rows: BTreeMap<String, Value> = BTreeMap::new();
     let mut last: HashMap<String, (u64, u64)> = HashMap::new();
     // Per partition: the newest truncate applied, and which keys live there.
@@ -228,19 +228,24 @@ fn apply(messages: &[Msg]) -> (BTreeMap<String, Value>, BTreeSet<(u64, u64)>) {
     let mut keys_of: HashMap<i32, BTreeSet<String>> = HashMap::new();
     let mut partition_of: HashMap<String, i32> = HashMap::new();
     let mut applied = BTreeSet::new();
-    // Per key: the position of its last message, applied or not.
-    let mut previous: HashMap<String, (u64, u64)> = HashMap::new();
+    // Per key: the position of its last message, applied or not, and
+    // whether that change left the key without a row.
+    let mut previous: HashMap<String, ((u64, u64), bool)> = HashMap::new();
+    let (mut left, mut tombstones) = (BTreeSet::new(), BTreeSet::new());
     for m in messages {
         let position = m.position();
         if m.is_tombstone() {
-            // It follows the message of the change that left its key
-            // without a row, with the same headers.
+            // Right after the message of the change that left its key
+            // without a row, in its partition, with the same headers.
             let key = String::from_utf8(m.key.clone().unwrap()).unwrap();
-            assert_eq!(previous.get(&key), Some(&position), "tombstone of {key}");
+            assert_eq!(
+                previous.get(&key),
+                Some(&(position, true)),
+                "tombstone of {key}"
+            );
+            assert_eq!(partition_of.get(&key), Some(&m.partition), "{key}");
+            tombstones.insert((key, position));
             continue;
-        }
-        if let Some(key) = &m.key {
-            previous.insert(String::from_utf8(key.clone()).unwrap(), position);
         }
         let value = m.value_json();
         assert_eq!(m.headers["op"], value["op"].as_str().unwrap(), "{value}");
@@ -266,36 +271,53 @@ fn apply(messages: &[Msg]) -> (BTreeMap<String, Value>, BTreeSet<(u64, u64)>) {
         if let Some(p) = partition_of.insert(key.clone(), m.partition) {
             assert_eq!(p, m.partition, "key {key} in two partitions");
         }
+        // A delete, or a copy under the old key of an update that changed
+        // it, leaves the key without a row.
+        let leaves = m.headers["op"] == "delete" || {
+            let after = value["after"].as_object().unwrap();
+            let key_json = serde_json::from_str::<Value>(&key).unwrap();
+            let after_key: serde_json::Map<String, Value> = key_json
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| (k.clone(), after.get(k).cloned().unwrap_or(Value::Null)))
+                .collect();
+            Value::Object(after_key) != key_json
+        };
+        previous.insert(key.clone(), (position, leaves));
+        if leaves {
+            left.insert((key.clone(), position));
+        }
         if last.get(&key).is_some_and(|l| position <= *l) {
             continue; // a replay
         }
         last.insert(key.clone(), position);
         applied.insert(position);
         keys_of.entry(m.partition).or_default().insert(key.clone());
-        match m.headers["op"].as_str() {
-            "delete" => {
-                rows.remove(&key);
-            }
-            _ => {
-                // A copy under the old key of an update that changed it: the
-                // row left this key.
-                let after = value["after"].as_object().unwrap();
-                let after_key: serde_json::Map<String, Value> = serde_json::from_str::<Value>(&key)
-                    .unwrap()
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .map(|k| (k.clone(), after.get(k).cloned().unwrap_or(Value::Null)))
-                    .collect();
-                if Value::Object(after_key) == serde_json::from_str::<Value>(&key).unwrap() {
-                    rows.insert(key, value["after"].clone());
-                } else {
-                    rows.remove(&key);
-                }
-            }
+        if leaves {
+            rows.remove(&key);
+        } else {
+            rows.insert(key, value["after"].clone());
         }
     }
-    (rows, applied)
+    Applied {
+        rows,
+        applied,
+        left,
+        tombstones,
+    }
+}
+
+/// A topic as `apply` read it.
+struct Applied {
+    /// The current rows, by key (JSON text).
+    rows: BTreeMap<String, Value>,
+    /// Every distinct (lsn, sequence) applied.
+    applied: BTreeSet<(u64, u64)>,
+    /// (key, position) of each change that left a key without a row, and
+    /// of each tombstone: equal once every tombstone has arrived.
+    left: BTreeSet<(String, (u64, u64))>,
+    tombstones: BTreeSet<(String, (u64, u64))>,
 }
 
 /// The table's rows as `to_jsonb` renders them, by the sink's key text.
@@ -321,10 +343,11 @@ fn wait_equal(db: &TestDb, table: &str, topic: &str, key: &[&str], changes: usiz
     loop {
         let messages = read_topic(topic);
         let state = apply(&messages);
-        if state.1.len() >= changes {
+        if state.applied.len() >= changes {
             want = source_rows(db, table, key);
-            if state.0 == want {
-                assert_eq!(state.1.len(), changes, "distinct changes in {topic}");
+            // Every change that left a key without a row has its tombstone.
+            if state.rows == want && state.left == state.tombstones {
+                assert_eq!(state.applied.len(), changes, "distinct changes in {topic}");
                 eprintln!(
                     "{topic}: {} messages, {changes} distinct changes",
                     messages.len()
@@ -343,10 +366,11 @@ fn wait_equal(db: &TestDb, table: &str, topic: &str, key: &[&str], changes: usiz
                     m.value.as_deref().map(String::from_utf8_lossy)
                 );
             }
+            let untombed: Vec<_> = state.left.difference(&state.tombstones).take(10).collect();
             panic!(
-                "topic {topic} differs from table {table}: {} of {changes} changes\n source: {want:?}\n topic:  {:?}",
-                state.1.len(),
-                state.0
+                "topic {topic} differs from table {table}: {} of {changes} changes; without a tombstone: {untombed:?}\n source: {want:?}\n topic:  {:?}",
+                state.applied.len(),
+                state.rows
             );
         }
         std::thread::sleep(Duration::from_millis(200));

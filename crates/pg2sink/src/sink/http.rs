@@ -45,7 +45,8 @@ pub struct SinkStats {
     pub requests: SinkCounter,
     pub retries: SinkCounter,
     pub errors: SinkCounter,
-    /// Rows (documents, table rows) sent and accepted.
+    /// Rows (documents, table rows; for Kafka, messages, tombstones and
+    /// truncate copies included) sent and accepted.
     pub rows: SinkCounter,
     /// Changes the sink refused because it already holds a newer version
     /// (expected after replays).

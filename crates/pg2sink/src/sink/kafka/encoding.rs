@@ -41,6 +41,21 @@ pub fn moved_from(table: &TableTopic, m: &Modification) -> Option<Vec<u8>> {
     (Some(&old) != key(table, m).as_ref()).then_some(old)
 }
 
+/// The key a change leaves without a row, which a tombstone then follows:
+/// a delete's key, or the old key of an update that changed the key.
+/// `key` and `moved_from` are the change's [`key`] and [`moved_from`].
+pub fn left_key<'a>(
+    m: &Modification,
+    key: Option<&'a [u8]>,
+    moved_from: Option<&'a [u8]>,
+) -> Option<&'a [u8]> {
+    match moved_from {
+        Some(old) => Some(old),
+        None if m.op == Op::Delete => key,
+        None => None,
+    }
+}
+
 fn row_key(table: &TableTopic, row: &Row) -> Option<Vec<u8>> {
     if table.key_columns.is_empty() {
         return None;

@@ -15,7 +15,8 @@
 //! An update that changed the primary key is written under the old key and
 //! under the new one. A key left without a row (a delete's, or the old key
 //! of such an update) then gets a tombstone, a message with no value and
-//! the same headers, unless `--sink.kafka.tombstones=false`.
+//! the same headers, unless `--sink.kafka.tombstones=false`; on a compacted
+//! topic it lets compaction drop the key.
 //!
 //! Replays (after a crash, changes past the last confirmed position are
 //! sent again) append duplicates: a key's messages then read, e.g.,
@@ -328,12 +329,8 @@ impl Sink for KafkaSink {
         };
         // The key the change leaves without a row gets a tombstone after
         // its message, so that compaction can drop the key.
-        let gone = match &moved_from {
-            Some(old) => Some(old.as_slice()),
-            None if m.op == Op::Delete => key.as_deref(),
-            None => None,
-        };
-        let tombstone = gone.filter(|_| self.config.tombstones);
+        let tombstone = encoding::left_key(m, key.as_deref(), moved_from.as_deref())
+            .filter(|_| self.config.tombstones);
         let what = format!(
             "the change at lsn {} sequence {} of {qualified}",
             m.lsn, m.sequence

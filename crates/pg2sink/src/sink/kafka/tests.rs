@@ -111,6 +111,26 @@ fn keys_are_the_primary_key_columns_as_json() {
     assert_eq!(encoding::moved_from(&topic, &full), None);
     let truncate = modification(Op::Truncate, None, None);
     assert_eq!(encoding::key(&topic, &truncate), None);
+    // Which key a tombstone follows: a delete's, a moved row's old one.
+    let left = |m: &Modification| {
+        let (key, moved) = (encoding::key(&topic, m), encoding::moved_from(&topic, m));
+        encoding::left_key(m, key.as_deref(), moved.as_deref()).map(<[u8]>::to_vec)
+    };
+    assert_eq!(left(&delete).unwrap(), br#"{"k2":"b","k1":8}"#);
+    assert_eq!(left(&moved).unwrap(), br#"{"k2":"a","k1":7}"#);
+    for m in [&insert, &full, &truncate] {
+        assert_eq!(left(m), None, "{:?}", m.op);
+    }
+    let keyless = TableTopic::from_schema(
+        "p",
+        &table(vec![Column::new("v", TypeOid(25), -1, false)]).avro_schema(),
+    );
+    let delete_keyless = modification(Op::Delete, Some(json!({"v": "x"})), None);
+    let key = encoding::key(&keyless, &delete_keyless);
+    assert_eq!(
+        encoding::left_key(&delete_keyless, key.as_deref(), None),
+        None
+    );
     assert_eq!(
         encoding::headers(&insert),
         [
