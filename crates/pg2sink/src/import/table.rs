@@ -140,31 +140,7 @@ impl ImportTable {
     /// The next chunk after `cursor` (the previous chunk's last key, as
     /// text), in key order.
     pub fn chunk_sql(&self, cursor: Option<&[String]>, limit: usize) -> String {
-        self.range_sql(cursor, None, limit)
-    }
-
-    /// The rows with keys after `after` (none: from the start), up to and
-    /// including `upto`, in key order; at most `limit` rows when there is no
-    /// upper bound. A bounded range has no limit: cutting it short would
-    /// leave a gap before the next range, which starts at `upto`.
-    pub fn range_sql(
-        &self,
-        after: Option<&[String]>,
-        upto: Option<&[String]>,
-        limit: usize,
-    ) -> String {
-        self.select_sql(after, upto, upto.is_none().then_some(limit))
-    }
-
-    /// A bounded range cut at `cap` rows: the caller reads what lies
-    /// between its last row and `upto` itself when the cap is reached.
-    pub fn capped_range_sql(
-        &self,
-        after: Option<&[String]>,
-        upto: &[String],
-        cap: usize,
-    ) -> String {
-        self.select_sql(after, Some(upto), Some(cap))
+        self.range_sql(cursor, None, Some(limit))
     }
 
     /// The key when it is one integer column: its chunks' bounds can then be
@@ -182,7 +158,12 @@ impl ImportTable {
         )
     }
 
-    fn select_sql(
+    /// The rows with keys after `after` (none: from the start), up to and
+    /// including `upto` (none: to the table's end), in key order, at most
+    /// `limit` of them. A bounded range read with a limit may stop short of
+    /// `upto`: its reader must then read on from its last row, or leave a
+    /// gap before the next range (which starts after `upto`).
+    pub fn range_sql(
         &self,
         after: Option<&[String]>,
         upto: Option<&[String]>,

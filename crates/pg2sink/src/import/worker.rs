@@ -387,10 +387,13 @@ impl Worker {
             .register(&id, &shape.qualified_name(), key_columns);
         let chunk = reader::Chunk {
             id: id.clone(),
-            sql: match (&upto, cap) {
-                (Some(upto), Some(cap)) => table.capped_range_sql(after, upto, cap),
-                _ => table.range_sql(after, upto.as_deref(), rows),
-            },
+            // A bounded range is read whole unless capped; an open-ended
+            // one is a chunk of `rows` rows.
+            sql: table.range_sql(
+                after,
+                upto.as_deref(),
+                if upto.is_some() { cap } else { Some(rows) },
+            ),
             table: shape.clone(),
             key_positions,
             capacity: rows,
