@@ -108,6 +108,25 @@ pub fn table_of<'a, T>(
     })
 }
 
+/// The length of `value` as JSON, counted without building the text: what
+/// sinks add up against their byte limit.
+pub fn json_size<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and a JSON value always serialises.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// One destination. Implementations buffer as they like; `flush` is the
 /// only durability point.
 #[allow(async_fn_in_trait)]
@@ -263,4 +282,21 @@ async fn flush<S: Sink>(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn json_size_is_the_length_of_the_text() {
+        let value = json!({
+            "id": 12345678901234567890u64,
+            "amount": serde_json::from_str::<serde_json::Value>("1.50").unwrap(),
+            "name": "quote \" and \u{1} and é",
+            "tags": ["a", null, true],
+        });
+        assert_eq!(super::json_size(&value), value.to_string().len());
+        assert_eq!(super::json_size(&serde_json::Value::Null), 4);
+    }
 }

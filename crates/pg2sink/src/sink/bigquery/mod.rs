@@ -28,7 +28,7 @@ use self::client::Client;
 pub use self::config::BigQueryConfig;
 use self::schema::TableLayout;
 use super::http::SinkStats;
-use super::{table_of, Sink, SinkError};
+use super::{json_size, table_of, Sink, SinkError};
 use crate::model::{Modification, Schema};
 use crate::retry::Backoff;
 
@@ -183,7 +183,7 @@ impl Sink for BigQuerySink {
     async fn write_modification(&mut self, m: &Modification) -> Result<(), SinkError> {
         let layout = table_of(&self.tables, m)?;
         let rows = encoding::rows(layout, m);
-        self.unflushed += rows.iter().map(|r| r.to_string().len()).sum::<usize>();
+        self.unflushed += rows.iter().map(json_size).sum::<usize>();
         match self.pending.last_mut() {
             Some((table, pending)) if *table == layout.raw_table => pending.extend(rows),
             _ => self.pending.push((layout.raw_table.clone(), rows)),

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::mapping::TableMapping;
 use crate::model::{Lsn, Modification, Op, Row};
 use crate::sink::http::key_text;
-use crate::sink::SinkError;
+use crate::sink::{json_size, SinkError};
 
 /// Bits of the version that hold the sequence (saturating): the LSN gets
 /// the other 51, room for 2 PiB of WAL.
@@ -65,7 +65,7 @@ impl Action {
     /// Rough size, for the driver's byte limit.
     pub fn size(&self) -> usize {
         match self {
-            Action::Index { doc, .. } => 100 + Value::Object(doc.clone()).to_string().len(),
+            Action::Index { doc, .. } => 100 + json_size(doc),
             _ => 100,
         }
     }

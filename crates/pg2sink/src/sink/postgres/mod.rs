@@ -33,7 +33,7 @@ pub use self::config::PostgresSinkConfig;
 use self::encoding::TableBatch;
 use self::schema::TableShape;
 use super::http::SinkStats;
-use super::{table_of, Sink, SinkError};
+use super::{json_size, table_of, Sink, SinkError};
 use crate::model::{Lsn, Modification, Schema};
 use crate::retry::Backoff;
 
@@ -250,24 +250,6 @@ impl Sink for PostgresSink {
 
 /// About the bytes a change takes in memory, for the driver's size limit.
 fn modification_size(m: &Modification) -> usize {
-    let row = |r: &Option<crate::model::Row>| {
-        r.as_ref()
-            .map_or(0, |r| r.iter().map(|(k, v)| k.len() + value_size(v)).sum())
-    };
+    let row = |r: &Option<crate::model::Row>| r.as_ref().map_or(0, json_size);
     64 + m.namespace.len() + m.name.len() + row(&m.before) + row(&m.after)
-}
-
-fn value_size(v: &serde_json::Value) -> usize {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => s.len() + 2,
-        Value::Array(a) => 2 + a.iter().map(value_size).sum::<usize>(),
-        Value::Object(o) => {
-            2 + o
-                .iter()
-                .map(|(k, v)| k.len() + 3 + value_size(v))
-                .sum::<usize>()
-        }
-        other => other.to_string().len(),
-    }
 }
