@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::value::{value_to_json, write_json};
+use super::value::{utf8_text, value_to_json, write_json};
 use super::{Lsn, Modification, Op, Row, Table};
 
 /// One row of `COPY ... TO STDOUT` text output, without its newline;
@@ -114,10 +114,7 @@ impl<'a> Iterator for Fields<'a> {
 /// `\xHH`; any other escaped character stands for itself.
 fn unescape(field: &[u8]) -> Cow<'_, str> {
     if memchr::memchr(b'\\', field).is_none() {
-        return match std::str::from_utf8(field) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(field),
-        };
+        return utf8_text(field);
     }
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
@@ -178,7 +175,7 @@ fn unescape(field: &[u8]) -> Cow<'_, str> {
 #[derive(Clone, Debug)]
 pub struct ImportChunk {
     /// Commit time of the high watermark's transaction.
-    pub timestamp: String,
+    pub timestamp: Arc<str>,
     pub lsn: Lsn,
     /// The `sequence` of the first row; the others follow one by one.
     pub first_sequence: u64,
@@ -219,8 +216,8 @@ impl ImportChunk {
             lsn: self.lsn,
             sequence: self.first_sequence + i as u64,
             op: Op::Import,
-            namespace: self.table.namespace.clone(),
-            name: self.table.name.clone(),
+            namespace: self.table.namespace.as_str().into(),
+            name: self.table.name.as_str().into(),
             before: None,
             after: Some(self.row(i)),
             unchanged: vec![],

@@ -4,6 +4,8 @@
 //! Promises: the JSON shapes of the seed README, plus `lsn` and `op`, so a
 //! consumer can order and de-duplicate on (`lsn`, `sequence`).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -28,14 +30,16 @@ pub type Row = Map<String, Value>;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Modification {
     /// Commit time of the transaction, RFC 3339 in UTC with microseconds.
-    pub timestamp: String,
+    /// Shared (like the names) by every change of a transaction: a clone
+    /// per row would be an allocation per row.
+    pub timestamp: Arc<str>,
     /// The transaction's commit LSN: the same for every change of a transaction.
     pub lsn: Lsn,
     /// 1-based index of this change within its transaction.
     pub sequence: u64,
     pub op: Op,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub before: Option<Row>,
     pub after: Option<Row>,
     /// Columns whose large (TOASTed) value the update left untouched and
@@ -73,8 +77,8 @@ pub fn format_timestamp(unix_micros: i64) -> String {
 
 /// A fixed timestamp for unit tests elsewhere in the crate.
 #[cfg(test)]
-pub fn format_timestamp_for_tests() -> String {
-    format_timestamp(0)
+pub fn format_timestamp_for_tests() -> Arc<str> {
+    format_timestamp(0).into()
 }
 
 #[cfg(test)]
@@ -96,7 +100,7 @@ mod tests {
         let mut after = Row::new();
         after.insert("id".into(), Value::from(1));
         let m = Modification {
-            timestamp: format_timestamp(0),
+            timestamp: format_timestamp(0).into(),
             lsn: Lsn(0x16_0000_0010),
             sequence: 1,
             op: Op::Insert,

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Error, Problem};
 use crate::import::watermark::{self, Watermarks};
 use crate::model::pgtype::PgType;
-use crate::model::value::{text_to_json, value_to_json};
+use crate::model::value::{text_to_json, utf8_text, value_to_json};
 use crate::model::{
     format_timestamp, Column, ImportChunk, Lsn, Modification, Op, RelationId, Row, Schema, Table,
 };
@@ -73,12 +73,22 @@ pub fn start_replication_sql(slot: &str, publication: &str, start: Lsn) -> Strin
 /// A transaction being received.
 struct OpenTransaction {
     lsn: Lsn,
-    timestamp: String,
+    timestamp: Arc<str>,
     sequence: u64,
     /// Already handed to the sink before a reconnect.
     skip: bool,
     /// Import workers waiting for this transaction's end position.
     notify: Vec<tokio::sync::oneshot::Sender<Lsn>>,
+}
+
+/// A table as the last RELATION message described it, with the names every
+/// change of it carries, made once per shape rather than once per row.
+struct Relation {
+    table: Table,
+    namespace: Arc<str>,
+    name: Arc<str>,
+    qualified: String,
+    changes: crate::ops::metrics::TableChanges,
 }
 
 pub struct Session<'a> {
@@ -87,7 +97,7 @@ pub struct Session<'a> {
     durable: watch::Receiver<Lsn>,
     progress: &'a mut Progress,
     status_interval: Duration,
-    relations: HashMap<RelationId, Table>,
+    relations: HashMap<RelationId, Relation>,
     /// Relations whose current shape has been announced to the sink.
     announced: HashSet<RelationId>,
     transaction: Option<OpenTransaction>,
@@ -280,7 +290,7 @@ impl<'a> Session<'a> {
                 let skip = begin.final_lsn < self.progress.forwarded;
                 self.transaction = Some(OpenTransaction {
                     lsn: begin.final_lsn,
-                    timestamp: format_timestamp(begin.commit_time.unix_micros()),
+                    timestamp: format_timestamp(begin.commit_time.unix_micros()).into(),
                     sequence: 0,
                     skip,
                     notify: Vec::new(),
@@ -321,7 +331,14 @@ impl<'a> Session<'a> {
                 // A new shape (or a new session) is announced again before
                 // the next change, if it differs from the last one sent.
                 self.announced.remove(&table.id);
-                self.relations.insert(table.id, table);
+                let relation = Relation {
+                    namespace: table.namespace.as_str().into(),
+                    name: table.name.as_str().into(),
+                    qualified: table.qualified_name(),
+                    changes: crate::ops::metrics::TableChanges::of(&table.qualified_name()),
+                    table,
+                };
+                self.relations.insert(relation.table.id, relation);
             }
             PgOutputMessage::Insert(insert) => {
                 let (after, unchanged) = self
@@ -411,6 +428,10 @@ impl<'a> Session<'a> {
     }
 
     fn table(&self, id: RelationId) -> Result<&Table, Error> {
+        self.relation(id).map(|r| &r.table)
+    }
+
+    fn relation(&self, id: RelationId) -> Result<&Relation, Error> {
         self.relations.get(&id).ok_or_else(|| {
             protocol_violation(&format!(
                 "a change of relation {id} arrived before its RELATION message"
@@ -434,18 +455,19 @@ impl<'a> Session<'a> {
         }
         tx.sequence += 1;
         let (lsn, sequence, timestamp) = (tx.lsn, tx.sequence, tx.timestamp.clone());
-        let table = self.table(relation)?;
-        let (namespace, name) = (table.namespace.clone(), table.name.clone());
-        let qualified = table.qualified_name();
-        crate::ops::metrics::change_emitted(&qualified, op);
+        let rel = self.relation(relation)?;
+        let (namespace, name) = (rel.namespace.clone(), rel.name.clone());
+        rel.changes.emitted(op);
         if let Some(watermarks) = self.watermarks.as_ref().filter(|w| w.any()) {
             match op {
-                Op::Truncate => watermarks.truncated(&qualified),
-                _ => watermarks.changed(&qualified, before.as_ref(), after.as_ref(), &unchanged),
+                Op::Truncate => watermarks.truncated(&rel.qualified),
+                _ => {
+                    watermarks.changed(&rel.qualified, before.as_ref(), after.as_ref(), &unchanged)
+                }
             }
         }
         if !self.announced.contains(&relation) {
-            let schema = table.avro_schema();
+            let (qualified, schema) = (rel.qualified.clone(), rel.table.avro_schema());
             self.announce(qualified, schema, &timestamp).await?;
             self.announced.insert(relation);
         }
@@ -530,6 +552,8 @@ impl<'a> Session<'a> {
             tx.sequence += chunk.len() as u64;
             self.forward(SinkEvent::Import(chunk)).await?;
         }
+        let (namespace, name): (Arc<str>, Arc<str>) =
+            (table.namespace.as_str().into(), table.name.as_str().into());
         for (row, unchanged) in ready.completed {
             let tx = self.transaction.as_mut().expect("checked above");
             tx.sequence += 1;
@@ -538,8 +562,8 @@ impl<'a> Session<'a> {
                 lsn: tx.lsn,
                 sequence: tx.sequence,
                 op: Op::Import,
-                namespace: table.namespace.clone(),
-                name: table.name.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
                 before: None,
                 after: Some(row),
                 unchanged,
@@ -631,9 +655,7 @@ fn tuple_to_row(
                 unchanged.push(column.name.clone());
                 continue;
             }
-            Some(ColumnValue::Text(text)) => {
-                value_to_json(&column.ty, &String::from_utf8_lossy(text))
-            }
+            Some(ColumnValue::Text(text)) => value_to_json(&column.ty, &utf8_text(text)),
             Some(ColumnValue::Binary(bytes)) => {
                 text_to_json(PgType::Bytea, &format!("\\x{}", hex::encode(bytes)))
             }

@@ -75,7 +75,7 @@ fn row(
     );
     json.insert(
         schema::TIMESTAMP.into(),
-        timestamp(&Value::String(m.timestamp.clone())),
+        timestamp(&Value::String(m.timestamp.to_string())),
     );
     json.insert(schema::KEY.into(), key.map_or(Value::Null, Value::String));
     json.insert(schema::UNCHANGED.into(), json!(unchanged));

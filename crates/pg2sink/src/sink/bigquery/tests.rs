@@ -179,7 +179,7 @@ fn values() {
 #[test]
 fn key_change_writes_a_delete_for_the_old_key() {
     let m = Modification {
-        timestamp: format_timestamp(0),
+        timestamp: format_timestamp(0).into(),
         lsn: Lsn(0x20),
         sequence: 3,
         op: Op::Update,

@@ -28,7 +28,7 @@ fn row(v: serde_json::Value) -> Row {
 
 fn modification(op: Op, before: Option<Row>, after: Option<Row>) -> Modification {
     Modification {
-        timestamp: format_timestamp(0),
+        timestamp: format_timestamp(0).into(),
         lsn: Lsn(0x10),
         sequence: 2,
         op,

@@ -390,7 +390,7 @@ mod tests {
             rotate_interval: None,
         };
         let schema = Schema {
-            timestamp: format_timestamp_for_tests(),
+            timestamp: format_timestamp_for_tests().to_string(),
             schema: serde_json::json!({"namespace": "public.t"}),
         };
         let m = insert_at(Lsn(1));
