@@ -101,7 +101,7 @@ pub fn write_json(ty: &TypeInfo, text: &str, out: &mut Vec<u8>) {
     }
 }
 
-fn write_str(text: &str, out: &mut Vec<u8>) {
+pub fn write_str(text: &str, out: &mut Vec<u8>) {
     // Most text needs no escaping: copied as is. Otherwise serde_json's
     // own escaping, so the bytes match a serialised Value.
     if needs_escaping(text) {
@@ -122,9 +122,43 @@ fn needs_escaping(text: &str) -> bool {
     })
 }
 
-fn write_value(value: &Value, out: &mut Vec<u8>) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(out, value);
+/// `value` as serde_json writes it, byte for byte, with [`write_str`]'s
+/// fast path for every string and key (serde_json checks each byte in
+/// turn; most of a row's bytes are in strings).
+pub fn write_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::String(text) => write_str(text, out),
+        Value::Object(map) => write_object(map, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(item, out);
+            }
+            out.push(b']');
+        }
+        // Null, booleans and numbers (arbitrary precision: their text).
+        // Writing to a Vec cannot fail.
+        other => {
+            let _ = serde_json::to_writer(out, other);
+        }
+    }
+}
+
+/// A row (or any JSON object) as serde_json writes it; see [`write_value`].
+pub fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(key, out);
+        out.push(b':');
+        write_value(value, out);
+    }
+    out.push(b'}');
 }
 
 /// Whether `text` is a number in JSON's grammar that serde_json keeps as

@@ -85,18 +85,15 @@ impl FileSink {
         })
     }
 
+    /// Appends what `write` writes (whole lines) to output `which`.
     async fn append(
         &mut self,
         which: usize,
-        value: &impl serde::Serialize,
+        write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), SinkError> {
         let output = &mut self.outputs[which];
         let before = output.buffer.len();
-        serde_json::to_writer(&mut output.buffer, value).map_err(|e| SinkError::Definite {
-            context: "encoding a message as JSON".into(),
-            source: Box::new(e),
-        })?;
-        output.buffer.push(b'\n');
+        write(&mut output.buffer);
         self.unflushed += output.buffer.len() - before;
         if output.buffer.len() >= WRITE_THROUGH_BYTES {
             output.write_out(false).await?;
@@ -115,24 +112,27 @@ impl Sink for FileSink {
         if self.last_schema.get(&table) == Some(&schema.schema) {
             return Ok(());
         }
-        self.append(self.schemas, schema).await?;
+        self.append(self.schemas, |out| {
+            // A struct of a string and a JSON value always serialises.
+            let _ = serde_json::to_writer(&mut *out, schema);
+            out.push(b'\n');
+        })
+        .await?;
         self.last_schema.insert(table, schema.schema.clone());
         Ok(())
     }
 
     async fn write_modification(&mut self, modification: &Modification) -> Result<(), SinkError> {
-        self.append(self.modifications, modification).await
+        self.append(self.modifications, |out| {
+            modification.write_json(out);
+            out.push(b'\n');
+        })
+        .await
     }
 
     async fn write_import(&mut self, chunk: &ImportChunk) -> Result<(), SinkError> {
-        let output = &mut self.outputs[self.modifications];
-        let before = output.buffer.len();
-        chunk.write_json_lines(&mut output.buffer);
-        self.unflushed += output.buffer.len() - before;
-        if output.buffer.len() >= WRITE_THROUGH_BYTES {
-            output.write_out(false).await?;
-        }
-        Ok(())
+        self.append(self.modifications, |out| chunk.write_json_lines(out))
+            .await
     }
 
     fn unflushed_bytes(&self) -> usize {

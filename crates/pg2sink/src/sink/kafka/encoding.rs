@@ -97,5 +97,5 @@ pub fn headers(m: &Modification) -> Vec<(&'static str, String)> {
 
 /// The `Modification` as JSON.
 pub fn json_value(m: &Modification) -> Vec<u8> {
-    serde_json::to_vec(m).unwrap_or_default()
+    m.to_json()
 }

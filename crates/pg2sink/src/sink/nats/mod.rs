@@ -313,10 +313,7 @@ impl Sink for NatsSink {
 
     async fn write_modification(&mut self, m: &Modification) -> Result<(), SinkError> {
         self.publish_waiting_schema(m).await?;
-        let body = serde_json::to_vec(m).map_err(|e| SinkError::Definite {
-            context: format!("encoding a change of {}.{}", m.namespace, m.name),
-            source: Box::new(e),
-        })?;
+        let body = m.to_json();
         let id = encoding::message_id(m, &body);
         let subject =
             encoding::modification_subject(&self.config.subject_prefix, &m.namespace, &m.name);
