@@ -331,11 +331,12 @@ impl<'a> Session<'a> {
                 // A new shape (or a new session) is announced again before
                 // the next change, if it differs from the last one sent.
                 self.announced.remove(&table.id);
+                let qualified = table.qualified_name();
                 let relation = Relation {
                     namespace: table.namespace.as_str().into(),
                     name: table.name.as_str().into(),
-                    qualified: table.qualified_name(),
-                    changes: crate::ops::metrics::TableChanges::of(&table.qualified_name()),
+                    changes: crate::ops::metrics::TableChanges::of(&qualified),
+                    qualified,
                     table,
                 };
                 self.relations.insert(relation.table.id, relation);
