@@ -126,16 +126,36 @@ fn needs_escaping(text: &str) -> bool {
 /// fast path for every string and key (serde_json checks each byte in
 /// turn; most of a row's bytes are in strings).
 pub fn write_value(value: &Value, out: &mut Vec<u8>) {
+    write_value_ordered(value, false, out)
+}
+
+/// [`write_value`] with every object's keys sorted: one text per value
+/// whatever the key order (what `verify` compares and hashes).
+pub fn write_value_sorted(value: &Value, out: &mut Vec<u8>) {
+    write_value_ordered(value, true, out)
+}
+
+/// A row (or any JSON object) as serde_json writes it; see [`write_value`].
+pub fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    write_entries(map.iter(), false, out)
+}
+
+fn write_value_ordered(value: &Value, sorted: bool, out: &mut Vec<u8>) {
     match value {
         Value::String(text) => write_str(text, out),
-        Value::Object(map) => write_object(map, out),
+        Value::Object(map) if sorted => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            write_entries(entries.into_iter(), sorted, out)
+        }
+        Value::Object(map) => write_entries(map.iter(), sorted, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(item, out);
+                write_value_ordered(item, sorted, out);
             }
             out.push(b']');
         }
@@ -147,16 +167,19 @@ pub fn write_value(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// A row (or any JSON object) as serde_json writes it; see [`write_value`].
-pub fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+fn write_entries<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    sorted: bool,
+    out: &mut Vec<u8>,
+) {
     out.push(b'{');
-    for (i, (key, value)) in map.iter().enumerate() {
+    for (i, (key, value)) in entries.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_str(key, out);
         out.push(b':');
-        write_value(value, out);
+        write_value_ordered(value, sorted, out);
     }
     out.push(b'}');
 }
