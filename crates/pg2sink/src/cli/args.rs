@@ -275,6 +275,18 @@ pub struct StreamArgs {
     #[arg(long = "status-interval", env = "PG2SINK_STATUS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub status_interval: Duration,
 
+    /// How long the replication connection may stay silent before it is
+    /// taken for dead and reopened (a reply is requested after a third of
+    /// it). "auto": the server's wal_sender_timeout (60s if disabled), at
+    /// least 10s.
+    #[arg(long = "replication-timeout", env = "PG2SINK_REPLICATION_TIMEOUT", default_value = "auto", value_parser = parse_auto_duration, value_name = "DURATION|auto")]
+    pub replication_timeout: AutoDuration,
+
+    /// How long a query connection that sent a request may hear nothing
+    /// back before it is taken for dead and reopened; 0 disables.
+    #[arg(long = "silence-timeout", env = "PG2SINK_SILENCE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub silence_timeout: Duration,
+
     /// HTTP address (host:port) serving /metrics, the API under /api/ and
     /// the web page at /; port 0 picks a free port; "off" disables.
     #[arg(
@@ -674,4 +686,30 @@ pub struct NatsArgs {
     #[arg(long = "sink.nats.max-in-flight", id = "nats-max-in-flight", value_name = "N", env = "PG2SINK_SINK_NATS_MAX_IN_FLIGHT", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: u32,
+}
+
+/// A duration, or `auto` for one derived at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoDuration {
+    Auto,
+    Fixed(Duration),
+}
+
+impl AutoDuration {
+    /// The fixed duration, `None` for `auto`.
+    pub fn fixed(self) -> Option<Duration> {
+        match self {
+            AutoDuration::Auto => None,
+            AutoDuration::Fixed(d) => Some(d),
+        }
+    }
+}
+
+fn parse_auto_duration(text: &str) -> Result<AutoDuration, String> {
+    if text.trim() == "auto" {
+        return Ok(AutoDuration::Auto);
+    }
+    humantime::parse_duration(text)
+        .map(AutoDuration::Fixed)
+        .map_err(|e| format!("{e} (expected a duration such as 30s, or auto)"))
 }

@@ -20,7 +20,9 @@ use crate::source::catalog::{self, slot_name_for};
 use crate::source::connection::ReplicationStream;
 use crate::source::ha::{self, set_role, Role};
 use crate::source::pgoutput::{self, PgTimestamp};
-use crate::source::replication::{start_replication_sql, Progress, Session};
+use crate::source::replication::{
+    auto_silence, parse_pg_duration, start_replication_sql, Progress, Session,
+};
 use crate::source::subscription::SubscriptionManager;
 use crate::source::types::TypeRegistry;
 use crate::source::walframe::{self, WalFrame};
@@ -30,8 +32,9 @@ use crate::source::walframe::{self, WalFrame};
 const SINK_QUEUE: usize = 4096;
 
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
-    let connection = ConnectionConfig::from_env(args.source.url.as_deref())
+    let mut connection = ConnectionConfig::from_env(args.source.url.as_deref())
         .map_err(|e| Problem::new(e.to_string()))?;
+    connection.silence_timeout = Some(args.silence_timeout).filter(|d| !d.is_zero());
     let client = connection.connect().await?;
     let server = catalog::check_server(&client).await?;
     tracing::info!(server = %connection.describe(), version = server.version_num, "connected");
@@ -288,6 +291,7 @@ async fn stream_to_sink(
         let slot = slot.to_string();
         let publication = args.source.subscription_name.clone();
         let status_interval = args.status_interval;
+        let replication_timeout = args.replication_timeout.fixed();
         let durable = durable.clone();
         let watermarks = watermarks.clone();
         let types = types.clone();
@@ -298,7 +302,14 @@ async fn stream_to_sink(
             let result = loop {
                 let streamed_from = (progress.forwarded, progress.confirmed);
                 let attempt = async {
-                    let conn = connection.connect_replication().await?;
+                    let mut conn = connection.connect_replication().await?;
+                    if let Some(pid) = conn.backend_pid() {
+                        ha::remember_own_backend(pid);
+                    }
+                    let silence = match replication_timeout {
+                        Some(limit) => limit,
+                        None => auto_silence(server_wal_sender_timeout(&mut conn).await),
+                    };
                     let sql = start_replication_sql(&slot, &publication, progress.confirmed);
                     let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
                     Session::new(
@@ -310,6 +321,7 @@ async fn stream_to_sink(
                     )
                     .with_imports(watermarks.clone())
                     .with_types(types.clone())
+                    .with_silence_timeout(silence)
                     .run(shutdown.clone(), Duration::from_secs(60))
                     .await
                 };
@@ -317,6 +329,14 @@ async fn stream_to_sink(
                     Ok(()) => break Ok(()),
                     // The sink stopped: its own error says why.
                     Err(e) if events.is_closed() => break Err(e),
+                    // This process's own walsender, left behind by a
+                    // connection that went silent: end it and go on.
+                    Err(e)
+                        if e.sqlstate() == Some("55006")
+                            && end_own_walsender(&connection, &slot).await =>
+                    {
+                        tracing::info!(error = %e, "the slot was held by this process's previous walsender; retrying");
+                    }
                     Err(e) if e.sqlstate() == Some("55006") && ha => {
                         // This process holds the HA lock, so the slot's user is the
                         // previous active's walsender, about to exit (or a foreign
@@ -390,6 +410,22 @@ async fn stream_to_sink(
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(Problem::new(format!("the sink task failed: {e}")).into()),
     }
+}
+
+/// Ends this process's own stale walsender on `slot`, if there is one.
+async fn end_own_walsender(connection: &ConnectionConfig, slot: &str) -> bool {
+    match connection.connect().await {
+        Ok(client) => ha::end_own_stale_walsender(&client, slot).await,
+        Err(_) => false,
+    }
+}
+
+/// The server's `wal_sender_timeout`, or `None` if it cannot be read.
+async fn server_wal_sender_timeout(
+    conn: &mut crate::source::connection::ReplicationConnection,
+) -> Option<Duration> {
+    let rows = conn.simple_query("SHOW wal_sender_timeout").await.ok()?;
+    parse_pg_duration(rows.first()?.get_index(0)?)
 }
 
 /// Runs `future` on a new thread with a current-thread runtime of its own.

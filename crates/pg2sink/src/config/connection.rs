@@ -23,6 +23,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+use crate::config::socket::{Silence, Socket, TcpSettings};
 use crate::source::connection::{ReplicationConnection, ServerError};
 
 /// Session settings of every query connection: the same as the replication
@@ -35,6 +36,8 @@ const QUERY_SESSION_OPTIONS: &str =
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 const DEFAULT_PORT: u16 = 5432;
+/// The default of `--silence-timeout` (see [`ConnectionConfig::silence_timeout`]).
+pub const DEFAULT_SILENCE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_APPLICATION_NAME: &str = "pg2sink";
 /// Where Debian's (and most distributions') libpq looks for the server socket.
 const DEBIAN_SOCKET_DIR: &str = "/var/run/postgresql";
@@ -55,6 +58,12 @@ const KNOWN_KEYS: &[&str] = &[
     "sslrootcert",
     "application_name",
     "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "target_session_attrs",
 ];
 
 /// libpq's sslmode values.
@@ -258,6 +267,20 @@ impl ConnectError {
         }
     }
 
+    /// Whether, with several hosts, the next one is tried (as libpq does
+    /// for anything short of the server refusing the login itself).
+    pub fn tries_next_host(&self) -> bool {
+        match self {
+            ConnectError::Unreachable { .. } | ConnectError::Io(_) | ConnectError::Tls { .. } => {
+                true
+            }
+            ConnectError::Server(error) => error.is_transient(),
+            ConnectError::Config(_) | ConnectError::Auth { .. } | ConnectError::Protocol(_) => {
+                false
+            }
+        }
+    }
+
     /// The server's error, if the server reported one (also for `Auth`).
     pub fn server_error(&self) -> Option<&ServerError> {
         match self {
@@ -318,6 +341,78 @@ pub struct ConnectionConfig {
     pub application_name: String,
     /// Limit for establishing a connection (libpq's `connect_timeout`); `None` waits indefinitely.
     pub connect_timeout: Option<Duration>,
+    /// Every host to try, in order (libpq's comma-separated `host`, `hostaddr`
+    /// and `port`); `host`, `hostaddr` and `port` above are the first.
+    pub hosts: Vec<Endpoint>,
+    /// Which server of `hosts` is acceptable (libpq's `target_session_attrs`).
+    pub target_session_attrs: TargetSessionAttrs,
+    /// Keepalives and `TCP_USER_TIMEOUT` of every TCP socket.
+    pub tcp: TcpSettings,
+    /// How long a query connection that sent a request may hear nothing
+    /// before it is taken for dead (`--silence-timeout`); `None`: no bound.
+    pub silence_timeout: Option<Duration>,
+}
+
+/// One server to try: a host name, IP address or socket directory, with
+/// the address to use instead of looking the name up, and the port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub hostaddr: Option<IpAddr>,
+    pub port: u16,
+}
+
+/// libpq's `target_session_attrs`. pg2sink writes (its schema, the
+/// publication, the slot), so only the values that can pick a primary are
+/// accepted; the others are refused when the settings are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    /// The first server that accepts the connection.
+    #[default]
+    Any,
+    /// A server whose sessions are read-write by default.
+    ReadWrite,
+    /// A server not in recovery.
+    Primary,
+}
+
+impl TargetSessionAttrs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::Primary => "primary",
+        }
+    }
+
+    fn parse(value: &str, origin: &'static str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError::BadValue {
+            key: "target_session_attrs",
+            value: value.to_owned(),
+            origin,
+            reason: reason.into(),
+        };
+        match value {
+            "any" => Ok(TargetSessionAttrs::Any),
+            "read-write" => Ok(TargetSessionAttrs::ReadWrite),
+            "primary" => Ok(TargetSessionAttrs::Primary),
+            "read-only" | "standby" | "prefer-standby" => Err(bad(
+                "pg2sink writes to the source (its schema, the publication, the slot), so it needs a primary: use any, read-write or primary",
+            )),
+            _ => Err(bad("expected any, read-write or primary")),
+        }
+    }
+
+    /// The query that tells whether a server is acceptable, as libpq asks it.
+    fn check_sql(self) -> Option<&'static str> {
+        match self {
+            TargetSessionAttrs::Any => None,
+            TargetSessionAttrs::ReadWrite => {
+                Some("select current_setting('transaction_read_only') = 'off'")
+            }
+            TargetSessionAttrs::Primary => Some("select not pg_is_in_recovery()"),
+        }
+    }
 }
 
 impl fmt::Debug for ConnectionConfig {
@@ -333,6 +428,10 @@ impl fmt::Debug for ConnectionConfig {
             .field("ssl_root_cert", &self.ssl_root_cert)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("hosts", &self.hosts)
+            .field("target_session_attrs", &self.target_session_attrs)
+            .field("tcp", &self.tcp)
+            .field("silence_timeout", &self.silence_timeout)
             .finish()
     }
 }
@@ -375,36 +474,114 @@ impl ConnectionConfig {
                         .map(|value| (value, var))
                 })
         };
-
-        let host = match pick("host", "PGHOST") {
-            Some((host, origin)) => {
-                if host.contains(',') {
-                    return Err(ConfigError::BadValue {
-                        key: "host",
-                        value: host,
-                        origin,
-                        reason: "multiple hosts are not supported; give one".into(),
-                    });
-                }
-                host
-            }
-            None => default_socket_dir().to_owned(),
+        // Settings libpq reads from the connection string only (it has no
+        // environment variable for them).
+        let given_only = |key: &str| -> Option<(String, &'static str)> {
+            given
+                .values
+                .get(key)
+                .filter(|value| !value.is_empty())
+                .map(|value| (value.clone(), given.origin))
         };
-        let hostaddr = match pick("hostaddr", "PGHOSTADDR") {
-            Some((value, origin)) => {
-                Some(value.parse::<IpAddr>().map_err(|_| ConfigError::BadValue {
-                    key: "hostaddr",
+
+        // libpq's lists: several hosts, each with its own address and port
+        // (one port or address may stand for all).
+        let hosts: Vec<String> = match pick("host", "PGHOST") {
+            Some((host, _)) => host.split(',').map(|h| h.trim().to_owned()).collect(),
+            None => vec![default_socket_dir().to_owned()],
+        };
+        let hosts: Vec<String> = hosts
+            .into_iter()
+            .map(|h| {
+                if h.is_empty() {
+                    default_socket_dir().to_owned()
+                } else {
+                    h
+                }
+            })
+            .collect();
+        let list = |key: &'static str,
+                    var: &'static str|
+         -> Result<Vec<Option<(String, &'static str)>>, ConfigError> {
+            let Some((value, origin)) = pick(key, var) else {
+                return Ok(vec![None; hosts.len()]);
+            };
+            let items: Vec<Option<(String, &'static str)>> = value
+                .split(',')
+                .map(|item| {
+                    let item = item.trim();
+                    (!item.is_empty()).then(|| (item.to_owned(), origin))
+                })
+                .collect();
+            match items.len() {
+                1 => Ok(vec![items[0].clone(); hosts.len()]),
+                n if n == hosts.len() => Ok(items),
+                n => Err(ConfigError::BadValue {
+                    key,
                     value,
                     origin,
-                    reason: "not an IP address".into(),
-                })?)
+                    reason: format!(
+                        "{n} values for {} hosts: give one, or one per host",
+                        hosts.len()
+                    ),
+                }),
             }
-            None => None,
         };
-        let port = match pick("port", "PGPORT") {
-            Some((value, origin)) => parse_port(&value, origin)?,
-            None => DEFAULT_PORT,
+        let ports = list("port", "PGPORT")?;
+        let hostaddrs = list("hostaddr", "PGHOSTADDR")?;
+        let mut endpoints = Vec::with_capacity(hosts.len());
+        for ((host, port), hostaddr) in hosts.iter().zip(ports).zip(hostaddrs) {
+            let port = match port {
+                Some((value, origin)) => parse_port(&value, origin)?,
+                None => DEFAULT_PORT,
+            };
+            let hostaddr = match hostaddr {
+                Some((value, origin)) => {
+                    Some(value.parse::<IpAddr>().map_err(|_| ConfigError::BadValue {
+                        key: "hostaddr",
+                        value,
+                        origin,
+                        reason: "not an IP address".into(),
+                    })?)
+                }
+                None => None,
+            };
+            endpoints.push(Endpoint {
+                host: host.clone(),
+                hostaddr,
+                port,
+            });
+        }
+        let Endpoint {
+            host,
+            hostaddr,
+            port,
+        } = endpoints[0].clone();
+        let target_session_attrs = match pick("target_session_attrs", "PGTARGETSESSIONATTRS") {
+            Some((value, origin)) => TargetSessionAttrs::parse(&value, origin)?,
+            None => TargetSessionAttrs::default(),
         };
+        let mut tcp = TcpSettings::default();
+        if let Some((value, origin)) = given_only("keepalives") {
+            tcp.keepalives = parse_whole("keepalives", &value, origin)? != 0;
+        }
+        if let Some((value, origin)) = given_only("keepalives_idle") {
+            tcp.idle = Duration::from_secs(parse_whole("keepalives_idle", &value, origin)?.max(1));
+        }
+        if let Some((value, origin)) = given_only("keepalives_interval") {
+            tcp.interval =
+                Duration::from_secs(parse_whole("keepalives_interval", &value, origin)?.max(1));
+        }
+        if let Some((value, origin)) = given_only("keepalives_count") {
+            tcp.count = parse_whole("keepalives_count", &value, origin)?.clamp(1, 255) as u32;
+        }
+        if let Some((value, origin)) = given_only("tcp_user_timeout") {
+            // Milliseconds; 0 means the kernel's default, as in libpq.
+            tcp.user_timeout = match parse_whole("tcp_user_timeout", &value, origin)? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            };
+        }
         let user = match pick("user", "PGUSER") {
             Some((user, _)) => user,
             None => env("USER")
@@ -455,6 +632,10 @@ impl ConnectionConfig {
             ssl_root_cert,
             application_name,
             connect_timeout,
+            hosts: endpoints,
+            target_session_attrs,
+            tcp,
+            silence_timeout: Some(DEFAULT_SILENCE_TIMEOUT),
         };
         // Fail early on an unreadable root certificate file if TLS will be used.
         if config.uses_tls() {
@@ -542,87 +723,214 @@ impl ConnectionConfig {
         }
     }
 
-    /// An ordinary query connection (tokio-postgres), TLS per sslmode. The
-    /// connection task is spawned on the current tokio runtime; it logs a
-    /// warning if the connection ends with an error.
+    /// An ordinary query connection (tokio-postgres), TLS per sslmode, to
+    /// the first of `hosts` that accepts it and matches
+    /// `target_session_attrs` (libpq's rules: a host that cannot be reached
+    /// or is of the wrong kind is skipped; a server's refusal, such as a
+    /// failed authentication, ends the search). The connection task is
+    /// spawned on the current tokio runtime; it logs a warning if the
+    /// connection ends with an error.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, ConnectError> {
+        let mut last = None;
+        for endpoint in self.endpoints() {
+            match endpoint.connect_one().await {
+                Ok(client) => match endpoint.check_query_session(&client).await {
+                    Ok(()) => return Ok(client),
+                    Err(e) => last = Some(e),
+                },
+                Err(e) if e.tries_next_host() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ConnectError::Protocol("no host to connect to".into())))
+    }
+
+    /// This configuration once per host, each with that host as its only one.
+    pub(crate) fn endpoints(&self) -> Vec<ConnectionConfig> {
+        if self.hosts.len() <= 1 {
+            return vec![self.clone()];
+        }
+        self.hosts
+            .iter()
+            .map(|endpoint| ConnectionConfig {
+                host: endpoint.host.clone(),
+                hostaddr: endpoint.hostaddr,
+                port: endpoint.port,
+                hosts: vec![endpoint.clone()],
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// The same settings without a silence bound on query connections, for
+    /// statements that may rightly wait long for their answer (creating a
+    /// slot waits for every transaction open on the server).
+    pub fn patient(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            silence_timeout: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the server behind `client` is of the kind
+    /// `target_session_attrs` asks for.
+    async fn check_query_session(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), ConnectError> {
+        let Some(sql) = self.target_session_attrs.check_sql() else {
+            return Ok(());
+        };
+        let row = client
+            .query_one(sql, &[])
+            .await
+            .map_err(|e| self.map_pg_error(e))?;
+        let ok: bool = row.get(0);
+        if ok {
+            Ok(())
+        } else {
+            Err(self.wrong_session_kind())
+        }
+    }
+
+    /// The error for a server that is not of the kind `target_session_attrs` wants.
+    pub(crate) fn wrong_session_kind(&self) -> ConnectError {
+        ConnectError::Unreachable {
+            target: self.target(),
+            source: io::Error::other(format!(
+                "the server is not {} (target_session_attrs={}): it is read-only or a standby",
+                match self.target_session_attrs {
+                    TargetSessionAttrs::Primary => "a primary",
+                    _ => "read-write",
+                },
+                self.target_session_attrs.as_str()
+            )),
+        }
+    }
+
+    /// The socket to this configuration's (first) host, with the TCP settings.
+    pub(crate) async fn open_socket(&self) -> Result<Socket, ConnectError> {
+        let unreachable = |source: io::Error| ConnectError::Unreachable {
+            target: self.target(),
+            source,
+        };
+        match self.socket_path() {
+            Some(path) => Socket::unix(&path).await.map_err(unreachable),
+            None => match self.hostaddr {
+                Some(addr) => Socket::tcp((addr, self.port), &self.tcp).await,
+                None => Socket::tcp((self.host.as_str(), self.port), &self.tcp).await,
+            }
+            .map_err(unreachable),
+        }
+    }
+
+    async fn connect_one(&self) -> Result<tokio_postgres::Client, ConnectError> {
+        // libpq's connect_timeout covers the whole startup (socket, TLS,
+        // authentication), per host.
+        let attempt = self.connect_one_unbounded();
+        match self.connect_timeout {
+            None => attempt.await,
+            Some(limit) => match tokio::time::timeout(limit, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(ConnectError::Unreachable {
+                    target: self.target(),
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no connection within {limit:?} (connect_timeout)"),
+                    ),
+                }),
+            },
+        }
+    }
+
+    async fn connect_one_unbounded(&self) -> Result<tokio_postgres::Client, ConnectError> {
         let mut pg = tokio_postgres::Config::new();
         pg.user(&self.user)
             .dbname(&self.dbname)
             .application_name(&self.application_name)
-            .port(self.port)
             // The session settings of the replication connection, so values
             // read here (imports, the catalog) render identically.
             .options(QUERY_SESSION_OPTIONS);
         if let Some(password) = &self.password {
             pg.password(password);
         }
-        if let Some(limit) = self.connect_timeout {
-            pg.connect_timeout(limit);
-        }
+        // The socket is ours (keepalives, the silence bound); tokio-postgres
+        // speaks the protocol on it.
+        let socket = Silence::new(self.open_socket().await?, self.silence_timeout);
         match self.tls_config()? {
             None => {
-                if self.is_unix_socket() {
-                    pg.host_path(&self.host);
-                } else {
-                    pg.host(&self.host);
-                }
-                if let Some(hostaddr) = self.hostaddr {
-                    pg.hostaddr(hostaddr);
-                }
                 pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                self.spawn_query_connection(&pg, tokio_postgres::NoTls)
-                    .await
+                let connected = pg.connect_raw(socket, tokio_postgres::NoTls).await;
+                self.spawn_query_connection(connected)
             }
             Some(tls) => {
-                pg.host(&self.host);
-                if let Some(hostaddr) = self.hostaddr {
-                    pg.hostaddr(hostaddr);
-                }
                 pg.ssl_mode(if self.ssl_mode.allows_plaintext() {
                     tokio_postgres::config::SslMode::Prefer
                 } else {
                     tokio_postgres::config::SslMode::Require
                 });
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
-                self.spawn_query_connection(&pg, tls).await
+                let mut make = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+                let tls = tokio_postgres::tls::MakeTlsConnect::<Silence<Socket>>::make_tls_connect(
+                    &mut make, &self.host,
+                )
+                .map_err(|e| ConnectError::Tls {
+                    target: self.target(),
+                    source: Box::new(e),
+                })?;
+                let connected = pg.connect_raw(socket, tls).await;
+                self.spawn_query_connection(connected)
             }
         }
     }
 
     /// A walsender connection in logical replication mode (startup
-    /// parameter `replication=database`).
+    /// parameter `replication=database`), to the first of `hosts` that
+    /// accepts it and matches `target_session_attrs`.
     pub async fn connect_replication(&self) -> Result<ReplicationConnection, ConnectError> {
-        ReplicationConnection::connect(self).await
+        let mut last = None;
+        for endpoint in self.endpoints() {
+            match ReplicationConnection::connect(&endpoint).await {
+                Ok(mut connection) => {
+                    match endpoint.check_replication_session(&mut connection).await {
+                        Ok(()) => return Ok(connection),
+                        Err(e) => {
+                            connection.close().await;
+                            last = Some(e);
+                        }
+                    }
+                }
+                Err(e) if e.tries_next_host() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ConnectError::Protocol("no host to connect to".into())))
     }
 
-    async fn spawn_query_connection<T>(
+    async fn check_replication_session(
         &self,
-        pg: &tokio_postgres::Config,
-        tls: T,
+        connection: &mut ReplicationConnection,
+    ) -> Result<(), ConnectError> {
+        let Some(sql) = self.target_session_attrs.check_sql() else {
+            return Ok(());
+        };
+        let rows = connection.simple_query(sql).await?;
+        match rows.first().and_then(|row| row.get_index(0)) {
+            Some("t") => Ok(()),
+            _ => Err(self.wrong_session_kind()),
+        }
+    }
+
+    fn spawn_query_connection<S, T>(
+        &self,
+        connected: Result<
+            (tokio_postgres::Client, tokio_postgres::Connection<S, T>),
+            tokio_postgres::Error,
+        >,
     ) -> Result<tokio_postgres::Client, ConnectError>
     where
-        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
-        T::Stream: Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        // tokio-postgres bounds only the socket connect; libpq's connect_timeout
-        // covers the whole startup (TLS, authentication), so bound that too.
-        let attempt = pg.connect(tls);
-        let connected = match self.connect_timeout {
-            None => attempt.await,
-            Some(limit) => match tokio::time::timeout(limit, attempt).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return Err(ConnectError::Unreachable {
-                        target: self.target(),
-                        source: io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no connection within {limit:?} (connect_timeout)"),
-                        ),
-                    })
-                }
-            },
-        };
         let (client, connection) = connected.map_err(|e| self.map_pg_error(e))?;
         let target = self.target();
         tokio::spawn(async move {
@@ -823,6 +1131,19 @@ fn os_user_from_uid() -> Option<String> {
     })
 }
 
+/// A whole, non-negative number, as libpq's integer parameters.
+fn parse_whole(key: &'static str, value: &str, origin: &'static str) -> Result<u64, ConfigError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| ConfigError::BadValue {
+            key,
+            value: value.to_owned(),
+            origin,
+            reason: "expected a whole number".into(),
+        })
+}
+
 fn parse_port(value: &str, origin: &'static str) -> Result<u16, ConfigError> {
     match value.trim().parse::<u16>() {
         Ok(port) if port != 0 => Ok(port),
@@ -939,31 +1260,41 @@ fn parse_url(rest: &str) -> Result<HashMap<&'static str, String>, ConfigError> {
             values.insert("password", url_decode(password, "password")?);
         }
     }
-    if hostport.contains(',') {
-        return Err(bad("multiple hosts are not supported; give one".into()));
-    }
-    let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| bad("unclosed '[' around an IPv6 address".into()))?;
-        let port = match after {
-            "" => None,
-            _ => Some(
-                after
-                    .strip_prefix(':')
-                    .ok_or_else(|| bad(format!("unexpected {after:?} after the IPv6 address")))?,
-            ),
+    // libpq's URL form for several hosts: host1:port1,host2:port2,...
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for hostport in hostport.split(',') {
+        let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed '[' around an IPv6 address".into()))?;
+            let port =
+                match after {
+                    "" => None,
+                    _ => Some(after.strip_prefix(':').ok_or_else(|| {
+                        bad(format!("unexpected {after:?} after the IPv6 address"))
+                    })?),
+                };
+            (host, port)
+        } else {
+            match hostport.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
         };
-        (host, port)
-    } else {
-        match hostport.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (hostport, None),
+        let host = url_decode(host, "host")?;
+        if host.contains(',') {
+            return Err(bad(format!("host {host:?} contains a comma")));
         }
-    };
-    values.insert("host", url_decode(host, "host")?);
-    if let Some(port) = port {
-        values.insert("port", url_decode(port, "port")?);
+        hosts.push(host);
+        ports.push(match port {
+            Some(port) => url_decode(port, "port")?,
+            None => String::new(),
+        });
+    }
+    values.insert("host", hosts.join(","));
+    if ports.iter().any(|port| !port.is_empty()) {
+        values.insert("port", ports.join(","));
     }
     if let Some(path) = path {
         values.insert("dbname", url_decode(path, "database name")?);
@@ -1343,6 +1674,76 @@ mod tests {
     }
 
     #[test]
+    fn several_hosts_follow_libpq() {
+        let config = resolve(
+            Some("postgres://a:5433,[::1],b:6000/db?target_session_attrs=read-write"),
+            &[("USER", "u")],
+        )
+        .unwrap();
+        let hosts: Vec<(&str, u16)> = config
+            .hosts
+            .iter()
+            .map(|e| (e.host.as_str(), e.port))
+            .collect();
+        assert_eq!(hosts, [("a", 5433), ("::1", 5432), ("b", 6000)]);
+        assert_eq!((config.host.as_str(), config.port), ("a", 5433));
+        assert_eq!(config.target_session_attrs, TargetSessionAttrs::ReadWrite);
+
+        let config = resolve(
+            Some("host=a,b port=7000 hostaddr=10.0.0.1,10.0.0.2 target_session_attrs=primary"),
+            &[("USER", "u")],
+        )
+        .unwrap();
+        assert_eq!(config.hosts[1].port, 7000);
+        assert_eq!(config.hosts[1].hostaddr, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(config.target_session_attrs, TargetSessionAttrs::Primary);
+
+        let config = resolve(
+            None,
+            &[
+                ("USER", "u"),
+                ("PGHOST", "x,y"),
+                ("PGTARGETSESSIONATTRS", "primary"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.hosts.len(), 2);
+        assert_eq!(config.target_session_attrs, TargetSessionAttrs::Primary);
+
+        let err = resolve(
+            Some("host=a target_session_attrs=standby"),
+            &[("USER", "u")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("needs a primary"), "{err}");
+    }
+
+    #[test]
+    fn tcp_settings_follow_libpq_names() {
+        let config = resolve(Some("host=a"), &[("USER", "u")]).unwrap();
+        assert_eq!(config.tcp, TcpSettings::default());
+        let config = resolve(
+            Some("postgres://a/db?keepalives_idle=7&keepalives_interval=2&keepalives_count=4&tcp_user_timeout=9000"),
+            &[("USER", "u")],
+        )
+        .unwrap();
+        assert!(config.tcp.keepalives);
+        assert_eq!(config.tcp.idle, Duration::from_secs(7));
+        assert_eq!(config.tcp.interval, Duration::from_secs(2));
+        assert_eq!(config.tcp.count, 4);
+        assert_eq!(config.tcp.user_timeout, Some(Duration::from_millis(9000)));
+        let config = resolve(
+            Some("host=a keepalives=0 tcp_user_timeout=0"),
+            &[("USER", "u")],
+        )
+        .unwrap();
+        assert!(!config.tcp.keepalives);
+        assert_eq!(config.tcp.user_timeout, None);
+        let err = resolve(Some("host=a keepalives_idle=soon"), &[("USER", "u")]).unwrap_err();
+        assert!(err.to_string().contains("keepalives_idle"), "{err}");
+    }
+
+    #[test]
     fn url_errors() {
         let err = resolve(Some("postgres://h:99999/db"), &[("USER", "u")]).unwrap_err();
         assert!(matches!(err, ConfigError::BadPort { .. }), "{err}");
@@ -1354,8 +1755,8 @@ mod tests {
         let err = resolve(None, &[("USER", "u"), ("PGPORT", "0")]).unwrap_err();
         assert!(err.to_string().contains("PGPORT"), "{err}");
 
-        let err = resolve(Some("postgres://h1,h2/db"), &[("USER", "u")]).unwrap_err();
-        assert!(err.to_string().contains("multiple hosts"), "{err}");
+        let err = resolve(Some("postgres://h1,h2,h3:5/db?port=1,2"), &[("USER", "u")]).unwrap_err();
+        assert!(err.to_string().contains("2 values for 3 hosts"), "{err}");
 
         let err = resolve(Some("postgres://h/db?sslcert=x"), &[("USER", "u")]).unwrap_err();
         assert!(

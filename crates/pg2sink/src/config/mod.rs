@@ -3,3 +3,4 @@
 pub mod connection;
 pub mod file;
 pub mod logging;
+pub mod socket;

@@ -242,7 +242,10 @@ pub async fn ensure_slot(
     } else {
         "select lsn::text from pg_create_logical_replication_slot($1, 'pgoutput')"
     };
-    let row = client
+    // Creating a slot waits for every transaction open on the server to
+    // end, however long: on a connection of its own with no silence bound.
+    let patient = connection.patient().connect().await?;
+    let row = patient
         .query_one(create, &[&slot])
         .await
         .map_err(|e| match e.code() {

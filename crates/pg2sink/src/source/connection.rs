@@ -16,7 +16,9 @@ use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256}
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
+
+use crate::config::socket::Socket;
 
 use crate::config::connection::{BoxError, ConnectError, ConnectionConfig};
 
@@ -372,21 +374,10 @@ impl ReplicationConnection {
     }
 
     async fn connect_unbounded(config: &ConnectionConfig) -> Result<Self, ConnectError> {
-        let unreachable = |source: io::Error| ConnectError::Unreachable {
-            target: config.target(),
-            source,
-        };
-        let io: Box<dyn Transport> = match config.socket_path() {
-            Some(path) => Box::new(UnixStream::connect(&path).await.map_err(unreachable)?),
-            None => {
-                let tcp = match config.hostaddr {
-                    Some(addr) => TcpStream::connect((addr, config.port)).await,
-                    None => TcpStream::connect((config.host.as_str(), config.port)).await,
-                }
-                .map_err(unreachable)?;
-                tcp.set_nodelay(true)?;
-                negotiate_tls(tcp, config).await?
-            }
+        let socket = config.open_socket().await?;
+        let io: Box<dyn Transport> = match socket {
+            Socket::Unix(unix) => Box::new(unix),
+            Socket::Tcp(tcp) => negotiate_tls(tcp, config).await?,
         };
         let startup = Startup {
             user: &config.user,

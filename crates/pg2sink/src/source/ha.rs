@@ -7,6 +7,24 @@
 //! exits, is killed, or its host goes away and the connection is dropped),
 //! and a standby waiting in `pg_advisory_lock` gets it at once.
 //!
+//! A session whose client went silent (a dropped network, a host that
+//! vanished) would otherwise hold the lock until the server's TCP
+//! keepalives give up, hours later. Two things bound that:
+//! - the lock's session sets `idle_session_timeout`, and the active process
+//!   queries it every few seconds, so the server itself ends a session
+//!   that stops hearing from its client within `LOCK_IDLE_LIMIT`: a
+//!   standby on another host takes over even if the old host is gone;
+//! - a process that lost its lock (or its walsender) to a silent network
+//!   ends that stale backend itself when it reconnects, knowing its pid,
+//!   instead of waiting behind its own ghost. Only backends this process
+//!   opened are ended, and only while they still hold this slot's lock or
+//!   stream this slot.
+//!
+//! Holding the lock on the replication connection (which the server's
+//! `wal_sender_timeout` ends) was the other way; it was not taken because
+//! the stream reconnects on every transient error, and each reconnect
+//! would hand the active role to a standby.
+//!
 //! Promises: at most one process holding the lock streams, imports or
 //! writes to the sink; a standby opens nothing of the sink before it holds
 //! the lock; if the lock's connection is lost while active, the process
@@ -37,6 +55,79 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the active process looks whether the server closed its lock
 /// connection (no query: the client knows).
 const CLOSED_POLL: Duration = Duration::from_millis(100);
+
+/// The lock session's `idle_session_timeout`: six missed checks. The server
+/// ends a lock session whose client has been silent this long.
+const LOCK_IDLE_LIMIT: &str = "30s";
+
+/// Backends this process opened that may outlive a silent connection:
+/// lock sessions and walsenders, by pid.
+static OWN_BACKENDS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes a backend of this process (a lock session or a walsender), so that
+/// if its connection goes silent this process may end it when it returns.
+pub fn remember_own_backend(pid: i32) {
+    let mut own = OWN_BACKENDS.lock().unwrap_or_else(|e| e.into_inner());
+    if !own.contains(&pid) {
+        // Bounded: only the newest matter, older ones are long gone.
+        if own.len() >= 64 {
+            own.remove(0);
+        }
+        own.push(pid);
+    }
+}
+
+fn is_own_backend(pid: i32) -> bool {
+    OWN_BACKENDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&pid)
+}
+
+/// Ends this process's own stale walsender if it still streams `slot`
+/// (its connection went silent, so the server has not noticed it is
+/// gone). Returns whether one was ended.
+pub async fn end_own_stale_walsender(client: &Client, slot: &str) -> bool {
+    let pid: Option<i32> = match client
+        .query_opt(
+            "select active_pid from pg_replication_slots where slot_name = $1 and active",
+            &[&slot],
+        )
+        .await
+    {
+        Ok(row) => row.and_then(|r| r.get(0)),
+        Err(_) => None,
+    };
+    match pid {
+        Some(pid) if is_own_backend(pid) => {
+            terminate(
+                client,
+                pid,
+                "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $2 and active_pid = $1",
+                &slot,
+                "walsender",
+            )
+            .await
+        }
+        _ => false,
+    }
+}
+
+/// Runs `sql` (`$1` the pid, `$2` what identifies it as ours) to end a
+/// stale backend of this process; logs the outcome.
+async fn terminate(client: &Client, pid: i32, sql: &str, what: &str, kind: &str) -> bool {
+    match client.query_opt(sql, &[&pid, &what]).await {
+        Ok(Some(row)) if row.get::<_, Option<bool>>(0) == Some(true) => {
+            tracing::warn!(pid, kind, "ended this process's own stale {kind} (its connection went silent; the server had not noticed)");
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(pid, kind, error = %e, "cannot end this process's own stale {kind}; waiting for the server to end it");
+            false
+        }
+    }
+}
 
 /// The second key: a hash of the slot's name (FNV-1a, stable everywhere).
 pub fn lock_key(slot: &str) -> i32 {
@@ -139,10 +230,31 @@ pub async fn acquire(
                     // 55P03 lock_not_available: lock_timeout passed; the
                     // active process is still there.
                     Err(e) if e.code().map(|c| c.code()) == Some("55P03") => {
+                        let holder = holder(&client, key).await.ok().flatten();
+                        if let Some(stale) = holder
+                            .as_ref()
+                            .map(|h| h.pid)
+                            .filter(|pid| is_own_backend(*pid))
+                        {
+                            let sql = format!(
+                                "select pg_terminate_backend(l.pid) from pg_locks l where l.pid = $1 and l.locktype = 'advisory' and l.granted and l.objsubid = 2 and l.classid::bigint = {} and l.objid::bigint = $2::text::bigint",
+                                i64::from(LOCK_CLASS as u32)
+                            );
+                            let ended = terminate(
+                                &client,
+                                stale,
+                                &sql,
+                                &i64::from(key as u32).to_string(),
+                                "lock session",
+                            )
+                            .await;
+                            if ended {
+                                continue;
+                            }
+                        }
                         if !announced {
                             announced = true;
                             set_role(Role::Standby);
-                            let holder = holder(&client, key).await.ok().flatten();
                             tracing::info!(
                                 slot,
                                 active_backend_pid = holder.as_ref().map(|h| h.pid),
@@ -163,9 +275,14 @@ pub async fn acquire(
                     tracing::info!(slot, "the active pg2sink stopped: taking over");
                 }
                 client
-                    .batch_execute("set lock_timeout = 0")
+                    .batch_execute(&format!(
+                        "set lock_timeout = 0; set idle_session_timeout = '{LOCK_IDLE_LIMIT}'"
+                    ))
                     .await
                     .map_err(query("resetting lock_timeout"))?;
+                if let Ok(row) = client.query_one("select pg_backend_pid()", &[]).await {
+                    remember_own_backend(row.get(0));
+                }
                 let (lost_tx, lost) = watch::channel(false);
                 let task = tokio::spawn(watch_lock(client, lost_tx, shutdown.clone()));
                 return Ok(Some(Leadership { lost, task }));
@@ -300,6 +417,9 @@ pub async fn wait_slot_released(
             .await
             .map_err(query("checking whether the slot is in use"))?
             .and_then(|r| r.get(0));
+        if pid.is_some_and(is_own_backend) && end_own_stale_walsender(client, slot).await {
+            continue;
+        }
         let Some(pid) = pid else {
             if waited {
                 tracing::info!(slot, "the slot is free");

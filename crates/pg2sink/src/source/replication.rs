@@ -112,6 +112,45 @@ pub struct Session<'a> {
     received: Lsn,
     /// When the last standby status was sent.
     status_sent: tokio::time::Instant,
+    /// How long the server may stay silent before the connection is taken
+    /// for dead (`--replication-timeout`).
+    silence: Duration,
+    /// When this session last heard from the server, or last went back to
+    /// listening after handling what it heard.
+    heard: tokio::time::Instant,
+}
+
+/// The silence bound when none is given: PostgreSQL's default `wal_sender_timeout`.
+pub const DEFAULT_SILENCE: Duration = Duration::from_secs(60);
+
+/// The bound `--replication-timeout=auto` means for a server whose
+/// `wal_sender_timeout` is `server` (`None` when unknown or disabled): the
+/// same bound the server holds pg2sink to, and never under ten seconds, so
+/// a busy machine is not taken for a dead one.
+pub fn auto_silence(server: Option<Duration>) -> Duration {
+    server
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_SILENCE)
+        .max(Duration::from_secs(10))
+}
+
+/// Parses a time setting as `SHOW` prints it (`60s`, `1min`, `500ms`, `0`).
+pub fn parse_pg_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit.trim() {
+        "" | "ms" => number,
+        "s" => number.checked_mul(1_000)?,
+        "min" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        "d" => number.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
 }
 
 /// The shortest gap between two confirmations prompted by the sink's
@@ -143,7 +182,16 @@ impl<'a> Session<'a> {
             idle_position: Lsn::ZERO,
             received: Lsn::ZERO,
             status_sent: tokio::time::Instant::now(),
+            silence: DEFAULT_SILENCE,
+            heard: tokio::time::Instant::now(),
         }
+    }
+
+    /// Takes the connection for dead once the server sent nothing for
+    /// `silence`, having been asked for a reply after a third of it.
+    pub fn with_silence_timeout(mut self, silence: Duration) -> Self {
+        self.silence = silence.max(Duration::from_millis(100));
+        self
     }
 
     /// Resolves the watermarks of these imports.
@@ -173,6 +221,13 @@ impl<'a> Session<'a> {
         let mut stopping = *shutdown.borrow();
         // A confirmation held back by CONFIRM_GAP, and when it is due.
         let mut confirm_due: Option<tokio::time::Instant> = None;
+        // Whether a reply was asked for since the server was last heard.
+        let mut pinged = false;
+        self.heard = tokio::time::Instant::now();
+        // One timer, moved only when it fires: resetting it for every
+        // message would cost the hot path a timer update each.
+        let watchdog = tokio::time::sleep_until(self.heard + self.silence / 3);
+        tokio::pin!(watchdog);
         while !(stopping && self.transaction.is_none()) {
             tokio::select! {
                 changed = shutdown.changed(), if !stopping => {
@@ -182,9 +237,30 @@ impl<'a> Session<'a> {
                     }
                 }
                 payload = self.stream.next_payload() => match payload? {
-                    Some(payload) => self.handle_frame(payload).await?,
+                    Some(payload) => {
+                        pinged = false;
+                        self.handle_frame(payload).await?;
+                        // Handling may have waited on the sink; silence
+                        // counts only while listening.
+                        self.heard = tokio::time::Instant::now();
+                    }
                     None => return Err(Error::StreamEnded),
                 },
+                // A quiet server is asked to answer (the walsender replies
+                // at once to a status update that requests it), so silence
+                // means a dead connection, not an idle database.
+                _ = &mut watchdog => {
+                    let quiet = self.heard.elapsed();
+                    if quiet >= self.silence {
+                        return Err(silent(self.silence));
+                    }
+                    if quiet >= self.silence / 3 && !pinged {
+                        pinged = true;
+                        self.send_status(true).await?;
+                    }
+                    let next = if pinged { self.silence } else { self.silence / 3 };
+                    watchdog.as_mut().reset(self.heard + next);
+                }
                 changed = self.durable.changed() => {
                     if changed.is_err() {
                         return Err(Error::Definite(Problem::new("the sink stopped")));
@@ -245,7 +321,10 @@ impl<'a> Session<'a> {
             PgTimestamp::now(),
             reply_requested,
         );
-        self.stream.send_payload(&status).await?;
+        // A connection whose send buffer never drains is as dead as a silent one.
+        tokio::time::timeout(self.silence, self.stream.send_payload(&status))
+            .await
+            .map_err(|_| silent(self.silence))??;
         self.status_sent = tokio::time::Instant::now();
         tracing::debug!(%confirmed, "sent standby status");
         Ok(())
@@ -600,6 +679,18 @@ impl<'a> Session<'a> {
             }
         }
     }
+}
+
+/// The error for a replication connection that stayed silent too long:
+/// transient, so the stream reconnects.
+fn silent(limit: Duration) -> Error {
+    Error::Connect(crate::config::connection::ConnectError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "the server sent nothing for {} although asked to reply (--replication-timeout): the replication connection is taken for dead",
+            humantime::format_duration(limit)
+        ),
+    )))
 }
 
 fn protocol_violation(what: &str) -> Error {
