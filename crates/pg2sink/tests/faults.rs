@@ -26,7 +26,7 @@ fn verify(args: &[String]) -> (i32, Value, String) {
     (code, report, p.stderr())
 }
 
-fn file_args(db: &TestDb, s: &Streamer) -> Vec<String> {
+pub(crate) fn file_args(db: &TestDb, s: &Streamer) -> Vec<String> {
     vec![
         "--sink=file".into(),
         format!("--url={}", db.url()),
@@ -75,7 +75,7 @@ fn imports_done(db: &TestDb) -> bool {
 /// With pg2sink running: waits until it streams and its imports are done,
 /// then checks that verify (which waits for pg2sink to confirm the current
 /// position) finds no difference.
-fn settle_and_verify(db: &TestDb, args: &[String]) -> Value {
+pub(crate) fn settle_and_verify(db: &TestDb, args: &[String]) -> Value {
     wait_until(WAIT, "pg2sink to stream", || slot_streaming(db));
     wait_until(WAIT, "imports to finish", || imports_done(db));
     let report = assert_same(args);
@@ -87,7 +87,7 @@ fn settle_and_verify(db: &TestDb, args: &[String]) -> Value {
 const BIG: &str = "(select string_agg(md5(random()::text), '') from generate_series(1, 300))";
 
 /// Tables `a` (with a TOASTed column) and `b`, with `rows` rows in `a`.
-fn create_tables(db: &TestDb, rows: u32) {
+pub(crate) fn create_tables(db: &TestDb, rows: u32) {
     db.psql(&format!(
         "create table a (id bigint primary key, v int, note text, big text);
          create table b (k text primary key, n numeric, tags text[], doc jsonb);
@@ -102,14 +102,14 @@ fn create_tables(db: &TestDb, rows: u32) {
 /// (plain, TOAST-changing, TOAST-keeping, key-moving), deletes and the odd
 /// truncate, in one- and several-statement transactions. Errors (a
 /// restarting server, a cut connection) are ridden out by reconnecting.
-struct Load {
+pub(crate) struct Load {
     done: Arc<AtomicBool>,
     commits: Arc<AtomicU64>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Load {
-    fn start(url: String, first_id: i64) -> Load {
+    pub(crate) fn start(url: String, first_id: i64) -> Load {
         let done = Arc::new(AtomicBool::new(false));
         let commits = Arc::new(AtomicU64::new(0));
         let handle = {
@@ -137,7 +137,7 @@ impl Load {
         });
     }
 
-    fn stop(mut self) -> u64 {
+    pub(crate) fn stop(mut self) -> u64 {
         self.done.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             h.join().unwrap();

@@ -17,6 +17,7 @@ mod nats;
 mod ops;
 mod postgres_sink;
 mod security;
+mod silence;
 mod streaming;
 mod types;
 

@@ -1,0 +1,296 @@
+//! Issue 13, part 1: networks that go silent without a reset. A proxy
+//! between pg2sink and Postgres stops passing anything on chosen existing
+//! connections without closing them (new connections still pass), the way
+//! a firewall or NAT that drops state behaves. After the replication
+//! connection, the HA lock's connection, or every connection goes silent,
+//! pg2sink must stream again within `2 × wal_sender_timeout + 30 s` (the
+//! test server's wal_sender_timeout is 10s) and lose nothing.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::faults::{create_tables, file_args, settle_and_verify, Load};
+use crate::harness::{test_db, wait_until, Pg2Sink, TestDb};
+use crate::streaming::{slot_streaming, stop, Streamer};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The rule of the issue, with the test server's wal_sender_timeout (10s).
+const RESUME_WITHIN: Duration = Duration::from_secs(2 * 10 + 30);
+
+/// A TCP proxy whose existing connections can be blackholed: from then on
+/// nothing is passed either way and nothing is closed.
+struct BlackholeProxy {
+    port: u16,
+    /// Upstream-side local ports (Postgres's `client_port`) to blackhole.
+    silenced: watch::Sender<HashSet<u16>>,
+    /// The upstream-side local port of every connection, in accept order.
+    opened: Arc<Mutex<Vec<u16>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl BlackholeProxy {
+    fn start(upstream: u16) -> BlackholeProxy {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (silenced, silence) = watch::channel(HashSet::new());
+        let opened = Arc::new(Mutex::new(Vec::new()));
+        let opened_by_task = opened.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let local = server.local_addr().unwrap().port();
+                opened_by_task.lock().unwrap().push(local);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pass(client_read, server_write, local, silence.clone()));
+                tokio::spawn(pass(server_read, client_write, local, silence.clone()));
+            }
+        });
+        BlackholeProxy {
+            port,
+            silenced,
+            opened,
+            _runtime: runtime,
+        }
+    }
+
+    /// Blackholes the connections whose Postgres-side port is in `ports`.
+    fn blackhole(&self, ports: &[u16]) {
+        self.silenced.send_modify(|set| set.extend(ports));
+    }
+
+    /// `url` with its port replaced by the proxy's.
+    fn url(&self, db: &TestDb) -> String {
+        let proxied = db.url().replace(
+            &format!(":{}/", db.server().port()),
+            &format!(":{}/", self.port),
+        );
+        assert_ne!(proxied, db.url());
+        proxied
+    }
+}
+
+/// Copies one direction until the connection is blackholed; then holds both
+/// halves open, reading and passing nothing, until the proxy is dropped.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    port: u16,
+    mut silence: watch::Receiver<HashSet<u16>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if silence.borrow_and_update().contains(&port) {
+            break;
+        }
+        tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                Ok(n) => {
+                    if silence.borrow().contains(&port) {
+                        break;
+                    }
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = silence.changed() => {}
+        }
+    }
+    // Silent: keep the sockets, pass nothing.
+    let _hold = (from, to);
+    std::future::pending::<()>().await;
+}
+
+/// The Postgres-side port of the walsender streaming the test database's slot.
+fn walsender_port(db: &TestDb) -> Option<u16> {
+    db.psql(&format!(
+        "select a.client_port from pg_replication_slots s join pg_stat_activity a on a.pid = s.active_pid
+          where s.database = '{}'",
+        db.name()
+    ))
+    .parse()
+    .ok()
+}
+
+fn walsender_pid(db: &TestDb) -> String {
+    db.psql(&format!(
+        "select coalesce(active_pid::text, '') from pg_replication_slots where database = '{}'",
+        db.name()
+    ))
+}
+
+/// The Postgres-side port of the session holding pg2sink's HA lock.
+fn lock_port(db: &TestDb) -> Option<u16> {
+    db.psql(
+        "select a.client_port from pg_locks l join pg_stat_activity a on a.pid = l.pid
+          where l.locktype = 'advisory' and l.granted and l.classid::bigint = 1885811315
+            and l.database = (select oid from pg_database where datname = current_database())",
+    )
+    .parse()
+    .ok()
+}
+
+fn lock_pid(db: &TestDb) -> String {
+    db.psql(
+        "select coalesce(string_agg(l.pid::text, ','), '') from pg_locks l
+          where l.locktype = 'advisory' and l.granted and l.classid::bigint = 1885811315
+            and l.database = (select oid from pg_database where datname = current_database())",
+    )
+}
+
+/// pg2sink streaming through `proxy` into files, with imports of the
+/// tables `create_tables` made.
+fn start_through(proxy: &BlackholeProxy, db: &TestDb, s: &Streamer) -> Pg2Sink {
+    let url = format!("--url={}", proxy.url(db));
+    let mut p = Pg2Sink::spawn(
+        &[
+            "stream",
+            "--sink=file",
+            &url,
+            &format!("--sink.file.schemas-path={}", s.schemas.display()),
+            &format!(
+                "--sink.file.modifications-path={}",
+                s.modifications.display()
+            ),
+            "--subscription-manager.poll-interval=1s",
+            "--metrics-address=off",
+            "--heartbeat-interval=1s",
+        ],
+        &[("RUST_LOG", "pg2sink=info")],
+    );
+    wait_until(WAIT, "the slot to stream", || {
+        assert!(p.is_running(), "{}", p.stderr());
+        slot_streaming(db) && lock_port(db).is_some()
+    });
+    p
+}
+
+/// Silences `ports`, keeps writing, and checks that streaming resumes on a
+/// new walsender within the rule's bound and that nothing is lost.
+fn silence_and_recover(
+    db: &TestDb,
+    s: &Streamer,
+    p: &mut Pg2Sink,
+    proxy: &BlackholeProxy,
+    ports: &[u16],
+) -> Duration {
+    let load = Load::start(db.url(), 100_000);
+    std::thread::sleep(Duration::from_secs(1));
+    let walsender_before = walsender_pid(db);
+    let silenced_at = Instant::now();
+    proxy.blackhole(ports);
+    // Streaming again: a walsender other than the silenced one streams the
+    // slot, and a row written now reaches the file.
+    wait_until(
+        RESUME_WITHIN + Duration::from_secs(30),
+        "a new walsender to stream",
+        || {
+            assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+            let now = walsender_pid(db);
+            !now.is_empty() && now != walsender_before && slot_streaming(db)
+        },
+    );
+    db.psql("insert into b values ('after-silence', 1, '{}', '{}')");
+    wait_until(
+        RESUME_WITHIN + Duration::from_secs(30),
+        "the row written after the silence",
+        || {
+            s.modifications()
+                .iter()
+                .any(|m| m["after"]["k"] == "after-silence")
+        },
+    );
+    let resumed = silenced_at.elapsed();
+    let commits = load.stop();
+    eprintln!("resumed after {resumed:?}; {commits} transactions during the test");
+    assert!(
+        resumed <= RESUME_WITHIN,
+        "streaming resumed only after {resumed:?}, more than 2 × wal_sender_timeout + 30s:\n{}",
+        p.stderr()
+    );
+    settle_and_verify(db, &file_args(db, s));
+    assert!(p.is_running(), "pg2sink exited:\n{}", p.stderr());
+    resumed
+}
+
+#[test]
+fn silent_replication_connection_is_noticed_and_streaming_resumes() {
+    let db = test_db("silence_repl");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 2_000);
+    let proxy = BlackholeProxy::start(db.server().port());
+    let s = Streamer::new(&db, dir.path());
+    let mut p = start_through(&proxy, &db, &s);
+    let port = walsender_port(&db).expect("a walsender");
+    silence_and_recover(&db, &s, &mut p, &proxy, &[port]);
+    assert!(
+        p.stderr()
+            .contains("replication connection is taken for dead"),
+        "{}",
+        p.stderr()
+    );
+    stop(&mut p);
+}
+
+#[test]
+fn silent_lock_connection_is_noticed_and_the_lock_taken_again() {
+    let db = test_db("silence_lock");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 2_000);
+    let proxy = BlackholeProxy::start(db.server().port());
+    let s = Streamer::new(&db, dir.path());
+    let mut p = start_through(&proxy, &db, &s);
+    let port = lock_port(&db).expect("the lock's session");
+    let ghost = lock_pid(&db);
+    silence_and_recover(&db, &s, &mut p, &proxy, &[port]);
+    // The lock is held again, by a session other than the silenced one.
+    let holder = lock_pid(&db);
+    assert!(
+        !holder.is_empty() && holder != ghost,
+        "lock held by {holder:?} (was {ghost:?})"
+    );
+    assert!(
+        p.stderr()
+            .contains("lost the connection that holds the HA lock"),
+        "{}",
+        p.stderr()
+    );
+    stop(&mut p);
+}
+
+#[test]
+fn every_connection_silent_at_once_and_streaming_resumes() {
+    let db = test_db("silence_all");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 2_000);
+    let proxy = BlackholeProxy::start(db.server().port());
+    let s = Streamer::new(&db, dir.path());
+    let mut p = start_through(&proxy, &db, &s);
+    let all = { proxy.opened.lock().unwrap().clone() };
+    assert!(all.len() >= 2, "{all:?}");
+    silence_and_recover(&db, &s, &mut p, &proxy, &all);
+    stop(&mut p);
+}
