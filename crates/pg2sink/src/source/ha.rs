@@ -104,7 +104,7 @@ pub async fn end_own_stale_walsender(client: &Client, slot: &str) -> bool {
                 client,
                 pid,
                 "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $2 and active_pid = $1",
-                &slot,
+                slot,
                 "walsender",
             )
             .await
