@@ -140,3 +140,127 @@ fn slot_failover_is_a_flag_a_variable_and_a_file_key() {
     let out = run(&["stream", "--help"], &[]);
     assert!(out.contains("--slot.failover"), "{out}");
 }
+
+/// Issue 13, part 5: several hosts in one URL with
+/// `target_session_attrs=read-write`. The primary dies, its standby is
+/// promoted, and pg2sink finds the new primary by itself. On 17+ the
+/// failover slot was synchronised to the standby, so streaming goes on
+/// there and every row the new primary holds reaches the sink; before 17
+/// the slot cannot follow, and pg2sink stops with the slot's loss named
+/// rather than creating a new slot that would skip changes.
+#[test]
+fn several_hosts_find_the_promoted_standby() {
+    let version = crate::harness::server().version();
+    let mut settings = vec![("wal_sender_timeout", "10s")];
+    if version >= 17 {
+        settings.push(("synchronized_standby_slots", "pg2sink_failover_standby"));
+    }
+    let primary = crate::harness::custom_server("failover-primary", &settings);
+    let db = crate::harness::test_db_on(primary, "failover_hosts");
+    db.psql("create table t (id int primary key)");
+    let standby_settings: &[(&str, &str)] = if version >= 17 {
+        // Once promoted it has no standby of its own to wait for.
+        &[
+            ("sync_replication_slots", "on"),
+            ("synchronized_standby_slots", ""),
+        ]
+    } else {
+        &[]
+    };
+    let standby = primary.standby(
+        "failover-standby",
+        "pg2sink_failover_standby",
+        standby_settings,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} dbname={} user=postgres sslmode=disable target_session_attrs=read-write connect_timeout=5",
+        primary.port(),
+        standby.port(),
+        db.name()
+    );
+    let s = Streamer::with_url(dir.path(), &url);
+    let mut args = NO_IMPORTS.to_vec();
+    if version >= 17 {
+        args.push("--slot.failover");
+    }
+    let mut p = s.start_with(&db, &args);
+    for id in 1..=50 {
+        db.psql(&format!("insert into t values ({id})"));
+    }
+    s.wait_for_modifications(50);
+    let slot = db.psql(&format!(
+        "select slot_name from pg_replication_slots where database = '{}' and slot_type = 'logical'",
+        db.name()
+    ));
+    // The standby has replayed everything (and on 17+ synchronised the
+    // slot past the rows streamed) before the primary dies.
+    let primary_lsn = db.psql("select pg_current_wal_lsn()");
+    crate::harness::wait_until(WAIT, "the standby to replay the primary's WAL", || {
+        standby
+            .try_psql(
+                "postgres",
+                &format!("select pg_last_wal_replay_lsn() >= '{primary_lsn}'"),
+            )
+            .is_ok_and(|o| o == "t")
+    });
+    if version >= 17 {
+        let confirmed = db.psql(&format!(
+            "select confirmed_flush_lsn from pg_replication_slots where slot_name = '{slot}'"
+        ));
+        crate::harness::wait_until(WAIT, "the slot to be synchronised to the standby", || {
+            standby
+                .try_psql(
+                    "postgres",
+                    &format!(
+                        "select count(*) from pg_replication_slots where slot_name = '{slot}' and synced and confirmed_flush_lsn >= '{confirmed}'"
+                    ),
+                )
+                .is_ok_and(|o| o == "1")
+        });
+    }
+    primary.stop("immediate");
+    standby.promote();
+    if version >= 17 {
+        for id in 51..=100 {
+            standby.psql(db.name(), &format!("insert into t values ({id})"));
+        }
+        let ids = || {
+            let mut ids: Vec<i64> = s
+                .modifications()
+                .iter()
+                .filter_map(|m| m["after"]["id"].as_i64())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        crate::harness::wait_until(WAIT, "every row the new primary holds", || {
+            assert!(p.is_running(), "{}", p.stderr());
+            ids().len() >= 100
+        });
+        assert_eq!(
+            ids(),
+            (1..=100).collect::<Vec<_>>(),
+            "every row the new primary holds"
+        );
+        assert!(p.is_running(), "{}", p.stderr());
+        stop(&mut p);
+    } else {
+        let status = p.wait_exit(WAIT);
+        let stderr = p.stderr();
+        assert!(!status.success(), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(&slot), "the lost slot is named:\n{stderr}");
+        assert_eq!(
+            standby.psql(
+                db.name(),
+                "select count(*) from pg_replication_slots where slot_type = 'logical'"
+            ),
+            "0",
+            "no new slot was created on the new primary"
+        );
+    }
+    standby.stop("fast");
+    primary.start();
+}

@@ -853,6 +853,117 @@ impl PgServer {
     pub fn is_running(&self) -> bool {
         self.pg_ctl_status()
     }
+
+    /// A physical standby of this server named `name`, made afresh: this
+    /// server is stopped cleanly, its data directory copied (a cleanly shut
+    /// down cluster is a consistent copy, and needs no pg_basebackup, which
+    /// the server packages of 14, 16-18 lack), and both are started; the
+    /// standby streams from the physical slot `slot`, with
+    /// `standby_settings` added (e.g. `sync_replication_slots`). Only for a
+    /// dedicated [`custom_server`] the test owns; the caller stops the
+    /// standby.
+    pub fn standby(&self, name: &str, slot: &str, standby_settings: &[(&str, &str)]) -> PgServer {
+        let base = test_base_dir();
+        let dir = base.join(format!("pg{}-{}", self.version, name));
+        let data_dir = dir.join("data");
+        if data_dir.join("postmaster.pid").exists() {
+            let _ = run_output(
+                pg_command(&self.bin_dir.join("pg_ctl"), &dir)
+                    .arg("-D")
+                    .arg(&data_dir)
+                    .args(["-w", "-m", "immediate", "stop"]),
+            );
+        }
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        make_traversable(&dir);
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o755));
+        let _ = self.try_psql(
+            "postgres",
+            &format!("select pg_drop_replication_slot({})", sql_literal(slot)),
+        );
+        self.psql(
+            "postgres",
+            &format!(
+                "select pg_create_physical_replication_slot({}, true)",
+                sql_literal(slot)
+            ),
+        );
+        self.stop("fast");
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(&self.data_dir)
+            .arg(&data_dir)
+            .status()
+            .expect("run cp");
+        assert!(copied.success(), "copying the data directory failed");
+        self.start();
+        // The copy's own slots are the primary's: a standby starts with none.
+        for entry in fs::read_dir(data_dir.join("pg_replslot"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+        let _ = fs::remove_file(data_dir.join("postmaster.pid"));
+        let _ = fs::remove_file(data_dir.join(LOG_FILE));
+        let _lock = global_lock();
+        let mut overrides = self.overrides.clone();
+        overrides.push((
+            "primary_conninfo".into(),
+            format!(
+                "host=127.0.0.1 port={} user={SUPERUSER} dbname=postgres sslmode=disable application_name={name}",
+                self.port
+            ),
+        ));
+        overrides.push(("primary_slot_name".into(), slot.into()));
+        overrides.push(("hot_standby_feedback".into(), "on".into()));
+        overrides.extend(
+            standby_settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let mut standby = PgServer {
+            name: name.to_string(),
+            version: self.version,
+            bin_dir: self.bin_dir.clone(),
+            dir: dir.clone(),
+            data_dir,
+            socket_dir: PathBuf::new(),
+            port: 0,
+            ca_cert: self.ca_cert.clone(),
+            overrides,
+        };
+        standby.port = choose_port(&base, &dir, self.version, false);
+        standby.socket_dir = socket_dir_for(&dir, standby.port);
+        standby.configure(&ensure_tls(&base));
+        let signal = standby.data_dir.join("standby.signal");
+        fs::write(&signal, "").unwrap_or_else(|e| panic!("write {}: {e}", signal.display()));
+        chown_to_pg(&signal);
+        standby
+            .pg_ctl_start()
+            .unwrap_or_else(|e| panic!("cannot start the standby: {e}"));
+        standby
+            .wait_ready(Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("the standby does not answer: {e}"));
+        standby
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub fn promote(&self) {
+        run_output(self.pg_ctl().args(["-w", "-t", "120", "promote"]))
+            .unwrap_or_else(|e| panic!("pg_ctl promote: {e}\n{}", self.log_tail()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self
+            .try_psql("postgres", "select pg_is_in_recovery()")
+            .as_deref()
+            != Ok("f")
+        {
+            assert!(Instant::now() < deadline, "the standby was not promoted");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn run_psql(bin_dir: &Path, url: &str, sql: &str) -> Result<String, String> {
