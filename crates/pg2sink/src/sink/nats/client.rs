@@ -1,6 +1,8 @@
 //! The NATS side of the sink: connecting (URLs, credentials, TLS), the
 //! start-up check (reachable, JetStream enabled, the stream present and
-//! taking `<prefix>.>`), and what a failed publish means.
+//! taking `<prefix>.>`), and what a failed publish means. Works with
+//! nats-server 2.9 and later (docs/sinks.md says why 2.9); a hint names
+//! only a cause its check established.
 //!
 //! Promises: connecting is tried once (start-up fails fast); afterwards the
 //! client reconnects by itself and the sink re-sends what was not
@@ -153,6 +155,58 @@ pub fn context(client: async_nats::Client, config: &NatsConfig) -> Context {
         .build(client)
 }
 
+/// Checks that JetStream answers for this account, telling apart the
+/// causes a hint may name: nobody answering the JetStream API (JetStream
+/// off on the server, or the account not allowed it) is the only one that
+/// points at `-js`. The answer is read for its `error` alone, so that the
+/// account info's fields, which differ between server versions (2.9 has
+/// no `reserved_memory`), cannot fail the check.
+pub async fn check_jetstream(js: &Context, version: &str) -> Result<(), SinkError> {
+    use async_nats::jetstream::context::RequestErrorKind;
+    let context = || format!("JetStream is not usable on NATS {version}");
+    let reply: serde_json::Value = match js.request("INFO", &serde_json::json!({})).await {
+        Ok(reply) => reply,
+        Err(e) if matches!(e.kind(), RequestErrorKind::NoResponders) => {
+            return Err(definite(
+                format!("JetStream is not enabled on NATS {version}"),
+                format!(
+                    "nothing answers the JetStream API ({e})\n  hint: start nats-server with JetStream (-js, or jetstream {{}} in its configuration), and check the account may use it"
+                ),
+            ))
+        }
+        Err(e) if matches!(e.kind(), RequestErrorKind::TimedOut) => {
+            return Err(definite(
+                context(),
+                format!(
+                    "the JetStream API did not answer within --sink.nats.request-timeout ({e})\n  hint: check the server's log (JetStream may still be starting or have lost its quorum), or raise --sink.nats.request-timeout"
+                ),
+            ))
+        }
+        Err(e) => return Err(definite(context(), e.to_string())),
+    };
+    let Some(error) = reply.get("error") else {
+        return Ok(());
+    };
+    let text = match serde_json::from_value::<jetstream::Error>(error.clone()) {
+        Ok(j) if matches!(
+            j.error_code(),
+            ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
+        ) =>
+        {
+            return Err(definite(
+                format!("JetStream is not enabled on NATS {version}"),
+                format!("{j}\n  hint: start nats-server with JetStream (-js), and allow it for the account pg2sink connects as"),
+            ))
+        }
+        Ok(j) => j.to_string(),
+        Err(_) => error.to_string(),
+    };
+    Err(definite(
+        context(),
+        format!("the JetStream API answered with an error: {text}"),
+    ))
+}
+
 /// Checks JetStream answers, then that the stream exists (creating it) and
 /// takes every subject under the prefix. Returns a line for the log.
 pub async fn ensure_stream(js: &Context, config: &NatsConfig) -> Result<String, SinkError> {
@@ -226,10 +280,12 @@ pub async fn ensure_stream(js: &Context, config: &NatsConfig) -> Result<String, 
     }
 }
 
+/// JetStream answered the account check before this, so it is enabled:
+/// the server's own answer is the cause, not a missing `-js`.
 fn jetstream_unusable(context: String, error: &str) -> SinkError {
     definite(
         context,
-        format!("{error}\n  hint: is JetStream enabled (nats-server -js) and does the account allow it?"),
+        format!("{error}\n  hint: the server's answer above says why; check the account's JetStream limits and permissions for --sink.nats.stream (the nats-server log has more)"),
     )
 }
 
