@@ -173,7 +173,7 @@ impl Client {
                 .into(),
             });
         }
-        Err(SinkError::Definite {
+        Err(SinkError::Transient {
             context: "cannot reach Elasticsearch".into(),
             source: format!(
                 "{}\n  hint: check --sink.elasticsearch.url and that the cluster is up (TLS: --sink.elasticsearch.ca-file)",

@@ -32,6 +32,14 @@ fn definite(context: impl Into<String>, source: impl Into<String>) -> SinkError 
     }
 }
 
+/// A start-up failure a later start may not meet (the server down or slow).
+fn transient(context: impl Into<String>, source: impl Into<String>) -> SinkError {
+    SinkError::Transient {
+        context: context.into(),
+        source: source.into().into(),
+    }
+}
+
 /// Checks the options that need no server.
 pub fn check_config(config: &NatsConfig) -> Result<Vec<ServerAddr>, SinkError> {
     if let Err(why) = encoding::check_prefix(&config.subject_prefix) {
@@ -124,6 +132,12 @@ pub async fn connect(
         }
     }
     options.connect(servers).await.map_err(|e| {
+        let unreachable = !matches!(
+            e.kind(),
+            ConnectErrorKind::Authentication
+                | ConnectErrorKind::AuthorizationViolation
+                | ConnectErrorKind::Tls
+        );
         let (what, hint) = match e.kind() {
             ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => (
                 format!("NATS at {shown} refused the credentials"),
@@ -138,7 +152,11 @@ pub async fn connect(
                 "check --sink.nats.url and that nats-server runs (with JetStream: -js)",
             ),
         };
-        definite(what, format!("{e}\n  hint: {hint}"))
+        if unreachable {
+            transient(what, format!("{e}\n  hint: {hint}"))
+        } else {
+            definite(what, format!("{e}\n  hint: {hint}"))
+        }
     })
 }
 
@@ -175,7 +193,7 @@ pub async fn check_jetstream(js: &Context, version: &str) -> Result<(), SinkErro
             ))
         }
         Err(e) if matches!(e.kind(), RequestErrorKind::TimedOut) => {
-            return Err(definite(
+            return Err(transient(
                 context(),
                 format!(
                     "the JetStream API did not answer within --sink.nats.request-timeout ({e})\n  hint: check the server's log (JetStream may still be starting or have lost its quorum), or raise --sink.nats.request-timeout"
