@@ -197,3 +197,36 @@ fn describe_query_error(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(transient: bool) -> Error {
+        let (context, source) = ("sink".to_string(), "why".into());
+        Error::Sink(if transient {
+            SinkError::Transient { context, source }
+        } else {
+            SinkError::Definite { context, source }
+        })
+    }
+
+    #[test]
+    fn exit_status_by_cause() {
+        assert_eq!(
+            Error::from(Problem::new("wal_level")).exit_status(),
+            ExitStatus::SourceConfig
+        );
+        let lost = crate::source::catalog::slot_lost("s");
+        assert_eq!(Error::from(lost).exit_status().code(), 4);
+        let dropped = crate::source::catalog::slot_dropped("s");
+        assert_eq!(Error::from(dropped).exit_status(), ExitStatus::SlotLost);
+        let busy = crate::source::catalog::slot_active("s", None);
+        assert_eq!(Error::from(busy).exit_status(), ExitStatus::Transient);
+        assert_eq!(sink(true).exit_status().code(), 1);
+        assert_eq!(sink(false).exit_status().code(), 5);
+        assert_eq!(Error::StreamEnded.exit_status(), ExitStatus::Transient);
+        assert_eq!(ExitStatus::Usage.code(), 2);
+        assert_eq!(ExitStatus::Clean.code(), 0);
+    }
+}

@@ -676,6 +676,8 @@ fn nats_start_fails_when_the_stream_does_not_take_the_prefix() {
     let status = p.wait_exit(Duration::from_secs(60));
     assert!(!status.success());
     let err = p.stderr();
+    // The sink refused definitely: restarting cannot help.
+    assert_eq!(status.code(), Some(5), "{err}");
     assert!(
         err.contains(&format!(
             "JetStream stream {stream} exists but does not take {prefix}.>"
