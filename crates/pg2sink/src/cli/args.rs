@@ -15,6 +15,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         Connection: --url (or PG2SINK_URL), else libpq's PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, \
         PGDATABASE, PGSSLMODE and PGSSLROOTCERT.\n\n\
         Without a command, `stream` runs.",
+    after_help = "Exit statuses: 0 stopped cleanly; 1 transient or unknown failure (a restart may succeed); \
+        2 bad flags, environment or config file; 3 definite problem with the source or its settings \
+        (wal_level, privileges, server version, credentials); 4 slot dropped or invalidated (resynchronise: \
+        see the hint); 5 the sink refused definitely. `verify`: 0 same, 1 differs, 2 error. \
+        systemd: RestartPreventExitStatus=2 3 4 5 (docs/operations.md).",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {

@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::args::{KafkaFormat, SinkKind, StreamArgs};
-use crate::error::Error;
+use crate::error::{Error, ExitStatus, Problem};
 use crate::model::Lsn;
 use crate::sink::bigquery::{BigQueryConfig, BigQuerySink};
 use crate::sink::elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
@@ -61,9 +61,17 @@ pub async fn spawn(
     })
 }
 
+/// The start-up check fails fast, whatever the cause: a sink that cannot
+/// be reached stops pg2sink rather than being retried here, but with the
+/// exit status that tells a supervisor a restart may succeed.
 async fn checked<S: Sink>(mut sink: S) -> Result<S, Error> {
-    sink.health_check().await?;
-    Ok(sink)
+    match sink.health_check().await {
+        Ok(()) => Ok(sink),
+        Err(e) if e.is_transient() => Err(Problem::new(format!("sink: {e}"))
+            .exit_status(ExitStatus::Transient)
+            .into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn retry_policy(args: &StreamArgs) -> RetryPolicy {

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::args::StreamArgs;
 use crate::config::connection::ConnectionConfig;
-use crate::error::{Error, Problem};
+use crate::error::{Error, ExitStatus, Problem};
 use crate::import::{self, watermark::Watermarks, worker::ImportOptions};
 use crate::migrations;
 use crate::model::Lsn;
@@ -33,7 +33,7 @@ const SINK_QUEUE: usize = 4096;
 
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
     let mut connection = ConnectionConfig::from_env(args.source.url.as_deref())
-        .map_err(|e| Problem::new(e.to_string()))?;
+        .map_err(|e| Problem::new(e.to_string()).exit_status(crate::error::ExitStatus::Usage))?;
     connection.silence_timeout = Some(args.silence_timeout).filter(|d| !d.is_zero());
     let client = connection.connect().await?;
     let server = catalog::check_server(&client).await?;
@@ -408,7 +408,9 @@ async fn stream_to_sink(
         Ok(Ok(())) => result,
         // The sink's own failure explains the source's.
         Ok(Err(e)) => Err(e.into()),
-        Err(e) => Err(Problem::new(format!("the sink task failed: {e}")).into()),
+        Err(e) => Err(Problem::new(format!("the sink task failed: {e}"))
+            .exit_status(ExitStatus::Transient)
+            .into()),
     }
 }
 
@@ -445,13 +447,21 @@ where
                 Err(e) => Err(Problem::new(format!(
                     "cannot start the replication thread's runtime: {e}"
                 ))
+                .exit_status(ExitStatus::Transient)
                 .into()),
             };
             let _ = tx.send(result);
         })
-        .map_err(|e| Problem::new(format!("cannot start the replication thread: {e}")))?;
+        .map_err(|e| {
+            Problem::new(format!("cannot start the replication thread: {e}"))
+                .exit_status(ExitStatus::Transient)
+        })?;
     rx.await.unwrap_or_else(|_| {
-        Err(Problem::new("the replication thread ended without a result").into())
+        Err(
+            Problem::new("the replication thread ended without a result")
+                .exit_status(ExitStatus::Transient)
+                .into(),
+        )
     })
 }
 

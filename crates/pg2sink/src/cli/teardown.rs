@@ -38,7 +38,7 @@ pub struct TeardownArgs {
 
 pub async fn run(args: TeardownArgs) -> Result<(), Error> {
     let connection = ConnectionConfig::from_env(args.source.url.as_deref())
-        .map_err(|e| Problem::new(e.to_string()))?;
+        .map_err(|e| Problem::new(e.to_string()).exit_status(crate::error::ExitStatus::Usage))?;
     let client = connection.connect().await?;
     let publication = &args.source.subscription_name;
     let schema = &args.source.schema;

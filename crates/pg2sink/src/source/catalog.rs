@@ -8,7 +8,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::config::connection::ConnectionConfig;
-use crate::error::{query, Error, Problem};
+use crate::error::{query, Error, ExitStatus, Problem};
 use crate::model::Lsn;
 
 /// Quotes an identifier for SQL (`my "t"` → `"my ""t"""`).
@@ -350,6 +350,8 @@ pub fn slot_active(slot: &str, pid: Option<i32>) -> Problem {
     Problem::new(format!("replication slot {slot:?} is in use by {who}"))
         .detail("only one consumer can stream from a slot at a time; another pg2sink with the same --subscription-name is probably running")
         .hint("stop the other consumer, give this one a different --subscription-name, or leave --ha on (the default) so a second pg2sink waits as a standby")
+        // Once the other consumer stops, a restart succeeds.
+        .exit_status(ExitStatus::Transient)
 }
 
 /// What to do when the slot's changes are gone: start over with imports.
@@ -365,12 +367,14 @@ pub fn slot_lost(slot: &str) -> Problem {
     .hint(format!(
         "{RESYNC_HINT}. Consider raising max_slot_wal_keep_size"
     ))
+    .exit_status(ExitStatus::SlotLost)
 }
 
 pub fn slot_dropped(slot: &str) -> Problem {
     Problem::new(format!("replication slot {slot:?} was dropped while pg2sink still used it"))
         .detail("changes committed since it was dropped cannot be streamed; a new slot would silently skip them")
         .hint(RESYNC_HINT)
+        .exit_status(ExitStatus::SlotLost)
 }
 
 /// Whether pg2sink recorded `slot` for `publication`: it streamed from it

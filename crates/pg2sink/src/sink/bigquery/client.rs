@@ -156,15 +156,16 @@ impl Client {
         if let Some(token) = &token {
             request = request.header(AUTHORIZATION, token);
         }
-        let reply = http::send_once(request).await.map_err(|e| {
-            definite(
-                format!("cannot reach BigQuery at {}", self.endpoint),
-                format!(
+        let reply = http::send_once(request)
+            .await
+            .map_err(|e| SinkError::Transient {
+                context: format!("cannot reach BigQuery at {}", self.endpoint),
+                source: format!(
                     "{}\n  hint: check --sink.bigquery.endpoint and the network",
                     http::describe(&e)
-                ),
-            )
-        })?;
+                )
+                .into(),
+            })?;
         match reply.status {
             200..=299 => Ok(()),
             401 | 403 => Err(definite(

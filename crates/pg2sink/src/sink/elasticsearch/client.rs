@@ -132,7 +132,9 @@ impl Client {
 
     /// One try at the cluster's root on every URL: fails fast, saying why.
     pub async fn health_check(&self) -> Result<String, SinkError> {
-        let mut failures = vec![];
+        // A URL that answered was reached: "cannot reach" would send the
+        // user to the network when the answer says what is wrong.
+        let (mut failures, mut answered) = (vec![], vec![]);
         for (n, url) in self.urls.iter().enumerate() {
             match http::send_once(self.http.get(format!("{url}/"))).await {
                 Ok(reply) if reply.is_success() => {
@@ -156,11 +158,22 @@ impl Client {
                         .into(),
                     });
                 }
-                Ok(reply) => failures.push(format!("{url}: {}", reply.error_text())),
+                Ok(reply) => answered.push(format!("{url}: {}", reply.error_text())),
                 Err(e) => failures.push(format!("{url}: {}", http::describe(&e))),
             }
         }
-        Err(SinkError::Definite {
+        if !answered.is_empty() {
+            answered.extend(failures);
+            return Err(SinkError::Definite {
+                context: "Elasticsearch answered the start-up check with an error".into(),
+                source: format!(
+                    "{}\n  hint: the answer above says why; check that --sink.elasticsearch.url is the cluster's own address (no path) and the cluster's health",
+                    answered.join("; ")
+                )
+                .into(),
+            });
+        }
+        Err(SinkError::Transient {
             context: "cannot reach Elasticsearch".into(),
             source: format!(
                 "{}\n  hint: check --sink.elasticsearch.url and that the cluster is up (TLS: --sink.elasticsearch.ca-file)",

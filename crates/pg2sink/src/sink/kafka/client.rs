@@ -133,7 +133,7 @@ impl Client {
             context: "the Kafka metadata request".into(),
             source: e.into(),
         })?;
-        metadata.map_err(|e| SinkError::Definite {
+        metadata.map_err(|e| SinkError::Transient {
             context: format!("cannot reach Kafka at {}", self.config.brokers.join(",")),
             source: format!(
                 "{e} (no metadata within {ADMIN_TIMEOUT:?})\n  hint: check --sink.kafka.brokers, that the brokers run and are reachable, and the security options (--sink.kafka.security-protocol, --sink.kafka.sasl-*)"

@@ -1,6 +1,8 @@
 //! The NATS side of the sink: connecting (URLs, credentials, TLS), the
 //! start-up check (reachable, JetStream enabled, the stream present and
-//! taking `<prefix>.>`), and what a failed publish means.
+//! taking `<prefix>.>`), and what a failed publish means. Works with
+//! nats-server 2.9 and later (docs/sinks.md says why 2.9); a hint names
+//! only a cause its check established.
 //!
 //! Promises: connecting is tried once (start-up fails fast); afterwards the
 //! client reconnects by itself and the sink re-sends what was not
@@ -25,6 +27,14 @@ use crate::sink::SinkError;
 
 fn definite(context: impl Into<String>, source: impl Into<String>) -> SinkError {
     SinkError::Definite {
+        context: context.into(),
+        source: source.into().into(),
+    }
+}
+
+/// A start-up failure a later start may not meet (the server down or slow).
+fn transient(context: impl Into<String>, source: impl Into<String>) -> SinkError {
+    SinkError::Transient {
         context: context.into(),
         source: source.into().into(),
     }
@@ -122,6 +132,12 @@ pub async fn connect(
         }
     }
     options.connect(servers).await.map_err(|e| {
+        let unreachable = !matches!(
+            e.kind(),
+            ConnectErrorKind::Authentication
+                | ConnectErrorKind::AuthorizationViolation
+                | ConnectErrorKind::Tls
+        );
         let (what, hint) = match e.kind() {
             ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => (
                 format!("NATS at {shown} refused the credentials"),
@@ -136,7 +152,11 @@ pub async fn connect(
                 "check --sink.nats.url and that nats-server runs (with JetStream: -js)",
             ),
         };
-        definite(what, format!("{e}\n  hint: {hint}"))
+        if unreachable {
+            transient(what, format!("{e}\n  hint: {hint}"))
+        } else {
+            definite(what, format!("{e}\n  hint: {hint}"))
+        }
     })
 }
 
@@ -151,6 +171,58 @@ pub fn context(client: async_nats::Client, config: &NatsConfig) -> Context {
         .max_ack_inflight(2 * config.max_in_flight.max(1))
         .backpressure_on_inflight(true)
         .build(client)
+}
+
+/// Checks that JetStream answers for this account, telling apart the
+/// causes a hint may name: nobody answering the JetStream API (JetStream
+/// off on the server, or the account not allowed it) is the only one that
+/// points at `-js`. The answer is read for its `error` alone, so that the
+/// account info's fields, which differ between server versions (2.9 has
+/// no `reserved_memory`), cannot fail the check.
+pub async fn check_jetstream(js: &Context, version: &str) -> Result<(), SinkError> {
+    use async_nats::jetstream::context::RequestErrorKind;
+    let context = || format!("JetStream is not usable on NATS {version}");
+    let reply: serde_json::Value = match js.request("INFO", &serde_json::json!({})).await {
+        Ok(reply) => reply,
+        Err(e) if matches!(e.kind(), RequestErrorKind::NoResponders) => {
+            return Err(definite(
+                format!("JetStream is not enabled on NATS {version}"),
+                format!(
+                    "nothing answers the JetStream API ({e})\n  hint: start nats-server with JetStream (-js, or jetstream {{}} in its configuration), and check the account may use it"
+                ),
+            ))
+        }
+        Err(e) if matches!(e.kind(), RequestErrorKind::TimedOut) => {
+            return Err(transient(
+                context(),
+                format!(
+                    "the JetStream API did not answer within --sink.nats.request-timeout ({e})\n  hint: check the server's log (JetStream may still be starting or have lost its quorum), or raise --sink.nats.request-timeout"
+                ),
+            ))
+        }
+        Err(e) => return Err(definite(context(), e.to_string())),
+    };
+    let Some(error) = reply.get("error") else {
+        return Ok(());
+    };
+    let text = match serde_json::from_value::<jetstream::Error>(error.clone()) {
+        Ok(j) if matches!(
+            j.error_code(),
+            ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
+        ) =>
+        {
+            return Err(definite(
+                format!("JetStream is not enabled on NATS {version}"),
+                format!("{j}\n  hint: start nats-server with JetStream (-js), and allow it for the account pg2sink connects as"),
+            ))
+        }
+        Ok(j) => j.to_string(),
+        Err(_) => error.to_string(),
+    };
+    Err(definite(
+        context(),
+        format!("the JetStream API answered with an error: {text}"),
+    ))
 }
 
 /// Checks JetStream answers, then that the stream exists (creating it) and
@@ -226,10 +298,12 @@ pub async fn ensure_stream(js: &Context, config: &NatsConfig) -> Result<String, 
     }
 }
 
+/// JetStream answered the account check before this, so it is enabled:
+/// the server's own answer is the cause, not a missing `-js`.
 fn jetstream_unusable(context: String, error: &str) -> SinkError {
     definite(
         context,
-        format!("{error}\n  hint: is JetStream enabled (nats-server -js) and does the account allow it?"),
+        format!("{error}\n  hint: the server's answer above says why; check the account's JetStream limits and permissions for --sink.nats.stream (the nats-server log has more)"),
     )
 }
 

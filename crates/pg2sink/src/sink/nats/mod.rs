@@ -287,10 +287,7 @@ impl Sink for NatsSink {
         let nats = client::connect(&self.config, self.servers.clone()).await?;
         let server = nats.server_info();
         let js = client::context(nats, &self.config);
-        js.query_account().await.map_err(|e| SinkError::Definite {
-            context: format!("JetStream is not available on NATS {}", server.version),
-            source: format!("{e}\n  hint: start nats-server with JetStream (-js), and check the account may use it").into(),
-        })?;
+        client::check_jetstream(&js, &server.version).await?;
         let stream = client::ensure_stream(&js, &self.config).await?;
         tracing::info!(version = %server.version, %stream, "nats sink ready");
         self.js = Some(js);

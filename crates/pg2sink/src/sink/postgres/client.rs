@@ -77,11 +77,17 @@ impl Client {
         }
         if self.client.is_none() {
             let client = self.connection.connect().await.map_err(|e| {
-                let context = format!("cannot reach the target Postgres ({})", self.describe());
                 let source = format!("{e}\n  hint: check --sink.postgres.url");
+                // Reached, if the error is definite (refused credentials, a
+                // missing database, TLS): "cannot reach" would mislead.
                 if e.is_transient() {
+                    let context = format!("cannot reach the target Postgres ({})", self.describe());
                     transient(context, source)
                 } else {
+                    let context = format!(
+                        "cannot connect to the target Postgres ({})",
+                        self.describe()
+                    );
                     definite(context, source)
                 }
             })?;

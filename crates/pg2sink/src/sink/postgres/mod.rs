@@ -121,11 +121,9 @@ impl Sink for PostgresSink {
         let (position, version) = self
             .client
             .health_check(self.config.schema.as_deref())
-            .await
-            .map_err(|e| match e {
-                SinkError::Transient { context, source }
-                | SinkError::Definite { context, source } => definite(context, source),
-            })?;
+            .await?;
+        // A transient failure still fails fast: cli::sinks stops at a
+        // failed start-up check, with the exit status of a transient one.
         self.applied = position;
         self.seen = position;
         tracing::info!(%target, %version, stream = %self.config.stream,
