@@ -288,6 +288,17 @@ pub struct StreamArgs {
     #[arg(long = "api.token", env = "PG2SINK_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// Host names (or IPs), each optionally with :port, under which the API
+    /// and web page may be reached besides the address they are served on
+    /// and localhost (for a DNS name, a proxy or a forwarded port); other
+    /// Host headers are refused, which defeats DNS rebinding.
+    #[arg(
+        long = "api.allowed-hosts",
+        env = "PG2SINK_API_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub api_allowed_hosts: Vec<String>,
+
     /// While the captured tables are quiet, write a heartbeat message this
     /// often so the slot keeps advancing past WAL written elsewhere; 0 disables.
     #[arg(long = "heartbeat-interval", env = "PG2SINK_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
