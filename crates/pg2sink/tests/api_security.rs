@@ -223,7 +223,6 @@ fn non_loopback_without_a_token_is_read_only() {
     let (db, dir, s, mut p, bound) = orders("api_non_loopback", &["--metrics-address=0.0.0.0:0"]);
     let port = bound.rsplit(':').next().unwrap().to_string();
     let address = format!("{ip}:{port}");
-    p.wait_for_stderr("the API is read-only", WAIT);
     // Reads and metrics work from other machines, under the address.
     let (code, _, body) = request(&address, "GET", "/api/tables", &[("Host", &address)]);
     assert_eq!(code, 200, "{body}");
@@ -243,6 +242,7 @@ fn non_loopback_without_a_token_is_read_only() {
         "{message}"
     );
     still_captured(&db, &address, "a call without a token on 0.0.0.0");
+    p.wait_for_stderr("the API is read-only", WAIT);
     // An unknown name is refused even for reading.
     let (code, _, _) = request(
         &address,
