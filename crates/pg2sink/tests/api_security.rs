@@ -71,7 +71,7 @@ fn cross_site_requests_are_refused_and_change_nothing() {
     let (db, _dir, _s, mut p, address) = orders("api_cross_site", &[]);
     let host = ("Host", address.as_str());
     let own = format!("http://{address}");
-    let cases: [(&str, Vec<(&str, &str)>, u16, &str, &str); 4] = [
+    let cases = [
         (
             "Origin: http://evil.example",
             vec![host, JSON, ("Origin", "http://evil.example")],

@@ -285,6 +285,7 @@ pub struct StreamArgs {
     pub metrics_address: String,
 
     /// Bearer token the API's changing calls (add, stop, resync) require.
+    /// Without one, a server bound to a non-loopback address is read-only.
     #[arg(long = "api.token", env = "PG2SINK_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 

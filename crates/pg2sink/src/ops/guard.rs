@@ -212,7 +212,7 @@ impl Refusal {
 }
 
 /// A header's value as text ("" when absent; `None` when not text).
-fn text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<Option<&'a str>> {
+fn text(headers: &HeaderMap, name: header::HeaderName) -> Option<Option<&str>> {
     match headers.get(name) {
         None => Some(None),
         Some(v) => v.to_str().ok().map(Some),
