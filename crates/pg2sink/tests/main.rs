@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod api_security;
 mod bigquery;
 mod elasticsearch;
 mod errors;

@@ -29,17 +29,38 @@ pub fn http_address(p: &mut Pg2Sink) -> String {
     log["address"].as_str().unwrap().to_string()
 }
 
-/// One HTTP/1.0 request; returns the status and the body.
+/// One HTTP/1.0 request; returns the status and the body. Changing calls
+/// (anything but GET and HEAD) go as JSON, as pg2sink requires.
 pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Host", address)];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth));
+    }
+    if !matches!(method, "GET" | "HEAD") {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let (status, _, body) = request(address, method, path, &headers);
+    (status, body)
+}
+
+/// One HTTP/1.0 request to `address` with exactly `headers` (Host
+/// included, if any); returns the status, the response head and the body.
+pub fn request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut stream =
         TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.0\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
@@ -48,7 +69,7 @@ pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u1
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad response {response:?}"));
-    (status, body.to_string())
+    (status, head.to_string(), body.to_string())
 }
 
 pub fn get_json(address: &str, path: &str) -> Value {
@@ -63,7 +84,7 @@ pub fn post(address: &str, path: &str, token: Option<&str>) -> (u16, Value) {
     (status, json)
 }
 
-fn table<'a>(tables: &'a Value, qualified: &str) -> &'a Value {
+pub(crate) fn table<'a>(tables: &'a Value, qualified: &str) -> &'a Value {
     tables
         .as_array()
         .unwrap()
@@ -89,13 +110,17 @@ pub(crate) fn sample(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn output_dir() -> PathBuf {
+pub(crate) fn output_dir() -> PathBuf {
     let dir = repo_root().join("target").join("test-output");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn start(db: &TestDb, dir: &std::path::Path, extra: &[&str]) -> (Streamer, Pg2Sink, String) {
+pub(crate) fn start(
+    db: &TestDb,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (Streamer, Pg2Sink, String) {
     let s = Streamer::new(db, dir);
     let mut args = vec!["--log-format=json"];
     args.extend_from_slice(extra);
@@ -391,7 +416,7 @@ fn api_calls_work_and_reject_bad_input() {
 }
 
 /// Where playwright-core is (installed on demand under target/).
-fn playwright_core() -> PathBuf {
+pub(crate) fn playwright_core() -> PathBuf {
     let tools = repo_root().join("target").join("test-tools");
     let dir = tools.join("node_modules").join("playwright-core");
     if !dir.exists() {

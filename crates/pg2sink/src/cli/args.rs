@@ -302,8 +302,20 @@ pub struct StreamArgs {
     pub metrics_address: String,
 
     /// Bearer token the API's changing calls (add, stop, resync) require.
+    /// Without one, a server bound to a non-loopback address is read-only.
     #[arg(long = "api.token", env = "PG2SINK_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+
+    /// Host names (or IPs), each optionally with :port, under which the API
+    /// and web page may be reached besides the address they are served on
+    /// and localhost (for a DNS name, a proxy or a forwarded port); other
+    /// Host headers are refused, which defeats DNS rebinding.
+    #[arg(
+        long = "api.allowed-hosts",
+        env = "PG2SINK_API_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub api_allowed_hosts: Vec<String>,
 
     /// While the captured tables are quiet, write a heartbeat message this
     /// often so the slot keeps advancing past WAL written elsewhere; 0 disables.

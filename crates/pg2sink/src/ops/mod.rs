@@ -4,8 +4,11 @@
 //!
 //! Promises: bound to localhost unless told otherwise; the calls that
 //! change anything (add, stop, resync) require `--api.token` when one is
-//! set; nothing served holds a secret (no connection string, no token).
+//! set, and are refused when they come from another site (see `guard`) or,
+//! without a token, on a non-loopback address; nothing served holds a
+//! secret (no connection string, no token).
 
+pub mod guard;
 pub mod metrics;
 pub mod overrides;
 pub mod server;
@@ -38,6 +41,8 @@ pub struct Ops {
     token: Option<String>,
     client: Mutex<Option<tokio_postgres::Client>>,
     snapshot: RwLock<Snapshot>,
+    /// What a request must show before it is served.
+    pub policy: guard::Policy,
 }
 
 /// The poller's latest reading.
@@ -73,19 +78,6 @@ pub async fn start(
         tracing::info!("metrics, API and web page are off (--metrics-address=off)");
         return Ok(());
     }
-    let ops = Arc::new(Ops {
-        scope: Scope {
-            schema: args.source.schema.clone(),
-            publication: args.source.subscription_name.clone(),
-            manager: subscription_options(args),
-        },
-        slot_name: slot_name.to_string(),
-        ha: args.ha && !args.decode_only,
-        connection: connection.clone(),
-        token: args.api_token.clone().filter(|t| !t.is_empty()),
-        client: Mutex::new(None),
-        snapshot: RwLock::new(Snapshot::default()),
-    });
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| {
@@ -97,7 +89,28 @@ pub async fn start(
     let bound = listener
         .local_addr()
         .map_err(|e| Problem::new(format!("reading the bound address: {e}")))?;
-    tracing::info!(address = %bound, guarded = ops.token.is_some(), "http server listening (/metrics, /api/, web page at /)");
+    let token = args.api_token.clone().filter(|t| !t.is_empty());
+    let policy = guard::Policy::new(bound, token.is_some(), &args.api_allowed_hosts)?;
+    let ops = Arc::new(Ops {
+        scope: Scope {
+            schema: args.source.schema.clone(),
+            publication: args.source.subscription_name.clone(),
+            manager: subscription_options(args),
+        },
+        slot_name: slot_name.to_string(),
+        ha: args.ha && !args.decode_only,
+        connection: connection.clone(),
+        token,
+        client: Mutex::new(None),
+        snapshot: RwLock::new(Snapshot::default()),
+        policy,
+    });
+    tracing::info!(address = %bound, guarded = ops.token.is_some(), read_only = ops.policy.read_only, "http server listening (/metrics, /api/, web page at /)");
+    if ops.policy.read_only {
+        // Open changing calls on an address other machines reach would let
+        // anyone on the network stop capturing; the metrics stay served.
+        tracing::warn!(address = %bound, "the API is read-only: bound to a non-loopback address without --api.token, it refuses add, stop and resync (403); set --api.token (PG2SINK_API_TOKEN) to allow them, or bind a loopback address");
+    }
     tokio::spawn(server::serve(listener, ops.clone(), shutdown.clone()));
     tokio::spawn(poll(ops, shutdown));
     Ok(())

@@ -1,5 +1,7 @@
 //! The HTTP server: `/metrics` (Prometheus), `/api/...` (JSON, see
 //! docs/api.md) and the web page at `/` (embedded, no external assets).
+//! Every request passes `guard` first; no response grants cross-origin
+//! access (no `Access-Control-Allow-*`), and the page refuses to be framed.
 
 use std::sync::Arc;
 
@@ -33,6 +35,10 @@ pub async fn serve(
         .route("/api/imports", get(imports))
         .route("/api/tables/{schema}/{name}/{action}", post(action))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            ops.clone(),
+            super::guard::guard,
+        ))
         .with_state(ops);
     let stop = async move {
         while !*shutdown.borrow() {
@@ -41,6 +47,7 @@ pub async fn serve(
             }
         }
     };
+    let app = app.into_make_service_with_connect_info::<super::guard::Local>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
@@ -59,6 +66,11 @@ async fn index() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            // Framed in another site's page, its buttons could be clicked
+            // by a user tricked into it (clickjacking): no framing at all.
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         INDEX_HTML,
     )
