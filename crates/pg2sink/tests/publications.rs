@@ -76,7 +76,9 @@ fn apply(messages: &[Value], table: &str) -> BTreeMap<i64, Value> {
 
 /// Rows `select` returns, as JSON objects by `id`.
 fn rows(db: &TestDb, select: &str) -> BTreeMap<i64, Value> {
-    let text = db.psql(&format!("select coalesce(json_agg(t), '[]') from ({select}) t"));
+    let text = db.psql(&format!(
+        "select coalesce(json_agg(t), '[]') from ({select}) t"
+    ));
     let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
     rows.into_iter()
         .map(|r| (r["id"].as_i64().unwrap(), r))
@@ -90,7 +92,11 @@ fn ids(messages: &[Value], table: &str, op: &str) -> BTreeSet<i64> {
         .iter()
         .filter(|m| m["name"] == table && m["op"] == op)
         .map(|m| {
-            let row = if op == "delete" { &m["before"] } else { &m["after"] };
+            let row = if op == "delete" {
+                &m["before"]
+            } else {
+                &m["after"]
+            };
             row["id"].as_i64().unwrap()
         })
         .collect()
@@ -161,8 +167,14 @@ fn column_list_and_row_filter_hold_for_imports_and_the_stream() {
         assert_eq!(imported.len(), 2000 - 10 - 1, "ids 11..2000 but 15");
         // As pgoutput defines it: 5 → 15 enters the filter (an insert),
         // 15 → 5 leaves it (a delete), 20 → 0 leaves it, 7 → 3000 enters.
-        assert_eq!(ids(&messages, "secret", "insert"), BTreeSet::from([15, 2001, 3000]));
-        assert_eq!(ids(&messages, "secret", "delete"), BTreeSet::from([15, 20, 30]));
+        assert_eq!(
+            ids(&messages, "secret", "insert"),
+            BTreeSet::from([15, 2001, 3000])
+        );
+        assert_eq!(
+            ids(&messages, "secret", "delete"),
+            BTreeSet::from([15, 20, 30])
+        );
         assert_eq!(ids(&messages, "secret", "update"), BTreeSet::from([15]));
 
         // A column list that leaves the key out (allowed by PostgreSQL for

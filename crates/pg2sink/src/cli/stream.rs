@@ -135,12 +135,8 @@ async fn run_active(
     }
     // What the publication publishes is honoured exactly; what cannot be
     // is refused here, before anything is sent.
-    crate::source::publication::check(
-        &client,
-        &args.source.subscription_name,
-        &args.source.schema,
-    )
-    .await?;
+    crate::source::publication::check(&client, &args.source.subscription_name, &args.source.schema)
+        .await?;
     if ha {
         ha::wait_slot_released(&client, slot_name, &shutdown).await?;
         // Holding the lock proves no other pg2sink of this publication runs:

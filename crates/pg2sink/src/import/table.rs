@@ -155,9 +155,9 @@ async fn load_shape(
             .iter()
             .find(|(primary, _, cols, plain)| *primary && usable(cols, *plain))
             .or_else(|| {
-                candidates
-                    .iter()
-                    .find(|(_, replident_index, cols, plain)| *replident_index && usable(cols, *plain))
+                candidates.iter().find(|(_, replident_index, cols, plain)| {
+                    *replident_index && usable(cols, *plain)
+                })
             })
             .or_else(|| {
                 candidates

@@ -232,12 +232,13 @@ pub async fn source_tables(
         let qualified = format!("{schema}.{name}");
         // As the publication publishes it (columns, row filter), as imports
         // read it; a table named by --table outside the publication whole.
-        let loaded = match table::load_published(client, &options.publication, &schema, &name).await? {
-            Some(KeyChoice::NoKey(_)) if !options.tables.is_empty() => {
-                table::load(client, &schema, &name).await?
-            }
-            loaded => loaded,
-        };
+        let loaded =
+            match table::load_published(client, &options.publication, &schema, &name).await? {
+                Some(KeyChoice::NoKey(_)) if !options.tables.is_empty() => {
+                    table::load(client, &schema, &name).await?
+                }
+                loaded => loaded,
+            };
         match loaded {
             Some(KeyChoice::Key(mut t)) => {
                 types.resolve_table(&mut t.table).await?;
