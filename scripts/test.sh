@@ -40,7 +40,7 @@ parallel=${PG2SINK_TEST_PARALLEL:-2}
 # A filtered run is for one version; the matrix is for the whole suite.
 [[ ${#filters[@]} -eq 0 ]] || others=""
 others=$(for v in $others; do [[ $v == "$version" ]] || echo "$v"; done | xargs)
-core_filters=(streaming:: imports:: types:: errors:: failover:: security:: harness_selftest::)
+core_filters=(streaming:: imports:: types:: errors:: failover:: security:: harness_selftest:: publications::)
 
 started=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - started ))s"; }

@@ -17,6 +17,7 @@ mod kafka;
 mod nats;
 mod ops;
 mod postgres_sink;
+mod publications;
 mod security;
 mod silence;
 mod streaming;

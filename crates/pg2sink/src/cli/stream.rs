@@ -125,12 +125,21 @@ async fn run_active(
 ) -> Result<(), Error> {
     let mut client = connection.connect().await?;
     migrations::run(&mut client, &args.source.schema).await?;
-    catalog::ensure_publication(&client, &args.source.subscription_name).await?;
+    catalog::ensure_publication(
+        &client,
+        &args.source.subscription_name,
+        args.manager_enabled,
+    )
+    .await?;
 
     let mut manager = crate::ops::subscription_options(args).map(SubscriptionManager::new);
     if let Some(manager) = manager.as_mut() {
         manager.sync(&client).await?;
     }
+    // What the publication publishes is honoured exactly; what cannot be
+    // is refused here, before anything is sent.
+    crate::source::publication::check(&client, &args.source.subscription_name, &args.source.schema)
+        .await?;
     if ha {
         ha::wait_slot_released(&client, slot_name, &shutdown).await?;
         // Holding the lock proves no other pg2sink of this publication runs:

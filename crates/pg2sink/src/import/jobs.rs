@@ -59,11 +59,14 @@ impl Jobs {
         }
     }
 
-    /// Creates a job for every table of the publication that has no live one.
+    /// Creates a job for every table of the publication that has no live one:
+    /// the tables as pgoutput publishes them (a partitioned table's leaves,
+    /// or its root with `publish_via_partition_root`; PostgreSQL 14 may
+    /// list a leaf twice).
     pub async fn create_missing(&self, client: &Client) -> Result<u64, Error> {
         let sql = format!(
             "insert into {t} (publication, table_schema, table_name)
-             select $1::text, p.schemaname, p.tablename from pg_publication_tables p
+             select distinct $1::text, p.schemaname, p.tablename from pg_publication_tables p
               where p.pubname = $1::text
                 and not exists (select 1 from {t} j where j.publication = $1::text and j.expired_at is null
                                    and j.table_schema = p.schemaname and j.table_name = p.tablename)

@@ -1,12 +1,15 @@
 //! What an import needs to know of a table from the catalog: its shape
 //! (exactly as pgoutput describes it, so imported rows and streamed rows
-//! look alike) and the key it is walked by.
+//! look alike: only the publication's columns), the rows it publishes
+//! (its row filter) and the key it is walked by (among the published
+//! columns).
 
 use tokio_postgres::Client;
 
-use crate::error::{query, Error};
+use crate::error::{query, Error, Problem};
 use crate::model::{Column, RelationId, Table, TypeOid};
 use crate::source::catalog::quote_ident;
+use crate::source::publication::{key_not_published, published_table, PublishedTable};
 
 /// A table to import: its shape and the key it is walked by.
 #[derive(Clone, Debug)]
@@ -14,13 +17,50 @@ pub struct ImportTable {
     pub table: Table,
     /// Key columns in index order, with their SQL type for casts.
     pub key: Vec<(String, String)>,
+    /// The publication's row filter (PostgreSQL 15+), as the server
+    /// deparsed it: only rows it passes are imported, as only their
+    /// changes are streamed.
+    pub row_filter: Option<String>,
+}
+
+/// Reads a whole table's shape (every column pgoutput can send) and
+/// chooses its key: see [`load_shape`]. For tables that are not read
+/// through a publication (the Postgres sink's target, for `verify`).
+pub async fn load(client: &Client, schema: &str, name: &str) -> Result<Option<KeyChoice>, Error> {
+    load_shape(client, schema, name, None).await
+}
+
+/// Reads a table's shape as `publication` publishes it: only its published
+/// columns, and its row filter for the chunks' SELECTs, so that an import
+/// sends exactly what the stream would. `Ok(None)` if the table is gone; a
+/// table the publication does not (or no longer) publish is not imported.
+pub async fn load_published(
+    client: &Client,
+    publication: &str,
+    schema: &str,
+    name: &str,
+) -> Result<Option<KeyChoice>, Error> {
+    match published_table(client, publication, schema, name).await? {
+        Some(published) => load_shape(client, schema, name, Some((publication, &published))).await,
+        None => Ok(load_shape(client, schema, name, None).await?.map(|_| {
+            KeyChoice::NoKey(format!(
+                "{schema}.{name} is not in publication {publication:?} (any more), so its rows are not imported"
+            ))
+        })),
+    }
 }
 
 /// Reads a table's shape and chooses its key: the primary key; else the
 /// replica identity index; else the narrowest unique index on non-null
-/// plain columns. `Ok(None)` if the table is gone; `Err(reason)` inside
-/// `Ok(Some)`'s sibling: see [`KeyChoice`].
-pub async fn load(client: &Client, schema: &str, name: &str) -> Result<Option<KeyChoice>, Error> {
+/// plain columns; with a publication, among its published columns only.
+/// `Ok(None)` if the table is gone; otherwise [`KeyChoice`] says which key
+/// or why none.
+async fn load_shape(
+    client: &Client,
+    schema: &str,
+    name: &str,
+    published: Option<(&str, &PublishedTable)>,
+) -> Result<Option<KeyChoice>, Error> {
     let Some(rel) = client
         .query_opt(
             "select c.oid, c.relreplident::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
@@ -34,47 +74,57 @@ pub async fn load(client: &Client, schema: &str, name: &str) -> Result<Option<Ke
     };
     let oid: u32 = rel.get(0);
     let replident: String = rel.get(1);
-    // Columns as pgoutput sends them: no dropped or generated columns;
-    // key flags from the replica identity.
+    let column_list = published.and_then(|(_, p)| p.columns.clone());
+    let generated = published.is_some_and(|(_, p)| p.generated_columns);
+    // Columns as pgoutput sends them: no dropped columns; no generated
+    // columns unless the publication publishes them (PostgreSQL 18+); only
+    // the column list's, if there is one. Key flags from the replica
+    // identity. Every other column is read too, flagged unpublished, to
+    // tell a key left out of the column list from no key at all.
     let columns = client
         .query(
             "select a.attname::text, a.atttypid, a.atttypmod, a.attnotnull,
                     format_type(a.atttypid, a.atttypmod),
-                    coalesce(a.attnum = any (ri.indkey::int2[]), false)
+                    coalesce(a.attnum = any (ri.indkey::int2[]), false),
+                    (a.attgenerated = '' or ($3::text[] is not null and $4))
+                      and ($3::text[] is null or a.attname = any ($3::text[])) as published
                from pg_attribute a
                left join lateral (
                  select i.indkey from pg_index i
                   where i.indrelid = a.attrelid
                     and (($2 = 'd' and i.indisprimary) or ($2 = 'i' and i.indisreplident))
                   limit 1) ri on true
-              where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
+              where a.attrelid = $1 and a.attnum > 0 and not a.attisdropped
               order by a.attnum",
-            &[&oid, &replident],
+            &[&oid, &replident, &column_list, &generated],
         )
         .await
         .map_err(query("reading the columns of a table to import"))?;
     let mut sql_types = std::collections::HashMap::new();
     let mut not_null = std::collections::HashSet::new();
+    let mut published_columns = std::collections::HashSet::new();
+    let mut table_columns = vec![];
+    for r in &columns {
+        let column: String = r.get(0);
+        sql_types.insert(column.clone(), r.get::<_, String>(4));
+        if r.get::<_, bool>(3) {
+            not_null.insert(column.clone());
+        }
+        if r.get::<_, bool>(6) {
+            published_columns.insert(column.clone());
+            table_columns.push(Column::new(
+                column,
+                TypeOid(r.get(1)),
+                r.get(2),
+                replident == "f" || r.get::<_, bool>(5),
+            ));
+        }
+    }
     let table = Table {
         id: RelationId(oid),
         namespace: schema.to_string(),
         name: name.to_string(),
-        columns: columns
-            .iter()
-            .map(|r| {
-                let name: String = r.get(0);
-                sql_types.insert(name.clone(), r.get::<_, String>(4));
-                if r.get::<_, bool>(3) {
-                    not_null.insert(name.clone());
-                }
-                Column::new(
-                    name,
-                    TypeOid(r.get(1)),
-                    r.get(2),
-                    replident == "f" || r.get::<_, bool>(5),
-                )
-            })
-            .collect(),
+        columns: table_columns,
     };
     let indexes = client
         .query(
@@ -93,36 +143,48 @@ pub async fn load(client: &Client, schema: &str, name: &str) -> Result<Option<Ke
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    let usable = |cols: &Vec<String>, plain: bool| {
-        plain
-            && !cols.is_empty()
-            && cols
-                .iter()
-                .all(|c| not_null.contains(c) && sql_types.contains_key(c))
+    let choose = |among: &dyn Fn(&String) -> bool| {
+        let usable = |cols: &Vec<String>, plain: bool| {
+            plain
+                && !cols.is_empty()
+                && cols
+                    .iter()
+                    .all(|c| not_null.contains(c) && sql_types.contains_key(c) && among(c))
+        };
+        candidates
+            .iter()
+            .find(|(primary, _, cols, plain)| *primary && usable(cols, *plain))
+            .or_else(|| {
+                candidates.iter().find(|(_, replident_index, cols, plain)| {
+                    *replident_index && usable(cols, *plain)
+                })
+            })
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .filter(|(_, _, cols, plain)| usable(cols, *plain))
+                    .min_by_key(|(_, _, cols, _)| cols.len())
+            })
+            .map(|(_, _, cols, _)| cols.clone())
     };
-    let chosen = candidates
-        .iter()
-        .find(|(primary, _, cols, plain)| *primary && usable(cols, *plain))
-        .or_else(|| {
-            candidates
-                .iter()
-                .find(|(_, replident_index, cols, plain)| *replident_index && usable(cols, *plain))
-        })
-        .or_else(|| {
-            candidates
-                .iter()
-                .filter(|(_, _, cols, plain)| usable(cols, *plain))
-                .min_by_key(|(_, _, cols, _)| cols.len())
-        });
-    Ok(Some(match chosen {
-        Some((_, _, cols, _)) => KeyChoice::Key(ImportTable {
+    let key = choose(&|c| published_columns.contains(c));
+    let row_filter = published.and_then(|(_, p)| p.row_filter.clone());
+    Ok(Some(match key {
+        Some(cols) => KeyChoice::Key(ImportTable {
             key: cols.iter().map(|c| (c.clone(), sql_types[c].clone())).collect(),
             table,
+            row_filter,
         }),
-        None => KeyChoice::NoKey(format!(
-            "{schema}.{name} has no primary key and no unique index on NOT NULL columns to walk it by; \
-             add a primary key to import its existing rows (its changes are still streamed)"
-        )),
+        None => match (published, choose(&|_| true)) {
+            (Some((publication, _)), Some(key)) => {
+                let columns: Vec<String> = table.columns.iter().map(|c| c.name.clone()).collect();
+                KeyChoice::KeyNotPublished(key_not_published(publication, schema, name, &columns, &key))
+            }
+            _ => KeyChoice::NoKey(format!(
+                "{schema}.{name} has no primary key and no unique index on NOT NULL columns to walk it by; \
+                 add a primary key to import its existing rows (its changes are still streamed)"
+            )),
+        },
     }))
 }
 
@@ -130,6 +192,9 @@ pub enum KeyChoice {
     Key(ImportTable),
     /// Why the table cannot be imported.
     NoKey(String),
+    /// The table has a key, but the publication's column list leaves it
+    /// out: an import cannot be merged with the stream without it.
+    KeyNotPublished(Problem),
 }
 
 impl ImportTable {
@@ -182,6 +247,11 @@ impl ImportTable {
         };
         let key = self.quoted_key();
         let mut conditions = vec![];
+        // The server's own expression, parenthesised whole: it is ANDed
+        // with the key range, never edited.
+        if let Some(row_filter) = &self.row_filter {
+            conditions.push(format!("({row_filter})"));
+        }
         if let Some(after) = after {
             conditions.push(format!("({key}) > ({})", self.literals(after)));
         }
@@ -205,7 +275,8 @@ impl ImportTable {
 
     /// The key `rows` rows after `after`, as text: where a chunk of that
     /// many rows ends. No row when fewer are left. Walks the key's index
-    /// only (an index-only scan on a vacuumed table).
+    /// only (an index-only scan on a vacuumed table), so it counts rows the
+    /// row filter leaves out too: the chunk then holds fewer.
     pub fn boundary_sql(&self, after: Option<&[String]>, rows: usize) -> String {
         let key = self.quoted_key();
         let texts: Vec<String> = self

@@ -29,6 +29,7 @@ use super::watermark::Watermarks;
 use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::model::{Lsn, Table};
+use crate::source::publication::Publication;
 use crate::source::types::TypeRegistry;
 
 #[derive(Clone, Debug)]
@@ -159,11 +160,29 @@ impl Worker {
     }
 
     async fn import(&mut self, job: &Job) -> Result<(), Error> {
-        let mut table = match table::load(&self.client, &job.table_schema, &job.table_name).await? {
+        // A publication that sends no INSERTs never sends a row the sink
+        // does not have: neither does an import.
+        let publication = Publication::read(&self.client, &self.options.publication).await?;
+        if let Some(reason) = publication.as_ref().and_then(Publication::no_import_reason) {
+            tracing::info!(table = %job.qualified_name(), "not importing: {reason}");
+            return self.jobs.skip(&self.client, job, &reason).await;
+        }
+        let loaded = table::load_published(
+            &self.client,
+            &self.options.publication,
+            &job.table_schema,
+            &job.table_name,
+        )
+        .await?;
+        let mut table = match loaded {
             Some(KeyChoice::Key(t)) => t,
             Some(KeyChoice::NoKey(reason)) => {
                 tracing::warn!(table = %job.qualified_name(), "not importing: {reason}");
                 return self.jobs.skip(&self.client, job, &reason).await;
+            }
+            Some(KeyChoice::KeyNotPublished(problem)) => {
+                tracing::warn!(table = %job.qualified_name(), "not importing: {problem}");
+                return self.jobs.skip(&self.client, job, &problem.message).await;
             }
             None => {
                 // Dropped or renamed: the subscription manager drops it from

@@ -105,8 +105,13 @@ pub async fn check_server(client: &Client) -> Result<ServerInfo, Error> {
 /// subscription manager. The publication publishes partitioned tables via
 /// their root (`publish_via_partition_root`), so a partitioned table's rows
 /// arrive under the root's name whichever partition holds them; an existing
-/// publication without it is altered.
-pub async fn ensure_publication(client: &Client, publication: &str) -> Result<(), Error> {
+/// publication without it is altered when pg2sink manages it (`managed`),
+/// and left as the user set it otherwise (see docs/publications.md).
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    managed: bool,
+) -> Result<(), Error> {
     let existing = client
         .query_opt(
             "select pubviaroot from pg_publication where pubname = $1",
@@ -115,7 +120,7 @@ pub async fn ensure_publication(client: &Client, publication: &str) -> Result<()
         .await
         .map_err(query("looking up the publication"))?;
     if let Some(row) = existing {
-        if !row.get::<_, bool>(0) {
+        if managed && !row.get::<_, bool>(0) {
             tracing::info!(
                 publication,
                 "setting publish_via_partition_root on the publication"

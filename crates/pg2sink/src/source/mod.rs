@@ -6,6 +6,7 @@ pub mod connection;
 pub mod ha;
 pub mod heartbeat;
 pub mod pgoutput;
+pub mod publication;
 pub mod replication;
 pub mod subscription;
 pub mod types;

@@ -208,7 +208,7 @@ pub async fn source_tables(
     let names: Vec<(String, String)> = if options.tables.is_empty() {
         client
             .query(
-                "select schemaname::text, tablename::text from pg_publication_tables where pubname = $1 order by 1, 2",
+                "select distinct schemaname::text, tablename::text from pg_publication_tables where pubname = $1 order by 1, 2",
                 &[&options.publication],
             )
             .await
@@ -230,7 +230,16 @@ pub async fn source_tables(
     let mut skipped = vec![];
     for (schema, name) in names {
         let qualified = format!("{schema}.{name}");
-        match table::load(client, &schema, &name).await? {
+        // As the publication publishes it (columns, row filter), as imports
+        // read it; a table named by --table outside the publication whole.
+        let loaded =
+            match table::load_published(client, &options.publication, &schema, &name).await? {
+                Some(KeyChoice::NoKey(_)) if !options.tables.is_empty() => {
+                    table::load(client, &schema, &name).await?
+                }
+                loaded => loaded,
+            };
+        match loaded {
             Some(KeyChoice::Key(mut t)) => {
                 types.resolve_table(&mut t.table).await?;
                 tables.push(SourceTable {
@@ -238,6 +247,11 @@ pub async fn source_tables(
                     table: t,
                 });
             }
+            Some(KeyChoice::KeyNotPublished(problem)) => skipped.push(TableReport {
+                table: qualified,
+                skipped: Some(problem.message),
+                ..TableReport::default()
+            }),
             Some(KeyChoice::NoKey(reason)) => skipped.push(TableReport {
                 table: qualified,
                 skipped: Some(reason),

@@ -55,6 +55,7 @@ impl Target {
         let target_schema = self.schema.as_deref().unwrap_or(schema);
         let mut target = match table::load(&self.client, target_schema, name).await? {
             Some(KeyChoice::Key(t)) => t,
+            Some(KeyChoice::KeyNotPublished(problem)) => return Err(problem.into()),
             Some(KeyChoice::NoKey(reason)) => {
                 return Err(Problem::new(format!(
                     "the target table {target_schema}.{name} has no key: {reason}"
