@@ -30,7 +30,7 @@ use crate::source::walframe::{self, WalFrame};
 const SINK_QUEUE: usize = 4096;
 
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
-    let connection = ConnectionConfig::from_env(args.source.url.as_deref())
+    let connection = ConnectionConfig::from_env(args.source.url())
         .map_err(|e| Problem::new(e.to_string()))?;
     let client = connection.connect().await?;
     let server = catalog::check_server(&client).await?;

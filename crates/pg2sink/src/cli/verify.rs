@@ -53,7 +53,7 @@ pub async fn run(args: VerifyArgs) -> Result<bool, Error> {
         examples: args.examples,
         catch_up_timeout: args.catch_up_timeout,
     };
-    let connection = ConnectionConfig::from_env(stream.source.url.as_deref())
+    let connection = ConnectionConfig::from_env(stream.source.url())
         .map_err(|e| Problem::new(e.to_string()))?;
     let client = connection.connect().await?;
     let types = TypeRegistry::new(connection);

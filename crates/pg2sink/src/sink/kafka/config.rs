@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::secret::Secret;
 use crate::sink::http::RetryPolicy;
 
 /// How a change is written as a message value.
@@ -35,13 +36,13 @@ pub struct KafkaConfig {
     pub tombstones: bool,
     /// Confluent schema registry: Avro values are then framed with the
     /// registered schema's id.
-    pub schema_registry_url: Option<String>,
+    pub schema_registry_url: Option<Secret>,
     /// `security.protocol`: plaintext, ssl, sasl_plaintext, sasl_ssl.
     pub security_protocol: Option<String>,
     /// `sasl.mechanism`: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
-    pub sasl_password: Option<String>,
+    pub sasl_password: Option<Secret>,
     /// PEM file of the CA that signed the brokers' certificates.
     pub ca_file: Option<PathBuf>,
     /// librdkafka properties, set last: they override the sink's own
@@ -110,16 +111,13 @@ impl fmt::Debug for KafkaConfig {
                 "schema_registry_url",
                 &self
                     .schema_registry_url
-                    .as_deref()
-                    .map(|u| crate::config::file::redact("url", u)),
+                    .as_ref()
+                    .map(|u| crate::config::file::redact("url", u.expose())),
             )
             .field("security_protocol", &self.security_protocol)
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)
-            .field(
-                "sasl_password",
-                &self.sasl_password.as_ref().map(|_| "****"),
-            )
+            .field("sasl_password", &self.sasl_password)
             .field("ca_file", &self.ca_file)
             .field("properties", &properties)
             .field("retry", &self.retry)

@@ -43,7 +43,7 @@ impl Client {
         }
         // The source's PG* variables must not leak into the target; only
         // the OS user stands in for a user the URL leaves out.
-        let mut connection = ConnectionConfig::resolve(Some(&config.url), &|name| match name {
+        let mut connection = ConnectionConfig::resolve(Some(config.url.expose()), &|name| match name {
             "USER" => std::env::var(name).ok(),
             _ => None,
         })
