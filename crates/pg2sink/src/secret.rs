@@ -196,10 +196,10 @@ fn resolve_stream(a: &mut StreamArgs, c: &Command, m: &ArgMatches) -> Result<(),
 /// so a default is the file's).
 fn level(source: Option<ValueSource>) -> Option<(u8, &'static str)> {
     match source? {
-        ValueSource::CommandLine => Some((3, "a flag")),
-        ValueSource::EnvVariable => Some((2, "the environment")),
-        ValueSource::DefaultValue => Some((1, "the configuration file")),
-        _ => Some((0, "somewhere")),
+        ValueSource::CommandLine => Some((3, "given as flags")),
+        ValueSource::EnvVariable => Some((2, "set in the environment")),
+        ValueSource::DefaultValue => Some((1, "set in the configuration file")),
+        _ => Some((0, "set")),
     }
 }
 
@@ -224,7 +224,7 @@ fn from_file(
     file_id: &str,
     slot: &mut Option<Secret>,
 ) -> Result<(), Problem> {
-    let Some((file_level, file_from)) = level(matches.value_source(file_id)) else {
+    let Some((file_level, both)) = level(matches.value_source(file_id)) else {
         return Ok(());
     };
     let Some(path) = matches
@@ -238,10 +238,10 @@ fn from_file(
     let file_flag = flag_name(command, file_id);
     match level(matches.value_source(value_id)) {
         Some((value_level, _)) if value_level > file_level => return Ok(()),
-        Some((value_level, value_from)) if value_level == file_level => {
+        Some((value_level, _)) if value_level == file_level => {
             let value_flag = flag_name(command, value_id);
             return Err(Problem::new(format!(
-                "{value_flag} and {file_flag} are both set (from {value_from} and {file_from}); give the secret one way"
+                "{value_flag} and {file_flag} are both {both}; give the secret one way"
             ))
             .hint(format!(
                 "remove {value_flag}, or remove {file_flag} if the value itself is to be used"
@@ -418,7 +418,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--api.token (PG2SINK_API_TOKEN) and --api.token-file (PG2SINK_API_TOKEN_FILE) are both set"),
+            err.contains("--api.token (PG2SINK_API_TOKEN) and --api.token-file (PG2SINK_API_TOKEN_FILE) are both given as flags"),
             "{err}"
         );
         assert!(!err.contains("from-file") && !err.contains("=x"), "{err}");

@@ -16,6 +16,7 @@ mod kafka;
 mod nats;
 mod ops;
 mod postgres_sink;
+mod secrets;
 mod security;
 mod streaming;
 mod types;

@@ -627,7 +627,7 @@ pub struct KafkaArgs {
         value_parser = crate::sink::kafka::config::parse_property,
         hide_env_values = true
     )]
-    pub properties: Vec<(String, String)>,
+    pub properties: Vec<(String, Secret)>,
 }
 
 /// `--sink=nats` settings.

@@ -78,7 +78,7 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
         c.set("ssl.ca.location", ca.to_string_lossy());
     }
     for (k, v) in &config.properties {
-        c.set(k, v);
+        c.set(k, v.expose());
     }
     c
 }

@@ -46,8 +46,8 @@ pub struct KafkaConfig {
     /// PEM file of the CA that signed the brokers' certificates.
     pub ca_file: Option<PathBuf>,
     /// librdkafka properties, set last: they override the sink's own
-    /// settings (documented in docs/sinks.md).
-    pub properties: Vec<(String, String)>,
+    /// settings (documented in docs/sinks.md). Any may hold a secret.
+    pub properties: Vec<(String, Secret)>,
     /// Delivery (librdkafka retries inside it) and registry requests give
     /// up after `retry.give_up_after`.
     pub retry: RetryPolicy,
@@ -96,7 +96,11 @@ impl fmt::Debug for KafkaConfig {
             .properties
             .iter()
             .map(|(k, v)| {
-                let v = if is_secret_property(k) { "****" } else { v };
+                let v = if is_secret_property(k) {
+                    "****"
+                } else {
+                    v.expose()
+                };
                 (k.clone(), v.to_string())
             })
             .collect();
@@ -125,10 +129,11 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
-/// Splits a `--sink.kafka.property` value at its first `=`.
-pub fn parse_property(text: &str) -> Result<(String, String), String> {
+/// Splits a `--sink.kafka.property` value at its first `=`. The value is
+/// kept as a secret: whether it is one depends on the name.
+pub fn parse_property(text: &str) -> Result<(String, Secret), String> {
     match text.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), Secret::from(v))),
         _ => Err(format!(
             "expected KEY=VALUE (a librdkafka property), got {text:?}"
         )),
