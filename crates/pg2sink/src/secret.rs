@@ -80,7 +80,11 @@ pub fn read_file(flag: &str, path: &Path) -> Result<Secret, Problem> {
     })?;
     // The error must not quote the content: it is the secret.
     let text = String::from_utf8(bytes).map_err(|_| {
-        Problem::new(format!("{flag} {}: the file is not UTF-8 text", path.display())).hint(hint)
+        Problem::new(format!(
+            "{flag} {}: the file is not UTF-8 text",
+            path.display()
+        ))
+        .hint(hint)
     })?;
     let value = strip_newline(text);
     if value.is_empty() {
@@ -298,7 +302,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for content in [&b""[..], b"\n", b"\r\n"] {
             let path = write(dir.path(), "empty", content);
-            let err = read_file("--api.token-file", &path).unwrap_err().to_string();
+            let err = read_file("--api.token-file", &path)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("--api.token-file"), "{err}");
             assert!(err.contains(&path.display().to_string()), "{err}");
             assert!(err.contains("empty"), "{err}");
@@ -311,7 +317,10 @@ mod tests {
         assert!(err.contains(&missing.display().to_string()), "{err}");
         let path = write(dir.path(), "binary", b"secret\xff\xfe");
         let err = read_file("--x-file", &path).unwrap_err().to_string();
-        assert!(err.contains("not UTF-8") && !err.contains("secret\u{fffd}"), "{err}");
+        assert!(
+            err.contains("not UTF-8") && !err.contains("secret\u{fffd}"),
+            "{err}"
+        );
         // A directory cannot be read either.
         let err = read_file("--x-file", dir.path()).unwrap_err().to_string();
         assert!(err.contains("cannot read --x-file"), "{err}");
@@ -351,7 +360,11 @@ mod tests {
             ("sink.nats.password-file", "nats-password"),
             ("sink.nats.token-file", "nats-token"),
         ];
-        for command in [&["pg2sink"][..], &["pg2sink", "stream"], &["pg2sink", "config"]] {
+        for command in [
+            &["pg2sink"][..],
+            &["pg2sink", "stream"],
+            &["pg2sink", "config"],
+        ] {
             let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
             for (flag, name) in flags {
                 args.push(format!("--{flag}={}", file(name)));
@@ -366,7 +379,10 @@ mod tests {
                 got(&a.elasticsearch.password).as_deref(),
                 Some("es-password-value")
             );
-            assert_eq!(got(&a.elasticsearch.api_key).as_deref(), Some("es-key-value"));
+            assert_eq!(
+                got(&a.elasticsearch.api_key).as_deref(),
+                Some("es-key-value")
+            );
             assert_eq!(
                 got(&a.postgres.postgres_url).as_deref(),
                 Some("pg-url-value")
@@ -376,7 +392,10 @@ mod tests {
                 got(&a.kafka.schema_registry_url).as_deref(),
                 Some("registry-value")
             );
-            assert_eq!(got(&a.nats.password).as_deref(), Some("nats-password-value"));
+            assert_eq!(
+                got(&a.nats.password).as_deref(),
+                Some("nats-password-value")
+            );
             assert_eq!(got(&a.nats.token).as_deref(), Some("nats-token-value"));
             let debug = format!("{cli:?}");
             assert!(!debug.contains("-value"), "{debug}");

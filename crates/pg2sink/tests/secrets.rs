@@ -108,7 +108,10 @@ fn the_connection_url_and_its_password_are_read_from_a_file() {
     db.psql("insert into t values (1)");
     wait_for_row(&modifications, 1);
     stop(&mut p);
-    assert!(p.stderr().contains("TRACE"), "the run logged at trace level");
+    assert!(
+        p.stderr().contains("TRACE"),
+        "the run logged at trace level"
+    );
     assert_hidden("stream stderr", &p.stderr(), &[password]);
 
     // --url-file, a Windows line end this time.
@@ -134,7 +137,9 @@ fn the_connection_url_and_its_password_are_read_from_a_file() {
     );
     assert_eq!(code, 2, "{out}{err}");
     assert!(
-        err.contains("--url (PG2SINK_URL) and --url-file (PG2SINK_URL_FILE) are both given as flags"),
+        err.contains(
+            "--url (PG2SINK_URL) and --url-file (PG2SINK_URL_FILE) are both given as flags"
+        ),
         "{err}"
     );
     assert_hidden("the refusal", &(out + &err), &[password, wrong]);
@@ -178,7 +183,10 @@ fn the_api_token_is_read_from_a_file_by_environment_and_by_flag() {
         let (code, body) = post(&address, resync, Some(token));
         assert_eq!(code, 200, "{body}");
         stop(&mut p);
-        assert!(p.stderr().contains("TRACE"), "the run logged at trace level");
+        assert!(
+            p.stderr().contains("TRACE"),
+            "the run logged at trace level"
+        );
         assert_hidden("stream stderr", &(p.stdout() + &p.stderr()), &[token]);
     }
 }
@@ -269,11 +277,21 @@ fn secrets_stay_out_of_config_output_and_help() {
         "{err}"
     );
     assert_hidden("the refusal", &(out + &err), &[token, "other-Fg90-SECRET"]);
+    // At different levels the higher wins: a file flag over the variable.
+    let (code, out, err) = run(
+        &["config", &format!("--api.token-file={token_path}")],
+        &[("PG2SINK_API_TOKEN", "other-Fg90-SECRET")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_hidden("config", &(out + &err), &[token, "other-Fg90-SECRET"]);
     // An empty or missing file: the flag and the path.
     let empty = secret_file(dir.path(), "empty", "\n");
     for path in [empty, dir.path().join("missing")] {
         let (code, out, err) = run(
-            &["stream", &format!("--sink.nats.token-file={}", path.display())],
+            &[
+                "stream",
+                &format!("--sink.nats.token-file={}", path.display()),
+            ],
             &[],
         );
         assert_eq!(code, 2, "{out}");
@@ -323,10 +341,7 @@ fn secrets_stay_out_of_config_output_and_help() {
             "--sink.elasticsearch.api-key-file",
             "PG2SINK_SINK_ELASTICSEARCH_API_KEY_FILE",
         ),
-        (
-            "--sink.postgres.url-file",
-            "PG2SINK_SINK_POSTGRES_URL_FILE",
-        ),
+        ("--sink.postgres.url-file", "PG2SINK_SINK_POSTGRES_URL_FILE"),
         (
             "--sink.kafka.sasl-password-file",
             "PG2SINK_SINK_KAFKA_SASL_PASSWORD_FILE",

@@ -105,7 +105,12 @@ pub struct SourceArgs {
 
     /// A file holding the connection URL (--url), e.g. a mounted secret;
     /// one trailing newline is ignored.
-    #[arg(long = "url-file", id = "url-file", env = "PG2SINK_URL_FILE", value_name = "FILE")]
+    #[arg(
+        long = "url-file",
+        id = "url-file",
+        env = "PG2SINK_URL_FILE",
+        value_name = "FILE"
+    )]
     pub url_file: Option<PathBuf>,
 
     /// Schema for pg2sink's own tables in the source database.

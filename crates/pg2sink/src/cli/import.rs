@@ -56,8 +56,8 @@ pub async fn run(command: ImportCommand) -> Result<(), Error> {
 }
 
 async fn connect(source: &SourceArgs) -> Result<(tokio_postgres::Client, Jobs), Error> {
-    let connection = ConnectionConfig::from_env(source.url())
-        .map_err(|e| Problem::new(e.to_string()))?;
+    let connection =
+        ConnectionConfig::from_env(source.url()).map_err(|e| Problem::new(e.to_string()))?;
     let mut client = connection.connect().await?;
     crate::migrations::run(&mut client, &source.schema).await?;
     Ok((client, Jobs::new(&source.schema, &source.subscription_name)))

@@ -36,8 +36,8 @@ pub struct Status {
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), Error> {
-    let connection = ConnectionConfig::from_env(args.source.url())
-        .map_err(|e| Problem::new(e.to_string()))?;
+    let connection =
+        ConnectionConfig::from_env(args.source.url()).map_err(|e| Problem::new(e.to_string()))?;
     let client = connection.connect().await?;
     let status = read(&client, &args.source.schema, &args.source.subscription_name).await?;
     if args.json {

@@ -30,8 +30,8 @@ use crate::source::walframe::{self, WalFrame};
 const SINK_QUEUE: usize = 4096;
 
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
-    let connection = ConnectionConfig::from_env(args.source.url())
-        .map_err(|e| Problem::new(e.to_string()))?;
+    let connection =
+        ConnectionConfig::from_env(args.source.url()).map_err(|e| Problem::new(e.to_string()))?;
     let client = connection.connect().await?;
     let server = catalog::check_server(&client).await?;
     tracing::info!(server = %connection.describe(), version = server.version_num, "connected");

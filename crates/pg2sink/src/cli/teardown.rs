@@ -37,8 +37,8 @@ pub struct TeardownArgs {
 }
 
 pub async fn run(args: TeardownArgs) -> Result<(), Error> {
-    let connection = ConnectionConfig::from_env(args.source.url())
-        .map_err(|e| Problem::new(e.to_string()))?;
+    let connection =
+        ConnectionConfig::from_env(args.source.url()).map_err(|e| Problem::new(e.to_string()))?;
     let client = connection.connect().await?;
     let publication = &args.source.subscription_name;
     let schema = &args.source.schema;

@@ -1255,7 +1255,7 @@ mod tests {
         assert!(!config.is_unix_socket());
         assert_eq!(config.port, 6543);
         assert_eq!(config.user, "bob");
-        assert_eq!(config.password.as_ref().map(|p| p.expose()), Some("s3cret"));
+        assert_eq!(config.password, Some("s3cret".into()));
         assert_eq!(config.dbname, "shop");
         assert_eq!(config.ssl_mode, SslMode::Require);
         assert_eq!(config.application_name, "capture");
@@ -1281,7 +1281,7 @@ mod tests {
         assert_eq!(config.host, "urlhost");
         assert_eq!(config.port, 2222);
         assert_eq!(config.user, "urluser");
-        assert_eq!(config.password.as_ref().map(|p| p.expose()), Some("urlpass"));
+        assert_eq!(config.password, Some("urlpass".into()));
         assert_eq!(config.dbname, "urldb");
         assert_eq!(config.ssl_mode, SslMode::VerifyFull);
         assert_eq!(config.application_name, "x");
@@ -1291,7 +1291,7 @@ mod tests {
         assert_eq!(config.host, "urlhost");
         assert_eq!(config.port, 1111);
         assert_eq!(config.user, "envuser");
-        assert_eq!(config.password.as_ref().map(|p| p.expose()), Some("envpass"));
+        assert_eq!(config.password, Some("envpass".into()));
         assert_eq!(config.dbname, "envdb");
         assert_eq!(config.ssl_mode, SslMode::Disable);
 
@@ -1308,12 +1308,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.user, "us@er");
-        assert_eq!(config.password.as_ref().map(|p| p.expose()), Some("p@ss:w/o%rd"));
+        assert_eq!(config.password, Some("p@ss:w/o%rd".into()));
         assert_eq!(config.dbname, "d b");
 
         // An unencoded '@' in the password: the last '@' ends the user info.
         let config = resolve(Some("postgres://u:a@b@host/db"), &[]).unwrap();
-        assert_eq!(config.password.as_ref().map(|p| p.expose()), Some("a@b"));
+        assert_eq!(config.password, Some("a@b".into()));
         assert_eq!(config.host, "host");
 
         let config = resolve(Some("postgresql://[::1]:5433/db"), &[("USER", "u")]).unwrap();
@@ -1408,7 +1408,7 @@ mod tests {
         assert_eq!(config.host, "db.internal");
         assert_eq!(config.port, 6000);
         assert_eq!(config.user, "carol");
-        assert_eq!(config.password.as_ref().map(|p| p.expose()), Some("it's a \\ secret"));
+        assert_eq!(config.password, Some("it's a \\ secret".into()));
         assert_eq!(config.dbname, "app");
         assert_eq!(config.ssl_mode, SslMode::VerifyCa);
 

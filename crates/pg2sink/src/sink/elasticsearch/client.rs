@@ -47,7 +47,10 @@ impl Client {
             (Some(key), _) => Some(format!("ApiKey {}", key.expose())),
             (None, Some(user)) => {
                 use base64::Engine;
-                let pair = format!("{user}:{}", config.password.as_ref().map_or("", |p| p.expose()));
+                let pair = format!(
+                    "{user}:{}",
+                    config.password.as_ref().map_or("", |p| p.expose())
+                );
                 Some(format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(pair)

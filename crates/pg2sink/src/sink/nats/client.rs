@@ -100,15 +100,14 @@ pub async fn connect(
         })?;
     }
     if let Some(user) = &config.user {
-        options =
-            options.user_and_password(
-                user.clone(),
-                config
-                    .password
-                    .as_ref()
-                    .map(|p| p.expose().to_string())
-                    .unwrap_or_default(),
-            );
+        options = options.user_and_password(
+            user.clone(),
+            config
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+        );
     }
     if let Some(token) = &config.token {
         options = options.token(token.expose().to_string());
