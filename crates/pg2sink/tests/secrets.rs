@@ -380,3 +380,48 @@ fn secrets_stay_out_of_config_output_and_help() {
         );
     }
 }
+
+#[test]
+fn a_sink_url_with_its_password_is_read_from_a_file() {
+    let source = test_db("secret_sink");
+    let target = crate::postgres_sink::target_for(&source, "secret_sink_dst");
+    let password = "sinkpw-Tt19-SECRET";
+    let role = target.create_role("applier", password, "LOGIN");
+    target.psql(&format!(
+        "grant create on database \"{0}\" to {1}; grant create on schema public to {1};",
+        target.name(),
+        role
+    ));
+    source.psql("create table t (id int primary key)");
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = secret_file(
+        dir.path(),
+        "sink-url",
+        &format!("{}\n", target.role_url("applier", password)),
+    );
+    let url_file = url_file.display().to_string();
+    let url = format!("--url={}", source.url());
+    let mut p = Pg2Sink::spawn(
+        &[
+            "stream",
+            "--sink=postgres",
+            &url,
+            "--import-worker-count=0",
+            "--metrics-address=off",
+        ],
+        &[
+            ("PG2SINK_SINK_POSTGRES_URL_FILE", &url_file),
+            ("RUST_LOG", "trace"),
+        ],
+    );
+    wait_until(WAIT, "pg2sink's slot to stream", || {
+        assert!(p.is_running(), "pg2sink exited early:\n{}", p.stderr());
+        slot_streaming(&source)
+    });
+    source.psql("insert into t values (7)");
+    wait_until(WAIT, "the row in the target, written as the role", || {
+        target.try_psql("select count(*) from public.t where id = 7") == Ok("1".into())
+    });
+    stop(&mut p);
+    assert_hidden("stream stderr", &(p.stdout() + &p.stderr()), &[password]);
+}
