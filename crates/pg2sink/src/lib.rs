@@ -14,6 +14,7 @@ pub mod migrations;
 pub mod model;
 pub mod ops;
 pub mod retry;
+pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod verify;

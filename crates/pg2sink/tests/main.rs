@@ -18,6 +18,7 @@ mod nats;
 mod ops;
 mod postgres_sink;
 mod publications;
+mod secrets;
 mod security;
 mod silence;
 mod streaming;

@@ -6,14 +6,18 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::secret::Secret;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pg2sink",
     version,
     about = "Stream every committed change of a Postgres database to a sink, with nothing lost",
     long_about = "Stream every committed change of a Postgres database to a sink, with nothing lost.\n\n\
-        Connection: --url (or PG2SINK_URL), else libpq's PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, \
+        Connection: --url (or PG2SINK_URL, or a file named by --url-file or PG2SINK_URL_FILE), else libpq's PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, \
         PGDATABASE, PGSSLMODE and PGSSLROOTCERT.\n\n\
+        Secrets: each secret flag --NAME (--url, --api.token, the sinks' passwords, tokens, keys and URLs) \
+        can be read from a file instead, with --NAME-file or PG2SINK_NAME_FILE; one trailing newline is ignored.\n\n\
         Without a command, `stream` runs.",
     after_help = "Exit statuses: 0 stopped cleanly; 1 transient or unknown failure (a restart may succeed); \
         2 bad flags, environment or config file; 3 definite problem with the source or its settings \
@@ -102,7 +106,17 @@ pub struct SourceArgs {
     /// Postgres connection URL (postgres://user:password@host:port/db?sslmode=...)
     /// or libpq key=value string. Parts left out come from PG* variables.
     #[arg(long, env = "PG2SINK_URL", hide_env_values = true)]
-    pub url: Option<String>,
+    pub url: Option<Secret>,
+
+    /// A file holding the connection URL (--url), e.g. a mounted secret;
+    /// one trailing newline is ignored.
+    #[arg(
+        long = "url-file",
+        id = "url-file",
+        env = "PG2SINK_URL_FILE",
+        value_name = "FILE"
+    )]
+    pub url_file: Option<PathBuf>,
 
     /// Schema for pg2sink's own tables in the source database.
     #[arg(long, env = "PG2SINK_SCHEMA", default_value = "pg2sink")]
@@ -304,7 +318,16 @@ pub struct StreamArgs {
     /// Bearer token the API's changing calls (add, stop, resync) require.
     /// Without one, a server bound to a non-loopback address is read-only.
     #[arg(long = "api.token", env = "PG2SINK_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
+
+    /// A file holding the API token (--api.token).
+    #[arg(
+        long = "api.token-file",
+        id = "api.token-file",
+        env = "PG2SINK_API_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub api_token_file: Option<PathBuf>,
 
     /// Host names (or IPs), each optionally with :port, under which the API
     /// and web page may be reached besides the address they are served on
@@ -321,6 +344,14 @@ pub struct StreamArgs {
     /// often so the slot keeps advancing past WAL written elsewhere; 0 disables.
     #[arg(long = "heartbeat-interval", env = "PG2SINK_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+}
+
+impl SourceArgs {
+    /// The connection URL (from --url, PG2SINK_URL or their file), for
+    /// [`crate::config::connection::ConnectionConfig::from_env`].
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_ref().map(Secret::expose)
+    }
 }
 
 /// `--sink=bigquery` settings.
@@ -386,7 +417,8 @@ pub struct ElasticsearchArgs {
         long = "sink.elasticsearch.url",
         env = "PG2SINK_SINK_ELASTICSEARCH_URL",
         default_value = "http://127.0.0.1:9200",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true
     )]
     pub urls: Vec<String>,
 
@@ -403,7 +435,16 @@ pub struct ElasticsearchArgs {
         env = "PG2SINK_SINK_ELASTICSEARCH_PASSWORD",
         hide_env_values = true
     )]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
+
+    /// Elasticsearch sink: a file holding the password (--sink.elasticsearch.password).
+    #[arg(
+        long = "sink.elasticsearch.password-file",
+        id = "sink.elasticsearch.password-file",
+        env = "PG2SINK_SINK_ELASTICSEARCH_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
 
     /// Elasticsearch sink: an API key (the encoded form), instead of a user.
     #[arg(
@@ -411,7 +452,16 @@ pub struct ElasticsearchArgs {
         env = "PG2SINK_SINK_ELASTICSEARCH_API_KEY",
         hide_env_values = true
     )]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
+
+    /// Elasticsearch sink: a file holding the API key (--sink.elasticsearch.api-key).
+    #[arg(
+        long = "sink.elasticsearch.api-key-file",
+        id = "sink.elasticsearch.api-key-file",
+        env = "PG2SINK_SINK_ELASTICSEARCH_API_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub api_key_file: Option<PathBuf>,
 
     /// Elasticsearch sink: PEM file of the CA that signed the cluster's certificate.
     #[arg(
@@ -445,7 +495,16 @@ pub struct PostgresSinkArgs {
         env = "PG2SINK_SINK_POSTGRES_URL",
         hide_env_values = true
     )]
-    pub postgres_url: Option<String>,
+    pub postgres_url: Option<Secret>,
+
+    /// Postgres sink: a file holding the target's URL (--sink.postgres.url).
+    #[arg(
+        long = "sink.postgres.url-file",
+        id = "sink.postgres.url-file",
+        env = "PG2SINK_SINK_POSTGRES_URL_FILE",
+        value_name = "FILE"
+    )]
+    pub postgres_url_file: Option<PathBuf>,
 
     /// Postgres sink: schema of the target tables (created if missing).
     /// Default: the source table's own schema name.
@@ -535,7 +594,17 @@ pub struct KafkaArgs {
         env = "PG2SINK_SINK_KAFKA_SCHEMA_REGISTRY_URL",
         hide_env_values = true
     )]
-    pub schema_registry_url: Option<String>,
+    pub schema_registry_url: Option<Secret>,
+
+    /// Kafka sink: a file holding the schema registry's URL
+    /// (--sink.kafka.schema-registry-url), when it carries a password.
+    #[arg(
+        long = "sink.kafka.schema-registry-url-file",
+        id = "sink.kafka.schema-registry-url-file",
+        env = "PG2SINK_SINK_KAFKA_SCHEMA_REGISTRY_URL_FILE",
+        value_name = "FILE"
+    )]
+    pub schema_registry_url_file: Option<PathBuf>,
 
     /// Kafka sink: plaintext, ssl, sasl_plaintext or sasl_ssl.
     #[arg(
@@ -564,7 +633,16 @@ pub struct KafkaArgs {
         env = "PG2SINK_SINK_KAFKA_SASL_PASSWORD",
         hide_env_values = true
     )]
-    pub sasl_password: Option<String>,
+    pub sasl_password: Option<Secret>,
+
+    /// Kafka sink: a file holding the SASL password (--sink.kafka.sasl-password).
+    #[arg(
+        long = "sink.kafka.sasl-password-file",
+        id = "sink.kafka.sasl-password-file",
+        env = "PG2SINK_SINK_KAFKA_SASL_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub sasl_password_file: Option<PathBuf>,
 
     /// Kafka sink: PEM file of the CA that signed the brokers' certificates.
     #[arg(
@@ -583,7 +661,7 @@ pub struct KafkaArgs {
         value_parser = crate::sink::kafka::config::parse_property,
         hide_env_values = true
     )]
-    pub properties: Vec<(String, String)>,
+    pub properties: Vec<(String, Secret)>,
 }
 
 /// `--sink=nats` settings.
@@ -619,7 +697,16 @@ pub struct NatsArgs {
         env = "PG2SINK_SINK_NATS_PASSWORD",
         hide_env_values = true
     )]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
+
+    /// NATS sink: a file holding the password (--sink.nats.password).
+    #[arg(
+        long = "sink.nats.password-file",
+        id = "sink.nats.password-file",
+        value_name = "FILE",
+        env = "PG2SINK_SINK_NATS_PASSWORD_FILE"
+    )]
+    pub password_file: Option<PathBuf>,
 
     /// NATS sink: an authentication token.
     #[arg(
@@ -629,7 +716,16 @@ pub struct NatsArgs {
         env = "PG2SINK_SINK_NATS_TOKEN",
         hide_env_values = true
     )]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
+
+    /// NATS sink: a file holding the authentication token (--sink.nats.token).
+    #[arg(
+        long = "sink.nats.token-file",
+        id = "sink.nats.token-file",
+        value_name = "FILE",
+        env = "PG2SINK_SINK_NATS_TOKEN_FILE"
+    )]
+    pub token_file: Option<PathBuf>,
 
     /// NATS sink: a .creds file (user JWT and NKey seed, as nsc writes it).
     #[arg(

@@ -56,7 +56,7 @@ pub async fn run(command: ImportCommand) -> Result<(), Error> {
 }
 
 async fn connect(source: &SourceArgs) -> Result<(tokio_postgres::Client, Jobs), Error> {
-    let connection = ConnectionConfig::from_env(source.url.as_deref())
+    let connection = ConnectionConfig::from_env(source.url())
         .map_err(|e| Problem::new(e.to_string()).exit_status(crate::error::ExitStatus::Usage))?;
     let mut client = connection.connect().await?;
     crate::migrations::run(&mut client, &source.schema).await?;

@@ -115,10 +115,9 @@ pub fn postgres_config(args: &StreamArgs) -> PostgresSinkConfig {
     let a = &args.postgres;
     // The position is kept per stream: the slot's name, as the source
     // derives it (one target may take several sources).
-    let database =
-        crate::config::connection::ConnectionConfig::from_env(args.source.url.as_deref())
-            .map(|c| c.dbname().to_string())
-            .unwrap_or_default();
+    let database = crate::config::connection::ConnectionConfig::from_env(args.source.url())
+        .map(|c| c.dbname().to_string())
+        .unwrap_or_default();
     PostgresSinkConfig {
         url: a.postgres_url.clone().unwrap_or_default(),
         schema: a.postgres_schema.clone(),

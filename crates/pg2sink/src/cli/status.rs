@@ -36,7 +36,7 @@ pub struct Status {
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), Error> {
-    let connection = ConnectionConfig::from_env(args.source.url.as_deref())
+    let connection = ConnectionConfig::from_env(args.source.url())
         .map_err(|e| Problem::new(e.to_string()).exit_status(crate::error::ExitStatus::Usage))?;
     let client = connection.connect().await?;
     let status = read(&client, &args.source.schema, &args.source.subscription_name).await?;

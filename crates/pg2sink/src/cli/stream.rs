@@ -32,7 +32,7 @@ use crate::source::walframe::{self, WalFrame};
 const SINK_QUEUE: usize = 4096;
 
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
-    let mut connection = ConnectionConfig::from_env(args.source.url.as_deref())
+    let mut connection = ConnectionConfig::from_env(args.source.url())
         .map_err(|e| Problem::new(e.to_string()).exit_status(crate::error::ExitStatus::Usage))?;
     connection.silence_timeout = Some(args.silence_timeout).filter(|d| !d.is_zero());
     let client = connection.connect().await?;

@@ -37,7 +37,7 @@ pub struct TeardownArgs {
 }
 
 pub async fn run(args: TeardownArgs) -> Result<(), Error> {
-    let connection = ConnectionConfig::from_env(args.source.url.as_deref())
+    let connection = ConnectionConfig::from_env(args.source.url())
         .map_err(|e| Problem::new(e.to_string()).exit_status(crate::error::ExitStatus::Usage))?;
     let client = connection.connect().await?;
     let publication = &args.source.subscription_name;

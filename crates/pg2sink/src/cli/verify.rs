@@ -53,8 +53,8 @@ pub async fn run(args: VerifyArgs) -> Result<bool, Error> {
         examples: args.examples,
         catch_up_timeout: args.catch_up_timeout,
     };
-    let connection = ConnectionConfig::from_env(stream.source.url.as_deref())
-        .map_err(|e| Problem::new(e.to_string()))?;
+    let connection =
+        ConnectionConfig::from_env(stream.source.url()).map_err(|e| Problem::new(e.to_string()))?;
     let client = connection.connect().await?;
     let types = TypeRegistry::new(connection);
     let (position, streaming) = verify::catch_up(&client, &options).await?;

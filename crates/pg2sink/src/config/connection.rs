@@ -329,7 +329,7 @@ pub struct ConnectionConfig {
     /// The database user.
     pub user: String,
     /// The password, if any (never shown by `describe` or `Debug`).
-    pub password: Option<String>,
+    pub password: Option<crate::secret::Secret>,
     /// The database.
     pub dbname: String,
     /// TLS policy.
@@ -589,7 +589,7 @@ impl ConnectionConfig {
                 .or_else(os_user_from_uid)
                 .ok_or(ConfigError::NoUser)?,
         };
-        let password = pick("password", "PGPASSWORD").map(|(password, _)| password);
+        let password = pick("password", "PGPASSWORD").map(|(password, _)| password.into());
         let dbname =
             pick("dbname", "PGDATABASE").map_or_else(|| user.clone(), |(dbname, _)| dbname);
         let ssl_mode_given = match pick("sslmode", "PGSSLMODE") {
@@ -852,7 +852,7 @@ impl ConnectionConfig {
             // read here (imports, the catalog) render identically.
             .options(QUERY_SESSION_OPTIONS);
         if let Some(password) = &self.password {
-            pg.password(password);
+            pg.password(password.expose());
         }
         // The socket is ours (keepalives, the silence bound); tokio-postgres
         // speaks the protocol on it.
@@ -1586,7 +1586,7 @@ mod tests {
         assert!(!config.is_unix_socket());
         assert_eq!(config.port, 6543);
         assert_eq!(config.user, "bob");
-        assert_eq!(config.password.as_deref(), Some("s3cret"));
+        assert_eq!(config.password, Some("s3cret".into()));
         assert_eq!(config.dbname, "shop");
         assert_eq!(config.ssl_mode, SslMode::Require);
         assert_eq!(config.application_name, "capture");
@@ -1612,7 +1612,7 @@ mod tests {
         assert_eq!(config.host, "urlhost");
         assert_eq!(config.port, 2222);
         assert_eq!(config.user, "urluser");
-        assert_eq!(config.password.as_deref(), Some("urlpass"));
+        assert_eq!(config.password, Some("urlpass".into()));
         assert_eq!(config.dbname, "urldb");
         assert_eq!(config.ssl_mode, SslMode::VerifyFull);
         assert_eq!(config.application_name, "x");
@@ -1622,7 +1622,7 @@ mod tests {
         assert_eq!(config.host, "urlhost");
         assert_eq!(config.port, 1111);
         assert_eq!(config.user, "envuser");
-        assert_eq!(config.password.as_deref(), Some("envpass"));
+        assert_eq!(config.password, Some("envpass".into()));
         assert_eq!(config.dbname, "envdb");
         assert_eq!(config.ssl_mode, SslMode::Disable);
 
@@ -1639,12 +1639,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.user, "us@er");
-        assert_eq!(config.password.as_deref(), Some("p@ss:w/o%rd"));
+        assert_eq!(config.password, Some("p@ss:w/o%rd".into()));
         assert_eq!(config.dbname, "d b");
 
         // An unencoded '@' in the password: the last '@' ends the user info.
         let config = resolve(Some("postgres://u:a@b@host/db"), &[]).unwrap();
-        assert_eq!(config.password.as_deref(), Some("a@b"));
+        assert_eq!(config.password, Some("a@b".into()));
         assert_eq!(config.host, "host");
 
         let config = resolve(Some("postgresql://[::1]:5433/db"), &[("USER", "u")]).unwrap();
@@ -1809,7 +1809,7 @@ mod tests {
         assert_eq!(config.host, "db.internal");
         assert_eq!(config.port, 6000);
         assert_eq!(config.user, "carol");
-        assert_eq!(config.password.as_deref(), Some("it's a \\ secret"));
+        assert_eq!(config.password, Some("it's a \\ secret".into()));
         assert_eq!(config.dbname, "app");
         assert_eq!(config.ssl_mode, SslMode::VerifyCa);
 

@@ -78,7 +78,10 @@ pub fn parse_from(args: Vec<OsString>) -> Result<Parsed, Problem> {
     let matches = command
         .try_get_matches_from_mut(args)
         .unwrap_or_else(|e| e.exit());
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Secrets given as files (--NAME-file, PG2SINK_NAME_FILE) are read now,
+    // so a bad file stops every command before it starts.
+    crate::secret::resolve(&mut cli, &command, &matches)?;
     Ok(Parsed {
         cli,
         command,
@@ -294,9 +297,11 @@ fn is_url(flag: &str) -> bool {
 /// librdkafka properties, KEY=VALUE: some hold secrets (sasl.password, ...).
 const KAFKA_PROPERTY: &str = "sink.kafka.property";
 
-/// Flags whose whole value is a credential.
+/// Flags whose whole value is a credential (not the `-file` flags naming
+/// where one is: a path is no secret).
 fn is_credential(flag: &str) -> bool {
-    flag.contains("token") || flag.contains("password") || flag.contains("api-key")
+    !flag.ends_with("-file")
+        && (flag.contains("token") || flag.contains("password") || flag.contains("api-key"))
 }
 
 /// Hides passwords in connection strings and API tokens.
@@ -450,6 +455,11 @@ mod tests {
             "linger.ms=20"
         );
         assert_eq!(redact("sink.kafka.sasl-password", "hunter2"), "****");
+        // A file flag names where the secret is: the path is shown.
+        assert_eq!(
+            redact("api.token-file", "/run/secrets/token"),
+            "/run/secrets/token"
+        );
         assert_eq!(
             redact(
                 "sink.kafka.schema-registry-url",

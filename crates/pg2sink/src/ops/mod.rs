@@ -38,7 +38,7 @@ pub struct Ops {
     pub ha: bool,
     connection: ConnectionConfig,
     /// The API's bearer token, when the changing calls are guarded.
-    token: Option<String>,
+    token: Option<crate::secret::Secret>,
     client: Mutex<Option<tokio_postgres::Client>>,
     snapshot: RwLock<Snapshot>,
     /// What a request must show before it is served.
@@ -143,6 +143,7 @@ impl Ops {
         let Some(token) = &self.token else {
             return true;
         };
+        let token = token.expose();
         let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
             return false;
         };

@@ -208,9 +208,15 @@ pub async fn send_once(request: reqwest::RequestBuilder) -> Result<Reply, reqwes
     Ok(Reply { status, body })
 }
 
-/// A reqwest error with its causes (reqwest's own text omits them).
+/// A reqwest error with its causes (reqwest's own text omits them), and
+/// without the password of its URL (reqwest's text quotes the URL whole).
 pub fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
+    if let Some(url) = e.url().filter(|u| u.password().is_some()) {
+        let mut hidden = url.clone();
+        let _ = hidden.set_password(Some("****"));
+        text = text.replace(url.as_str(), hidden.as_str());
+    }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(": ");

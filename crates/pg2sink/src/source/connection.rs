@@ -381,7 +381,7 @@ impl ReplicationConnection {
         };
         let startup = Startup {
             user: &config.user,
-            password: config.password.as_deref(),
+            password: config.password.as_ref().map(|p| p.expose()),
             dbname: &config.dbname,
             application_name: &config.application_name,
         };

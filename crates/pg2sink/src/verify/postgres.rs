@@ -29,7 +29,7 @@ impl Target {
                 .into());
         }
         // As the sink does: the source's PG* variables describe the source.
-        let connection = ConnectionConfig::resolve(Some(&config.url), &|name| match name {
+        let connection = ConnectionConfig::resolve(Some(config.url.expose()), &|name| match name {
             "USER" => std::env::var(name).ok(),
             _ => None,
         })

@@ -44,10 +44,13 @@ impl Client {
         }
         let mut headers = HeaderMap::new();
         let auth = match (&config.api_key, &config.username) {
-            (Some(key), _) => Some(format!("ApiKey {key}")),
+            (Some(key), _) => Some(format!("ApiKey {}", key.expose())),
             (None, Some(user)) => {
                 use base64::Engine;
-                let pair = format!("{user}:{}", config.password.as_deref().unwrap_or(""));
+                let pair = format!(
+                    "{user}:{}",
+                    config.password.as_ref().map_or("", |p| p.expose())
+                );
                 Some(format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(pair)

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::secret::Secret;
 use crate::sink::http::RetryPolicy;
 
 #[derive(Clone, Debug)]
@@ -11,10 +12,10 @@ pub struct ElasticsearchConfig {
     /// answers, the next one after a connection failure.
     pub urls: Vec<String>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// An API key, sent as `Authorization: ApiKey <key>` (the base64 form
     /// Elasticsearch returns as `encoded`).
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// PEM file of the CA that signed the cluster's certificate.
     pub ca_file: Option<PathBuf>,
     /// Indices are named `<prefix><schema>.<table>`, lowercased.

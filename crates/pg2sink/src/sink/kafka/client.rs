@@ -72,13 +72,13 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
         c.set("sasl.username", u);
     }
     if let Some(p) = &config.sasl_password {
-        c.set("sasl.password", p);
+        c.set("sasl.password", p.expose());
     }
     if let Some(ca) = &config.ca_file {
         c.set("ssl.ca.location", ca.to_string_lossy());
     }
     for (k, v) in &config.properties {
-        c.set(k, v);
+        c.set(k, v.expose());
     }
     c
 }

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::secret::Secret;
 use crate::sink::http::RetryPolicy;
 
 /// How a change is written as a message value.
@@ -35,18 +36,18 @@ pub struct KafkaConfig {
     pub tombstones: bool,
     /// Confluent schema registry: Avro values are then framed with the
     /// registered schema's id.
-    pub schema_registry_url: Option<String>,
+    pub schema_registry_url: Option<Secret>,
     /// `security.protocol`: plaintext, ssl, sasl_plaintext, sasl_ssl.
     pub security_protocol: Option<String>,
     /// `sasl.mechanism`: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
-    pub sasl_password: Option<String>,
+    pub sasl_password: Option<Secret>,
     /// PEM file of the CA that signed the brokers' certificates.
     pub ca_file: Option<PathBuf>,
     /// librdkafka properties, set last: they override the sink's own
-    /// settings (documented in docs/sinks.md).
-    pub properties: Vec<(String, String)>,
+    /// settings (documented in docs/sinks.md). Any may hold a secret.
+    pub properties: Vec<(String, Secret)>,
     /// Delivery (librdkafka retries inside it) and registry requests give
     /// up after `retry.give_up_after`.
     pub retry: RetryPolicy,
@@ -95,7 +96,11 @@ impl fmt::Debug for KafkaConfig {
             .properties
             .iter()
             .map(|(k, v)| {
-                let v = if is_secret_property(k) { "****" } else { v };
+                let v = if is_secret_property(k) {
+                    "****"
+                } else {
+                    v.expose()
+                };
                 (k.clone(), v.to_string())
             })
             .collect();
@@ -110,16 +115,13 @@ impl fmt::Debug for KafkaConfig {
                 "schema_registry_url",
                 &self
                     .schema_registry_url
-                    .as_deref()
-                    .map(|u| crate::config::file::redact("url", u)),
+                    .as_ref()
+                    .map(|u| crate::config::file::redact("url", u.expose())),
             )
             .field("security_protocol", &self.security_protocol)
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)
-            .field(
-                "sasl_password",
-                &self.sasl_password.as_ref().map(|_| "****"),
-            )
+            .field("sasl_password", &self.sasl_password)
             .field("ca_file", &self.ca_file)
             .field("properties", &properties)
             .field("retry", &self.retry)
@@ -127,10 +129,11 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
-/// Splits a `--sink.kafka.property` value at its first `=`.
-pub fn parse_property(text: &str) -> Result<(String, String), String> {
+/// Splits a `--sink.kafka.property` value at its first `=`. The value is
+/// kept as a secret: whether it is one depends on the name.
+pub fn parse_property(text: &str) -> Result<(String, Secret), String> {
     match text.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), Secret::from(v))),
         _ => Err(format!(
             "expected KEY=VALUE (a librdkafka property), got {text:?}"
         )),

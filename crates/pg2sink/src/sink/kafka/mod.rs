@@ -260,7 +260,7 @@ impl Sink for KafkaSink {
                 let id = match &self.config.schema_registry_url {
                     Some(registry) => Some(
                         self.client
-                            .register_schema(registry, &table.topic, &schema.schema)
+                            .register_schema(registry.expose(), &table.topic, &schema.schema)
                             .await?,
                     ),
                     None => None,

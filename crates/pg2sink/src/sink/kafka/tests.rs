@@ -268,6 +268,6 @@ fn secrets_stay_out_of_debug_output() {
     assert!(parse_property("novalue").is_err());
     assert_eq!(
         parse_property("a=b=c").unwrap(),
-        ("a".to_string(), "b=c".to_string())
+        ("a".to_string(), crate::secret::Secret::from("b=c"))
     );
 }

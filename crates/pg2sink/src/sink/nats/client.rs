@@ -110,11 +110,17 @@ pub async fn connect(
         })?;
     }
     if let Some(user) = &config.user {
-        options =
-            options.user_and_password(user.clone(), config.password.clone().unwrap_or_default());
+        options = options.user_and_password(
+            user.clone(),
+            config
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+        );
     }
     if let Some(token) = &config.token {
-        options = options.token(token.clone());
+        options = options.token(token.expose().to_string());
     }
     if let Some(ca) = &config.ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::secret::Secret;
 use crate::sink::http::RetryPolicy;
 
 #[derive(Clone)]
@@ -11,8 +12,8 @@ pub struct NatsConfig {
     /// another when it fails. User and password may be in the URL.
     pub urls: Vec<String>,
     pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
     /// A `.creds` file (JWT and NKey seed), as `nsc` writes them.
     pub creds_file: Option<PathBuf>,
     /// PEM file of the CA that signed the server's certificate.
@@ -46,8 +47,8 @@ impl std::fmt::Debug for NatsConfig {
                 &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
             )
             .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "****"))
-            .field("token", &self.token.as_ref().map(|_| "****"))
+            .field("password", &self.password)
+            .field("token", &self.token)
             .field("creds_file", &self.creds_file)
             .field("ca_file", &self.ca_file)
             .field("subject_prefix", &self.subject_prefix)

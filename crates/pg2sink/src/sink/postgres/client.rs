@@ -43,16 +43,17 @@ impl Client {
         }
         // The source's PG* variables must not leak into the target; only
         // the OS user stands in for a user the URL leaves out.
-        let mut connection = ConnectionConfig::resolve(Some(&config.url), &|name| match name {
-            "USER" => std::env::var(name).ok(),
-            _ => None,
-        })
-        .map_err(|e| {
-            definite(
-                "--sink.postgres.url is not usable",
-                format!("{e}\n  hint: give a postgres:// URL or a libpq key=value string"),
-            )
-        })?;
+        let mut connection =
+            ConnectionConfig::resolve(Some(config.url.expose()), &|name| match name {
+                "USER" => std::env::var(name).ok(),
+                _ => None,
+            })
+            .map_err(|e| {
+                definite(
+                    "--sink.postgres.url is not usable",
+                    format!("{e}\n  hint: give a postgres:// URL or a libpq key=value string"),
+                )
+            })?;
         if connection.connect_timeout.is_none() {
             connection.connect_timeout = Some(config.connect_timeout);
         }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::secret::Secret;
 use crate::sink::http::RetryPolicy;
 
 #[derive(Clone, Debug)]
@@ -9,7 +10,7 @@ pub struct PostgresSinkConfig {
     /// The target database: a `postgres://` URL or libpq `key=value`
     /// string. Unlike `--url`, libpq's `PG*` variables are not consulted
     /// (they describe the source).
-    pub url: String,
+    pub url: Secret,
     /// Schema of the target tables; `None` keeps each source table's schema.
     pub schema: Option<String>,
     /// Schema of the sink's position table in the target.
@@ -27,7 +28,7 @@ pub struct PostgresSinkConfig {
 impl Default for PostgresSinkConfig {
     fn default() -> Self {
         PostgresSinkConfig {
-            url: String::new(),
+            url: Secret::default(),
             schema: None,
             state_schema: "pg2sink".into(),
             stream: "pg2sink".into(),
