@@ -18,6 +18,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::config::channel_binding::{self, ChannelBindingMode};
 use crate::config::connection::{BoxError, ConnectError, ConnectionConfig};
 
 /// The largest message accepted from the server: PostgreSQL's own limit for
@@ -327,6 +328,19 @@ struct Startup<'a> {
     password: Option<&'a str>,
     dbname: &'a str,
     application_name: &'a str,
+    /// The channel_binding setting.
+    channel_binding: ChannelBindingMode,
+    /// What TLS gives channel binding on this connection.
+    tls: TlsBinding,
+}
+
+/// Whether the connection runs over TLS and, if so, the server
+/// certificate's `tls-server-end-point` data (`None` when its signature
+/// algorithm names no usable hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TlsBinding {
+    Plaintext,
+    Tls { server_end_point: Option<Vec<u8>> },
 }
 
 /// A walsender connection in logical replication mode, ready for commands.
@@ -376,8 +390,11 @@ impl ReplicationConnection {
             target: config.target(),
             source,
         };
-        let io: Box<dyn Transport> = match config.socket_path() {
-            Some(path) => Box::new(UnixStream::connect(&path).await.map_err(unreachable)?),
+        let (io, tls): (Box<dyn Transport>, TlsBinding) = match config.socket_path() {
+            Some(path) => (
+                Box::new(UnixStream::connect(&path).await.map_err(unreachable)?),
+                TlsBinding::Plaintext,
+            ),
             None => {
                 let tcp = match config.hostaddr {
                     Some(addr) => TcpStream::connect((addr, config.port)).await,
@@ -388,11 +405,14 @@ impl ReplicationConnection {
                 negotiate_tls(tcp, config).await?
             }
         };
+        let password = config.password_for_connect();
         let startup = Startup {
             user: &config.user,
-            password: config.password.as_deref(),
+            password: password.as_deref(),
             dbname: &config.dbname,
             application_name: &config.application_name,
+            channel_binding: config.channel_binding,
+            tls,
         };
         Self::handshake(io, &startup).await
     }
@@ -783,13 +803,14 @@ impl ReplicationStream {
     }
 }
 
-/// SSLRequest and the TLS handshake per sslmode, on a fresh TCP stream.
+/// SSLRequest and the TLS handshake per sslmode, on a fresh TCP stream;
+/// also what the TLS session gives channel binding.
 async fn negotiate_tls(
     mut tcp: TcpStream,
     config: &ConnectionConfig,
-) -> Result<Box<dyn Transport>, ConnectError> {
+) -> Result<(Box<dyn Transport>, TlsBinding), ConnectError> {
     let Some(tls) = config.tls_config()? else {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), TlsBinding::Plaintext));
     };
     let server_name = config.tls_server_name()?;
     let mut request = BytesMut::new();
@@ -815,9 +836,15 @@ async fn negotiate_tls(
                     source,
                 }
             })?;
-            Ok(Box::new(stream))
+            let server_end_point = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|certificate| channel_binding::tls_server_end_point(certificate));
+            Ok((Box::new(stream), TlsBinding::Tls { server_end_point }))
         }
-        b'N' if config.ssl_mode.allows_plaintext() => Ok(Box::new(tcp)),
+        b'N' if config.ssl_mode.allows_plaintext() => Ok((Box::new(tcp), TlsBinding::Plaintext)),
         b'N' => Err(ConnectError::Tls {
             target: config.target(),
             source: format!(
@@ -846,7 +873,21 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
         user: startup.user.to_owned(),
         source: reason.into(),
     };
+    let require_binding = startup.channel_binding == ChannelBindingMode::Require;
+    // As libpq with channel_binding=require: answer no request that is not
+    // SCRAM (it could leak the password to whoever stands in the middle).
+    let refuse_unbound = |what: &str| -> Result<(), ConnectError> {
+        if require_binding {
+            return Err(auth_error(format!(
+                "channel_binding=require, but the server asks for {what}, which has no channel \
+                 binding"
+            )));
+        }
+        Ok(())
+    };
     let mut scram: Option<ScramSha256> = None;
+    let mut plus = false;
+    let mut channel_bound = false;
     loop {
         let frame = wire.read_frame().await?;
         let message = match frame {
@@ -854,13 +895,26 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
             other => return Err(unexpected(&other, "authentication")),
         };
         match message {
-            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationOk => {
+                // A server that let us in without SCRAM-SHA-256-PLUS (trust,
+                // cert, ...) was not authenticated by channel binding.
+                if require_binding && !channel_bound {
+                    return Err(auth_error(
+                        "channel_binding=require, but the server logged pg2sink in without \
+                         channel binding"
+                            .into(),
+                    ));
+                }
+                return Ok(());
+            }
             Message::AuthenticationCleartextPassword => {
+                refuse_unbound("a cleartext password")?;
                 let password = need_password(startup)?;
                 wire.queue(|buf| frontend::password_message(password.as_bytes(), buf))?;
                 wire.flush().await?;
             }
             Message::AuthenticationMd5Password(body) => {
+                refuse_unbound("an MD5 password")?;
                 let password = need_password(startup)?;
                 let hash = md5_hash(startup.user.as_bytes(), password.as_bytes(), body.salt());
                 wire.queue(|buf| frontend::password_message(hash.as_bytes(), buf))?;
@@ -874,23 +928,14 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
                     .map_err(|e| {
                         ConnectError::Protocol(format!("malformed AuthenticationSASL: {e}"))
                     })?;
-                if !offered
-                    .iter()
-                    .any(|mechanism| mechanism == sasl::SCRAM_SHA_256)
-                {
-                    return Err(auth_error(format!(
-                        "the server offers only SASL mechanisms pg2sink does not support: {}",
-                        offered.join(", ")
-                    )));
-                }
+                let (mechanism, binding) = choose_scram(&offered, startup)?;
                 let password = need_password(startup)?;
-                // Plain SCRAM-SHA-256 without channel binding ("n" flag), even
-                // if the -PLUS variant is offered.
-                let exchange = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                let exchange = ScramSha256::new(password.as_bytes(), binding);
                 wire.queue(|buf| {
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, exchange.message(), buf)
+                    frontend::sasl_initial_response(mechanism, exchange.message(), buf)
                 })?;
                 wire.flush().await?;
+                plus = mechanism == sasl::SCRAM_SHA_256_PLUS;
                 scram = Some(exchange);
             }
             Message::AuthenticationSaslContinue(body) => {
@@ -910,6 +955,7 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
                 exchange.finish(body.data()).map_err(|e| {
                     auth_error(format!("the server's SCRAM signature did not verify: {e}"))
                 })?;
+                channel_bound = plus;
             }
             Message::ErrorResponse(body) => {
                 return Err(ConnectError::from_server(
@@ -936,6 +982,81 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
             other => return Err(unexpected(&Frame::Message(other), "authentication")),
         }
     }
+}
+
+/// The SASL mechanism and channel-binding flag, as libpq chooses them:
+/// SCRAM-SHA-256-PLUS with the server certificate's hash when the server
+/// offers it over TLS and channel_binding is not `disable`; else
+/// SCRAM-SHA-256, telling the server (flag `y`) that pg2sink could have
+/// bound the channel when it runs TLS with binding enabled, so a server
+/// whose -PLUS offer was stripped in transit refuses the login.
+fn choose_scram(
+    offered: &[String],
+    startup: &Startup<'_>,
+) -> Result<(&'static str, ChannelBinding), ConnectError> {
+    let auth_error = |reason: String| ConnectError::Auth {
+        user: startup.user.to_owned(),
+        source: reason.into(),
+    };
+    let offers = |name: &str| offered.iter().any(|mechanism| mechanism == name);
+    let wanted = startup.channel_binding != ChannelBindingMode::Disable;
+    let require = startup.channel_binding == ChannelBindingMode::Require;
+    if offers(sasl::SCRAM_SHA_256_PLUS) {
+        match &startup.tls {
+            // Postgres offers -PLUS only over TLS: seen in plaintext, TLS
+            // was stripped by something in between (libpq refuses too).
+            TlsBinding::Plaintext => {
+                return Err(auth_error(
+                    "the server offers SCRAM-SHA-256-PLUS over a connection without TLS; \
+                     something between pg2sink and the server may have removed TLS"
+                        .into(),
+                ))
+            }
+            TlsBinding::Tls {
+                server_end_point: Some(data),
+            } if wanted => {
+                return Ok((
+                    sasl::SCRAM_SHA_256_PLUS,
+                    ChannelBinding::tls_server_end_point(data.clone()),
+                ));
+            }
+            TlsBinding::Tls {
+                server_end_point: None,
+            } if require => {
+                return Err(auth_error(
+                    "channel_binding=require, but the server's certificate has a signature \
+                     algorithm without a hash for channel binding (tls-server-end-point)"
+                        .into(),
+                ))
+            }
+            TlsBinding::Tls { .. } => {}
+        }
+    }
+    if require {
+        return Err(auth_error(format!(
+            "channel_binding=require, but the server does not offer channel binding \
+             (SCRAM-SHA-256-PLUS){}; it offers: {}",
+            if startup.tls == TlsBinding::Plaintext {
+                " and the connection does not use TLS"
+            } else {
+                ""
+            },
+            offered.join(", ")
+        )));
+    }
+    if !offers(sasl::SCRAM_SHA_256) {
+        return Err(auth_error(format!(
+            "the server offers only SASL mechanisms pg2sink does not support: {}",
+            offered.join(", ")
+        )));
+    }
+    let binding = match &startup.tls {
+        TlsBinding::Tls { .. } if wanted && !offers(sasl::SCRAM_SHA_256_PLUS) => {
+            ChannelBinding::unrequested()
+        }
+        _ => ChannelBinding::unsupported(),
+    };
+    Ok((sasl::SCRAM_SHA_256, binding))
 }
 
 /// `15.18 (Debian 15.18-1.pgdg120+1)` → 150018, `17devel` → 170000,
@@ -1097,6 +1218,8 @@ mod tests {
             password,
             dbname: "shop",
             application_name: "pg2sink",
+            channel_binding: ChannelBindingMode::Prefer,
+            tls: TlsBinding::Plaintext,
         }
     }
 
