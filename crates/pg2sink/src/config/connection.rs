@@ -771,7 +771,17 @@ impl ConnectionConfig {
             },
             "authentication error" => ConnectError::Auth {
                 user: self.user.clone(),
-                source: error.into_source().unwrap_or_else(|| kind.into()),
+                source: match error.into_source() {
+                    // tokio-postgres's wording for channel_binding=require
+                    // unmet; the replication connection's, for one message.
+                    Some(cause) if cause.to_string() == "server did not use channel binding" => {
+                        "channel_binding=require, but the server logged pg2sink in without \
+                         channel binding (SCRAM-SHA-256-PLUS)"
+                            .into()
+                    }
+                    Some(cause) => cause,
+                    None => kind.into(),
+                },
             },
             // tokio-postgres's wording when the server wants a password and none is set.
             "invalid configuration"
@@ -876,7 +886,7 @@ impl ConnectionConfig {
                 })
             }
         };
-        let builder = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_error(Box::new(e)))?
             .dangerous()
@@ -886,21 +896,49 @@ impl ConnectionConfig {
             self.ssl_key.as_deref(),
         )? {
             None => builder.with_no_client_auth(),
-            Some((chain, key)) => {
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| ConfigError::SslKey {
-                        path: self.ssl_key.clone().unwrap_or_default(),
-                        reason: format!(
-                            "it cannot be used with the client certificate {}: {e}",
-                            self.ssl_cert.as_deref().unwrap_or(Path::new("")).display()
-                        ),
-                    })?
-            }
+            Some((chain, key)) => builder.with_client_cert_resolver(Arc::new(
+                self.client_certified_key(&provider, chain, key)?,
+            )),
         };
         // As libpq 17+; required by servers only for direct TLS, harmless otherwise.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Some(config))
+    }
+
+    /// The client certificate with its key, for the handshake. Not
+    /// `with_client_auth_cert`: its WebPKI parse refuses X.509 v1
+    /// certificates, which OpenSSL (libpq, the server) accepts; a key that
+    /// is not the certificate's is still refused here.
+    fn client_certified_key(
+        &self,
+        provider: &CryptoProvider,
+        chain: Vec<CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<rustls::sign::SingleCertAndKey, ConnectError> {
+        let key_error = |reason: String| ConfigError::SslKey {
+            path: self.ssl_key.clone().unwrap_or_default(),
+            reason,
+        };
+        let cert_name = self
+            .ssl_cert
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .display()
+            .to_string();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| key_error(format!("it cannot be used: {e}")))?;
+        let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
+        if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+            certified.keys_match()
+        {
+            return Err(key_error(format!(
+                "it is not the private key of the client certificate {cert_name}"
+            ))
+            .into());
+        }
+        Ok(rustls::sign::SingleCertAndKey::from(certified))
     }
 
     /// The name the server certificate is checked against (also sent as SNI

@@ -1593,6 +1593,287 @@ mod tests {
         assert!(err.is_transient());
     }
 
+    // ---- SCRAM-SHA-256(-PLUS) on the fake server's side (RFC 5802) ----
+
+    const SCRAM_PASSWORD: &str = "pw";
+
+    fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        ring::hmac::sign(&key, data).as_ref().to_vec()
+    }
+
+    /// What the client sent, for the test to check.
+    struct ScramSeen {
+        mechanism: String,
+        gs2_header: String,
+        channel_binding: Vec<u8>,
+    }
+
+    /// Offers `offered`, runs the exchange the client starts and checks its
+    /// proof; `end_point` is the channel-binding data the server expects
+    /// with -PLUS. Ends with AuthenticationOk and ReadyForQuery.
+    async fn scram_server(
+        server: &mut DuplexStream,
+        offered: &[&str],
+        end_point: &[u8],
+    ) -> ScramSeen {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        read_startup(server).await;
+        let mut list = Vec::new();
+        for mechanism in offered {
+            list.extend(cstr(mechanism));
+        }
+        list.push(0);
+        server.write_all(&auth(10, &list)).await.unwrap();
+
+        let (tag, body) = read_message(server).await;
+        assert_eq!(tag, b'p');
+        let nul = body.iter().position(|b| *b == 0).unwrap();
+        let mechanism = String::from_utf8(body[..nul].to_vec()).unwrap();
+        let client_first = String::from_utf8(body[nul + 5..].to_vec()).unwrap();
+        // gs2-header is "<flag>,<authzid>," then the bare message.
+        let mut commas = client_first.match_indices(',').map(|(i, _)| i);
+        let _ = commas.next().unwrap();
+        let header_end = commas.next().unwrap() + 1;
+        let gs2_header = client_first[..header_end].to_owned();
+        let client_first_bare = &client_first[header_end..];
+        let client_nonce = client_first_bare.split("r=").nth(1).unwrap().to_owned();
+
+        let salt = b"0123456789abcdef";
+        let iterations = 4096_u32;
+        let server_first = format!(
+            "r={client_nonce}srvnonce,s={},i={iterations}",
+            b64.encode(salt)
+        );
+        server
+            .write_all(&auth(11, server_first.as_bytes()))
+            .await
+            .unwrap();
+
+        let (tag, body) = read_message(server).await;
+        assert_eq!(tag, b'p');
+        let client_final = String::from_utf8(body).unwrap();
+        let (without_proof, proof) = client_final.rsplit_once(",p=").unwrap();
+        let c = without_proof
+            .strip_prefix("c=")
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        let channel_binding = b64.decode(c).unwrap();
+        let expected_binding = if mechanism == sasl::SCRAM_SHA_256_PLUS {
+            [gs2_header.as_bytes(), end_point].concat()
+        } else {
+            gs2_header.as_bytes().to_vec()
+        };
+        if channel_binding != expected_binding {
+            // As Postgres: "SCRAM channel binding check failed".
+            server
+                .write_all(&error_response(
+                    "FATAL",
+                    "28000",
+                    "SCRAM channel binding check failed",
+                    None,
+                ))
+                .await
+                .unwrap();
+            return ScramSeen {
+                mechanism,
+                gs2_header,
+                channel_binding,
+            };
+        }
+
+        let mut salted = [0_u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(iterations).unwrap(),
+            salt,
+            SCRAM_PASSWORD.as_bytes(),
+            &mut salted,
+        );
+        let client_key = hmac(&salted, b"Client Key");
+        let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
+        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let client_signature = hmac(stored_key.as_ref(), auth_message.as_bytes());
+        let expected_proof: Vec<u8> = client_key
+            .iter()
+            .zip(&client_signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        assert_eq!(b64.decode(proof).unwrap(), expected_proof, "client proof");
+        let server_key = hmac(&salted, b"Server Key");
+        let server_signature = hmac(&server_key, auth_message.as_bytes());
+        let mut reply = auth(12, format!("v={}", b64.encode(server_signature)).as_bytes());
+        reply.extend(auth(0, &[]));
+        reply.extend(ready());
+        server.write_all(&reply).await.unwrap();
+        ScramSeen {
+            mechanism,
+            gs2_header,
+            channel_binding,
+        }
+    }
+
+    fn startup_with(mode: ChannelBindingMode, tls: TlsBinding) -> Startup<'static> {
+        Startup {
+            channel_binding: mode,
+            tls,
+            ..startup(Some(SCRAM_PASSWORD))
+        }
+    }
+
+    /// Runs a login against [`scram_server`]; the client's result and what
+    /// the server saw.
+    async fn scram_login(
+        mode: ChannelBindingMode,
+        tls: TlsBinding,
+        offered: &'static [&'static str],
+    ) -> (Result<(), ConnectError>, ScramSeen) {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let server_task =
+            tokio::spawn(async move { scram_server(&mut server, offered, b"cert-hash").await });
+        let result = ReplicationConnection::handshake(Box::new(client), &startup_with(mode, tls))
+            .await
+            .map(|_| ());
+        (result, server_task.await.unwrap())
+    }
+
+    const BOTH: &[&str] = &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
+    const PLAIN_ONLY: &[&str] = &["SCRAM-SHA-256"];
+
+    fn tls_with(hash: Option<&[u8]>) -> TlsBinding {
+        TlsBinding::Tls {
+            server_end_point: hash.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[tokio::test]
+    async fn scram_plus_binds_the_channel_when_offered_over_tls() {
+        for mode in [ChannelBindingMode::Prefer, ChannelBindingMode::Require] {
+            let (result, seen) = scram_login(mode, tls_with(Some(b"cert-hash")), BOTH).await;
+            result.unwrap();
+            assert_eq!(seen.mechanism, "SCRAM-SHA-256-PLUS", "{mode}");
+            assert_eq!(seen.gs2_header, "p=tls-server-end-point,,");
+            assert_eq!(seen.channel_binding, b"p=tls-server-end-point,,cert-hash");
+        }
+        // The server computes another hash (another certificate: a man in
+        // the middle): it refuses, and so the login fails.
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move { scram_server(&mut server, BOTH, b"other-hash").await });
+        let err = ReplicationConnection::handshake(
+            Box::new(client),
+            &startup_with(ChannelBindingMode::Prefer, tls_with(Some(b"cert-hash"))),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("channel binding check failed"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn scram_without_binding_tells_the_server_why() {
+        // TLS, binding possible, but the server offers no -PLUS: "y".
+        let (result, seen) =
+            scram_login(ChannelBindingMode::Prefer, tls_with(Some(b"h")), PLAIN_ONLY).await;
+        result.unwrap();
+        assert_eq!(
+            (seen.mechanism.as_str(), seen.gs2_header.as_str()),
+            ("SCRAM-SHA-256", "y,,")
+        );
+        // Disabled: "n", even when -PLUS is offered.
+        let (result, seen) =
+            scram_login(ChannelBindingMode::Disable, tls_with(Some(b"h")), BOTH).await;
+        result.unwrap();
+        assert_eq!(
+            (seen.mechanism.as_str(), seen.gs2_header.as_str()),
+            ("SCRAM-SHA-256", "n,,")
+        );
+        // No usable hash for the certificate (Ed25519): "n".
+        let (result, seen) = scram_login(ChannelBindingMode::Prefer, tls_with(None), BOTH).await;
+        result.unwrap();
+        assert_eq!(seen.gs2_header, "n,,");
+        // Plaintext: "n".
+        let (result, seen) = scram_login(
+            ChannelBindingMode::Prefer,
+            TlsBinding::Plaintext,
+            PLAIN_ONLY,
+        )
+        .await;
+        result.unwrap();
+        assert_eq!(seen.gs2_header, "n,,");
+    }
+
+    /// A fake server that sends `first` and then reads whatever comes.
+    async fn refused_login(startup: Startup<'static>, first: Vec<u8>) -> (ConnectError, Vec<u8>) {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let server_task = tokio::spawn(async move {
+            read_startup(&mut server).await;
+            server.write_all(&first).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = server.read_to_end(&mut rest).await;
+            rest
+        });
+        let err = ReplicationConnection::handshake(Box::new(client), &startup)
+            .await
+            .unwrap_err();
+        (err, server_task.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn channel_binding_require_refuses_everything_else() {
+        let require = |tls| startup_with(ChannelBindingMode::Require, tls);
+        let sasl = |offered: &[&str]| {
+            let mut list = Vec::new();
+            for mechanism in offered {
+                list.extend(cstr(mechanism));
+            }
+            list.push(0);
+            auth(10, &list)
+        };
+        // No -PLUS offered.
+        let (err, sent) = refused_login(require(tls_with(Some(b"h"))), sasl(PLAIN_ONLY)).await;
+        assert!(matches!(err, ConnectError::Auth { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("does not offer channel binding"),
+            "{err}"
+        );
+        assert!(
+            sent.is_empty() || sent[0] == b'X',
+            "nothing but Terminate: {sent:?}"
+        );
+        // Not TLS.
+        let (err, _) = refused_login(require(TlsBinding::Plaintext), sasl(PLAIN_ONLY)).await;
+        assert!(err.to_string().contains("does not use TLS"), "{err}");
+        // The certificate's hash is unknown.
+        let (err, _) = refused_login(require(tls_with(None)), sasl(BOTH)).await;
+        assert!(err.to_string().contains("signature algorithm"), "{err}");
+        // Passwords without SCRAM: not even sent.
+        for (request, what) in [(auth(3, &[]), "cleartext"), (auth(5, &[1, 2, 3, 4]), "MD5")] {
+            let (err, sent) = refused_login(require(tls_with(Some(b"h"))), request).await;
+            assert!(err.to_string().contains(what), "{err}");
+            assert!(
+                !sent.windows(2).any(|w| w == SCRAM_PASSWORD.as_bytes()),
+                "the password was sent: {sent:?}"
+            );
+        }
+        // Let in without authentication (trust, cert): not bound.
+        let mut ok = auth(0, &[]);
+        ok.extend(ready());
+        let (err, _) = refused_login(require(tls_with(Some(b"h"))), ok).await;
+        assert!(err.to_string().contains("without channel binding"), "{err}");
+        // -PLUS seen over plaintext: TLS was stripped in between.
+        let (err, _) = refused_login(
+            startup_with(ChannelBindingMode::Prefer, TlsBinding::Plaintext),
+            sasl(BOTH),
+        )
+        .await;
+        assert!(err.to_string().contains("removed TLS"), "{err}");
+    }
+
     #[test]
     fn server_versions() {
         assert_eq!(
