@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Stream every committed change of a Postgres database to a sink, with nothing lost",
     long_about = "Stream every committed change of a Postgres database to a sink, with nothing lost.\n\n\
         Connection: --url (or PG2SINK_URL), else libpq's PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, \
-        PGDATABASE, PGSSLMODE and PGSSLROOTCERT.\n\n\
+        PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGCHANNELBINDING and PGPASSFILE; \
+        without a password, ~/.pgpass; ~/.postgresql/root.crt, postgresql.crt and postgresql.key when \
+        they exist.\n\n\
         Without a command, `stream` runs.",
     args_conflicts_with_subcommands = true
 )]
