@@ -16,9 +16,9 @@
 #   PG2SINK_TEST_PARALLEL     how many other versions run at once (default 2)
 #
 # The core suites are what depends on the server's version: streaming,
-# imports, types, set-up errors, failover slots, security, the harness. The
-# sink and operations suites talk to Postgres through the same code and
-# run on the default version.
+# imports, types, set-up errors, failover slots, security, libpq's files and
+# TLS options, the harness. The sink and operations suites talk to Postgres
+# through the same code and run on the default version.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -40,7 +40,7 @@ parallel=${PG2SINK_TEST_PARALLEL:-2}
 # A filtered run is for one version; the matrix is for the whole suite.
 [[ ${#filters[@]} -eq 0 ]] || others=""
 others=$(for v in $others; do [[ $v == "$version" ]] || echo "$v"; done | xargs)
-core_filters=(streaming:: imports:: types:: errors:: failover:: security:: harness_selftest:: publications::)
+core_filters=(streaming:: imports:: types:: errors:: failover:: security:: libpq:: harness_selftest:: publications::)
 
 started=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - started ))s"; }

@@ -14,6 +14,7 @@ mod huge;
 mod identifiers;
 mod imports;
 mod kafka;
+mod libpq;
 mod nats;
 mod ops;
 mod postgres_sink;

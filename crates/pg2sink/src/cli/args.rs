@@ -15,7 +15,9 @@ use crate::secret::Secret;
     about = "Stream every committed change of a Postgres database to a sink, with nothing lost",
     long_about = "Stream every committed change of a Postgres database to a sink, with nothing lost.\n\n\
         Connection: --url (or PG2SINK_URL, or a file named by --url-file or PG2SINK_URL_FILE), else libpq's PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGPASSWORD, \
-        PGDATABASE, PGSSLMODE and PGSSLROOTCERT.\n\n\
+        PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGCHANNELBINDING and PGPASSFILE; \
+        without a password, ~/.pgpass; ~/.postgresql/root.crt, postgresql.crt and postgresql.key when \
+        they exist.\n\n\
         Secrets: each secret flag --NAME (--url, --api.token, the sinks' passwords, tokens, keys and URLs) \
         can be read from a file instead, with --NAME-file or PG2SINK_NAME_FILE; one trailing newline is ignored.\n\n\
         Without a command, `stream` runs.",

@@ -23,6 +23,9 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+use super::channel_binding::{ChannelBindingMode, MakeTls};
+use super::pgpass;
+use super::tls_files::{self, Roots, SYSTEM_ROOTS};
 use crate::config::socket::{Silence, Socket, TcpSettings};
 use crate::source::connection::{ReplicationConnection, ServerError};
 
@@ -43,8 +46,6 @@ const DEFAULT_APPLICATION_NAME: &str = "pg2sink";
 const DEBIAN_SOCKET_DIR: &str = "/var/run/postgresql";
 /// libpq's compiled-in default socket directory.
 const FALLBACK_SOCKET_DIR: &str = "/tmp";
-/// The `sslrootcert` value that means "the system's trusted roots" (libpq 16+).
-const SYSTEM_ROOTS: &str = "system";
 
 /// The parameter names accepted in a URL's query or a `key=value` string.
 const KNOWN_KEYS: &[&str] = &[
@@ -64,6 +65,10 @@ const KNOWN_KEYS: &[&str] = &[
     "keepalives_count",
     "tcp_user_timeout",
     "target_session_attrs",
+    "passfile",
+    "sslcert",
+    "sslkey",
+    "channel_binding",
 ];
 
 /// libpq's sslmode values.
@@ -195,6 +200,45 @@ pub enum ConfigError {
     /// No user given anywhere and the OS user is unknown.
     #[error("could not determine the database user: give it in --url or set PGUSER")]
     NoUser,
+    /// sslmode verify-ca/verify-full without a root certificate (libpq's rule).
+    #[error(
+        "sslmode={mode} verifies the server's certificate, but no sslrootcert was given{}: \
+         point sslrootcert (or PGSSLROOTCERT) at the certificate of the CA that signed the \
+         server's, use sslrootcert=system for the system's trusted roots, or use sslmode=require \
+         (encrypted, not verified)",
+        match default_path {
+            Some(path) => format!(" and {} does not exist", path.display()),
+            None => String::new(),
+        }
+    )]
+    NoRootCert {
+        /// The sslmode that needs it.
+        mode: SslMode,
+        /// The default file that was looked for (`~/.postgresql/root.crt`).
+        default_path: Option<PathBuf>,
+    },
+    /// `sslrootcert=system` and the system's trust store is unusable.
+    #[error("sslrootcert=system: {reason}")]
+    SystemRoots {
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The client certificate file (`sslcert`) is unusable.
+    #[error("cannot use the client certificate file {} (sslcert): {reason}", path.display())]
+    SslCert {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The client key file (`sslkey`) is unusable.
+    #[error("cannot use the client key file {} (sslkey): {reason}", path.display())]
+    SslKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a connection could not be made (or broke).
@@ -219,10 +263,7 @@ pub enum ConnectError {
         source: io::Error,
     },
     /// The server rejected the credentials (or has no pg_hba.conf entry for us).
-    #[error(
-        "authentication failed for user \"{user}\": {source} (check the password in --url or \
-         PGPASSWORD, and the server's pg_hba.conf)"
-    )]
+    #[error("authentication failed for user \"{user}\": {source}{}", auth_hint(.source))]
     Auth {
         /// The user we tried to log in as.
         user: String,
@@ -341,6 +382,17 @@ pub struct ConnectionConfig {
     pub application_name: String,
     /// Limit for establishing a connection (libpq's `connect_timeout`); `None` waits indefinitely.
     pub connect_timeout: Option<Duration>,
+    /// The password file consulted when no password is given (`passfile`,
+    /// PGPASSFILE, else `~/.pgpass`); read at each connection, as libpq.
+    pub passfile: Option<PathBuf>,
+    /// The client certificate (PEM) sent when the server asks for one:
+    /// `sslcert`, PGSSLCERT, else `~/.postgresql/postgresql.crt` if it exists.
+    pub ssl_cert: Option<PathBuf>,
+    /// The client certificate's private key: `sslkey`, PGSSLKEY, else
+    /// `~/.postgresql/postgresql.key`.
+    pub ssl_key: Option<PathBuf>,
+    /// SCRAM channel binding policy (`channel_binding`, PGCHANNELBINDING).
+    pub channel_binding: ChannelBindingMode,
     /// Every host to try, in order (libpq's comma-separated `host`, `hostaddr`
     /// and `port`); `host`, `hostaddr` and `port` above are the first.
     pub hosts: Vec<Endpoint>,
@@ -432,6 +484,10 @@ impl fmt::Debug for ConnectionConfig {
             .field("target_session_attrs", &self.target_session_attrs)
             .field("tcp", &self.tcp)
             .field("silence_timeout", &self.silence_timeout)
+            .field("passfile", &self.passfile)
+            .field("ssl_cert", &self.ssl_cert)
+            .field("ssl_key", &self.ssl_key)
+            .field("channel_binding", &self.channel_binding)
             .finish()
     }
 }
@@ -596,8 +652,37 @@ impl ConnectionConfig {
             Some((value, origin)) => Some((SslMode::parse(&value, origin)?, origin)),
             None => None,
         };
-        let ssl_root_cert =
-            pick("sslrootcert", "PGSSLROOTCERT").map(|(path, _)| PathBuf::from(path));
+        // libpq's files under the home directory: the default root
+        // certificate, client certificate and key, and ~/.pgpass.
+        let home = pgpass::home_dir(env);
+        let ssl_root_cert = pick("sslrootcert", "PGSSLROOTCERT")
+            .map(|(path, _)| PathBuf::from(path))
+            .or_else(|| tls_files::existing_default(home.as_deref(), tls_files::DEFAULT_ROOT_CERT));
+        let ssl_cert = pick("sslcert", "PGSSLCERT")
+            .map(|(path, _)| PathBuf::from(path))
+            .or_else(|| {
+                tls_files::existing_default(home.as_deref(), tls_files::DEFAULT_CLIENT_CERT)
+            });
+        let ssl_key = pick("sslkey", "PGSSLKEY")
+            .map(|(path, _)| PathBuf::from(path))
+            .or_else(|| {
+                home.as_deref()
+                    .map(|home| home.join(tls_files::DEFAULT_CLIENT_KEY))
+            });
+        let passfile = pick("passfile", "PGPASSFILE")
+            .map(|(path, _)| PathBuf::from(path))
+            .or_else(|| home.as_deref().map(|home| home.join(".pgpass")));
+        let channel_binding = match pick("channel_binding", "PGCHANNELBINDING") {
+            Some((value, origin)) => {
+                ChannelBindingMode::parse(&value).ok_or_else(|| ConfigError::BadValue {
+                    key: "channel_binding",
+                    value,
+                    origin,
+                    reason: "valid values are disable, prefer, require".into(),
+                })?
+            }
+            None => ChannelBindingMode::default(),
+        };
         let application_name = pick("application_name", "PGAPPNAME")
             .map_or_else(|| DEFAULT_APPLICATION_NAME.to_owned(), |(name, _)| name);
         let connect_timeout = match pick("connect_timeout", "PGCONNECT_TIMEOUT") {
@@ -636,12 +721,44 @@ impl ConnectionConfig {
             target_session_attrs,
             tcp,
             silence_timeout: Some(DEFAULT_SILENCE_TIMEOUT),
+            passfile,
+            ssl_cert,
+            ssl_key,
+            channel_binding,
         };
-        // Fail early on an unreadable root certificate file if TLS will be used.
+        // Fail early on unusable TLS files if TLS will be used.
         if config.uses_tls() {
-            if let Some(path) = config.root_cert_file() {
-                load_root_certs(path)?;
+            let default_root = home
+                .as_deref()
+                .map(|home| home.join(tls_files::DEFAULT_ROOT_CERT));
+            match tls_files::roots_for(
+                config.ssl_mode,
+                config.ssl_root_cert.as_deref(),
+                default_root.as_deref(),
+            )? {
+                Roots::File(path) => {
+                    load_root_certs(&path)?;
+                }
+                Roots::System | Roots::Unverified => {}
             }
+            tls_files::load_client_identity(config.ssl_cert.as_deref(), config.ssl_key.as_deref())?;
+        }
+        // Channel binding needs TLS: without it, `require` can never log in.
+        if config.channel_binding == ChannelBindingMode::Require && !config.uses_tls() {
+            return Err(ConfigError::BadValue {
+                key: "channel_binding",
+                value: "require".into(),
+                origin: "the resolved settings",
+                reason: if config.is_unix_socket() {
+                    "channel binding needs TLS, which a Unix-socket connection does not use: \
+                     connect over TCP with TLS, or use channel_binding=prefer"
+                        .into()
+                } else {
+                    "channel binding needs TLS, but sslmode is disable: use sslmode=require \
+                     (or stronger), or channel_binding=prefer"
+                        .into()
+                },
+            });
         }
         Ok(config)
     }
@@ -851,9 +968,10 @@ impl ConnectionConfig {
             // The session settings of the replication connection, so values
             // read here (imports, the catalog) render identically.
             .options(QUERY_SESSION_OPTIONS);
-        if let Some(password) = &self.password {
+        if let Some(password) = self.password_for_connect() {
             pg.password(password.expose());
         }
+        pg.channel_binding(self.channel_binding.for_tokio_postgres());
         // The socket is ours (keepalives, the silence bound); tokio-postgres
         // speaks the protocol on it.
         let socket = Silence::new(self.open_socket().await?, self.silence_timeout);
@@ -869,7 +987,7 @@ impl ConnectionConfig {
                 } else {
                     tokio_postgres::config::SslMode::Require
                 });
-                let mut make = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+                let mut make = MakeTls::new(tls);
                 let tls = tokio_postgres::tls::MakeTlsConnect::<Silence<Socket>>::make_tls_connect(
                     &mut make, &self.host,
                 )
@@ -962,7 +1080,17 @@ impl ConnectionConfig {
             },
             "authentication error" => ConnectError::Auth {
                 user: self.user.clone(),
-                source: error.into_source().unwrap_or_else(|| kind.into()),
+                source: match error.into_source() {
+                    // tokio-postgres's wording for channel_binding=require
+                    // unmet; the replication connection's, for one message.
+                    Some(cause) if cause.to_string() == "server did not use channel binding" => {
+                        "channel_binding=require, but the server logged pg2sink in without \
+                         channel binding (SCRAM-SHA-256-PLUS)"
+                            .into()
+                    }
+                    Some(cause) => cause,
+                    None => kind.into(),
+                },
             },
             // tokio-postgres's wording when the server wants a password and none is set.
             "invalid configuration"
@@ -986,11 +1114,31 @@ impl ConnectionConfig {
         !self.is_unix_socket() && self.ssl_mode != SslMode::Disable
     }
 
-    /// The `sslrootcert` file, unless absent or `system`.
-    fn root_cert_file(&self) -> Option<&Path> {
-        self.ssl_root_cert
-            .as_deref()
-            .filter(|path| *path != Path::new(SYSTEM_ROOTS))
+    /// The password to log in with: the given one, else the password
+    /// file's (libpq's order), looked up at each connection attempt.
+    pub(crate) fn password_for_connect(&self) -> Option<crate::secret::Secret> {
+        if let Some(password) = &self.password {
+            return Some(password.clone());
+        }
+        let passfile = self.passfile.as_deref()?;
+        let port = self.port.to_string();
+        // libpq matches its default socket directory as `localhost`; any
+        // other socket directory as its path.
+        let host = if self.is_unix_socket() && self.host == default_socket_dir() {
+            "localhost"
+        } else {
+            self.host.as_str()
+        };
+        pgpass::password_from_file(
+            passfile,
+            pgpass::Lookup {
+                host,
+                port: &port,
+                dbname: &self.dbname,
+                user: &self.user,
+            },
+        )
+        .map(crate::secret::Secret::from)
     }
 
     /// The rustls configuration for this sslmode, or `None` when TLS is not
@@ -1000,59 +1148,107 @@ impl ConnectionConfig {
             return Ok(None);
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let pinned = match self.root_cert_file() {
-            Some(path) => Some(load_root_certs(path)?),
-            None => None,
-        };
         let tls_error = |source: BoxError| ConnectError::Tls {
             target: self.target(),
             source,
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match (self.ssl_mode, pinned) {
-            (SslMode::Allow | SslMode::Prefer | SslMode::Require, None) => {
-                Arc::new(NoVerification {
-                    provider: provider.clone(),
+        let roots = tls_files::roots_for(self.ssl_mode, self.ssl_root_cert.as_deref(), None)?;
+        let verifier: Arc<dyn ServerCertVerifier> = match roots {
+            Roots::Unverified => Arc::new(NoVerification {
+                provider: provider.clone(),
+            }),
+            Roots::File(path) => {
+                let pinned = load_root_certs(&path)?;
+                let mut roots = RootCertStore::empty();
+                let (added, _ignored) = roots.add_parsable_certificates(pinned.iter().cloned());
+                if added == 0 {
+                    return Err(ConfigError::SslRootCert {
+                        path,
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "none of its certificates can be used as a trust anchor",
+                        ),
+                    }
+                    .into());
+                }
+                let inner =
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .map_err(|e| tls_error(Box::new(e)))?;
+                // A root file checks the chain in every mode (libpq); the
+                // name only for verify-full.
+                Arc::new(PgCertVerifier {
+                    inner,
+                    check_name: self.ssl_mode == SslMode::VerifyFull,
+                    pinned,
                 })
             }
-            (mode, pinned) => {
-                let pinned = pinned.unwrap_or_default();
-                let mut roots = RootCertStore::empty();
-                if pinned.is_empty() {
-                    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-                } else {
-                    let (added, _ignored) = roots.add_parsable_certificates(pinned.iter().cloned());
-                    if added == 0 {
-                        let path = self.root_cert_file().unwrap_or(Path::new("")).to_owned();
-                        return Err(ConfigError::SslRootCert {
-                            path,
-                            source: io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                "none of its certificates can be used as a trust anchor",
-                            ),
-                        }
-                        .into());
-                    }
-                }
+            Roots::System => {
+                let roots = tls_files::system_roots()?;
                 let inner =
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
                         .map_err(|e| tls_error(Box::new(e)))?;
                 Arc::new(PgCertVerifier {
                     inner,
-                    check_name: mode == SslMode::VerifyFull,
-                    pinned,
+                    check_name: true,
+                    pinned: Vec::new(),
                 })
             }
         };
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_error(Box::new(e)))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match tls_files::load_client_identity(
+            self.ssl_cert.as_deref(),
+            self.ssl_key.as_deref(),
+        )? {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => builder.with_client_cert_resolver(Arc::new(
+                self.client_certified_key(&provider, chain, key)?,
+            )),
+        };
         // As libpq 17+; required by servers only for direct TLS, harmless otherwise.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Some(config))
+    }
+
+    /// The client certificate with its key, for the handshake. Not
+    /// `with_client_auth_cert`: its WebPKI parse refuses X.509 v1
+    /// certificates, which OpenSSL (libpq, the server) accepts; a key that
+    /// is not the certificate's is still refused here.
+    fn client_certified_key(
+        &self,
+        provider: &CryptoProvider,
+        chain: Vec<CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<rustls::sign::SingleCertAndKey, ConnectError> {
+        let key_error = |reason: String| ConfigError::SslKey {
+            path: self.ssl_key.clone().unwrap_or_default(),
+            reason,
+        };
+        let cert_name = self
+            .ssl_cert
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .display()
+            .to_string();
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| key_error(format!("it cannot be used: {e}")))?;
+        let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
+        if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+            certified.keys_match()
+        {
+            return Err(key_error(format!(
+                "it is not the private key of the client certificate {cert_name}"
+            ))
+            .into());
+        }
+        Ok(rustls::sign::SingleCertAndKey::from(certified))
     }
 
     /// The name the server certificate is checked against (also sent as SNI
@@ -1072,11 +1268,34 @@ impl ConnectionConfig {
     }
 }
 
+/// What to do about a refused login: a missing client certificate (cert
+/// authentication), channel binding, or else the password and pg_hba.conf.
+fn auth_hint(source: &BoxError) -> &'static str {
+    let text = source.to_string();
+    if text.contains("client certificate") {
+        " (the server wants a client certificate signed by a CA it trusts, whose common name \
+         is the user: give it with sslcert and sslkey in --url, or PGSSLCERT and PGSSLKEY, or \
+         put it in ~/.postgresql/postgresql.crt and postgresql.key)"
+    } else if text.contains("channel binding") {
+        " (channel_binding=require needs SCRAM-SHA-256 authentication (pg_hba.conf method \
+         scram-sha-256, a SCRAM password) over TLS; or use channel_binding=prefer)"
+    } else {
+        " (check the password in --url, PGPASSWORD or the password file, and the server's \
+         pg_hba.conf)"
+    }
+}
+
 /// What to do about the certificate checks that fail most often, which
 /// rustls names tersely.
 fn tls_hint(source: &BoxError) -> &'static str {
     let text = source.to_string();
-    if text.contains("UnknownIssuer") {
+    if text.contains("UnknownCA")
+        || text.contains("BadCertificate")
+        || text.contains("CertificateRequired")
+    {
+        " (the server refused pg2sink's client certificate: it must be signed by a CA in the \
+         server's ssl_ca_file; check sslcert/sslkey or PGSSLCERT/PGSSLKEY)"
+    } else if text.contains("UnknownIssuer") {
         " (the server's certificate was not signed by a CA in sslrootcert: point sslrootcert or PGSSLROOTCERT at the CA that signed it)"
     } else if text.contains("not valid for name") {
         " (connect with a host name the certificate lists, or use sslmode=verify-ca, which checks the chain but not the name)"
@@ -1534,8 +1753,15 @@ mod tests {
         move |name| vars.get(name).cloned()
     }
 
+    /// A home without libpq's files, unless the test gives HOME.
+    const NO_HOME: &str = "/nonexistent/pg2sink-test-home";
+
     fn resolve(url: Option<&str>, vars: &[(&str, &str)]) -> Result<ConnectionConfig, ConfigError> {
-        ConnectionConfig::resolve(url, &env_from(vars))
+        let mut vars = vars.to_vec();
+        if !vars.iter().any(|(name, _)| *name == "HOME") {
+            vars.push(("HOME", NO_HOME));
+        }
+        ConnectionConfig::resolve(url, &env_from(&vars))
     }
 
     #[test]
@@ -1605,7 +1831,7 @@ mod tests {
             ("PGSSLMODE", "disable"),
         ];
         let config = resolve(
-            Some("postgres://urluser:urlpass@urlhost:2222/urldb?sslmode=verify-full&application_name=x"),
+            Some("postgres://urluser:urlpass@urlhost:2222/urldb?sslmode=verify-full&sslrootcert=system&application_name=x"),
             &env,
         )
         .unwrap();
@@ -1758,9 +1984,9 @@ mod tests {
         let err = resolve(Some("postgres://h1,h2,h3:5/db?port=1,2"), &[("USER", "u")]).unwrap_err();
         assert!(err.to_string().contains("2 values for 3 hosts"), "{err}");
 
-        let err = resolve(Some("postgres://h/db?sslcert=x"), &[("USER", "u")]).unwrap_err();
+        let err = resolve(Some("postgres://h/db?sslcrt=x"), &[("USER", "u")]).unwrap_err();
         assert!(
-            err.to_string().contains("unknown parameter \"sslcert\""),
+            err.to_string().contains("unknown parameter \"sslcrt\""),
             "{err}"
         );
 
@@ -1794,6 +2020,8 @@ mod tests {
 
     #[test]
     fn key_value_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = make_ca(dir.path());
         let config = resolve(
             Some("host=db.internal port = 6000 user=carol password='it''s \\'q\\' x' dbname=app sslmode=verify-ca"),
             &[("PGPASSWORD", "other")],
@@ -1803,7 +2031,7 @@ mod tests {
 
         let config = resolve(
             Some("host=db.internal port = 6000 user=carol password='it\\'s a \\\\ secret' dbname=app sslmode=verify-ca"),
-            &[("PGPASSWORD", "other")],
+            &[("PGPASSWORD", "other"), ("PGSSLROOTCERT", ca.to_str().unwrap())],
         )
         .unwrap();
         assert_eq!(config.host, "db.internal");
@@ -1924,7 +2152,15 @@ mod tests {
 
     #[test]
     fn tls_config_per_mode() {
-        let config = |url: &str| resolve(Some(url), &[("USER", "u")]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = make_ca(dir.path());
+        let config = |url: &str| {
+            resolve(
+                Some(url),
+                &[("USER", "u"), ("PGSSLROOTCERT", ca.to_str().unwrap())],
+            )
+            .unwrap()
+        };
         assert!(config("postgres://h/db?sslmode=disable")
             .tls_config()
             .unwrap()
@@ -2026,5 +2262,366 @@ mod tests {
         let err = config.connect_replication().await.unwrap_err();
         assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
         assert!(err.to_string().contains(".s.PGSQL.5432"), "{err}");
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(status.success(), "openssl {args:?}");
+    }
+
+    /// A self-signed CA certificate in `dir/ca.crt` (key `ca.key`, 0600).
+    fn make_ca(dir: &Path) -> PathBuf {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-nodes",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=test CA",
+            ],
+        );
+        dir.join("ca.crt")
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn verify_modes_need_a_root_certificate_as_libpq() {
+        // No sslrootcert and no ~/.postgresql/root.crt: verify-* is refused
+        // (libpq's rule; no silent fallback to some public roots).
+        for mode in ["verify-ca", "verify-full"] {
+            let err = resolve(
+                Some(&format!("postgres://h/db?sslmode={mode}")),
+                &[("USER", "u")],
+            )
+            .unwrap_err();
+            assert!(matches!(err, ConfigError::NoRootCert { .. }), "{err}");
+            let text = err.to_string();
+            for needle in [
+                mode,
+                "sslrootcert=system",
+                "PGSSLROOTCERT",
+                NO_HOME,
+                "root.crt",
+            ] {
+                assert!(text.contains(needle), "{needle:?} in {text}");
+            }
+        }
+        // ~/.postgresql/root.crt is used when it exists, in every mode.
+        let home = tempfile::tempdir().unwrap();
+        let dot = home.path().join(".postgresql");
+        std::fs::create_dir(&dot).unwrap();
+        let ca = make_ca(&dot);
+        std::fs::rename(&ca, dot.join("root.crt")).unwrap();
+        let home_var = home.path().to_str().unwrap();
+        for mode in ["prefer", "require", "verify-ca", "verify-full"] {
+            let config = resolve(
+                Some(&format!("postgres://h/db?sslmode={mode}")),
+                &[("USER", "u"), ("HOME", home_var)],
+            )
+            .unwrap();
+            assert_eq!(config.ssl_root_cert, Some(dot.join("root.crt")), "{mode}");
+            assert!(config.tls_config().unwrap().is_some());
+        }
+        // An sslrootcert given wins over the default file.
+        let config = resolve(
+            Some("postgres://h/db?sslmode=require&sslrootcert=/elsewhere/ca.crt"),
+            &[("USER", "u"), ("HOME", home_var)],
+        )
+        .unwrap();
+        assert_eq!(
+            config.ssl_root_cert,
+            Some(PathBuf::from("/elsewhere/ca.crt"))
+        );
+        // ... and, missing, means no verification for require (libpq), so
+        // the TLS configuration still builds.
+        assert!(config.tls_config().unwrap().is_some());
+    }
+
+    #[test]
+    fn sslrootcert_system_builds_with_the_os_store() {
+        let config = resolve(Some("postgres://h/db?sslrootcert=system"), &[("USER", "u")]).unwrap();
+        let tls = config.tls_config().unwrap().unwrap();
+        assert_eq!(tls.alpn_protocols, vec![b"postgresql".to_vec()]);
+    }
+
+    #[test]
+    fn passfile_is_found_as_libpq_finds_it() {
+        let home = tempfile::tempdir().unwrap();
+        let home_var = home.path().to_str().unwrap();
+        let pgpass = home.path().join(".pgpass");
+        std::fs::write(
+            &pgpass,
+            "db:5432:shop:bob:from-home\nlocalhost:5432:shop:bob:from-socket\n",
+        )
+        .unwrap();
+        chmod(&pgpass, 0o600);
+        let config = resolve(Some("postgres://bob@db/shop"), &[("HOME", home_var)]).unwrap();
+        assert_eq!(config.passfile, Some(pgpass.clone()));
+        assert_eq!(
+            config.password_for_connect().as_ref().map(|p| p.expose()),
+            Some("from-home")
+        );
+        // A given password wins; an empty one counts as none.
+        let config = resolve(Some("postgres://bob:given@db/shop"), &[("HOME", home_var)]).unwrap();
+        assert_eq!(
+            config.password_for_connect().as_ref().map(|p| p.expose()),
+            Some("given")
+        );
+        let config = resolve(
+            Some("postgres://bob@db/shop"),
+            &[("HOME", home_var), ("PGPASSWORD", "")],
+        )
+        .unwrap();
+        assert_eq!(
+            config.password_for_connect().as_ref().map(|p| p.expose()),
+            Some("from-home")
+        );
+        // The default socket directory is matched as localhost.
+        let config = resolve(Some("dbname=shop user=bob"), &[("HOME", home_var)]).unwrap();
+        assert!(config.is_unix_socket());
+        assert_eq!(
+            config.password_for_connect().as_ref().map(|p| p.expose()),
+            Some("from-socket")
+        );
+        // Another socket directory by its path.
+        let config = resolve(
+            Some("host=/sock dbname=shop user=bob"),
+            &[("HOME", home_var)],
+        )
+        .unwrap();
+        assert_eq!(config.password_for_connect(), None);
+
+        // PGPASSFILE, and passfile in the URL, over the default.
+        let other = home.path().join("other");
+        std::fs::write(&other, "*:*:*:*:from-other\n").unwrap();
+        chmod(&other, 0o600);
+        let other_var = other.to_str().unwrap();
+        let config = resolve(
+            Some("postgres://bob@db/shop"),
+            &[("HOME", home_var), ("PGPASSFILE", other_var)],
+        )
+        .unwrap();
+        assert_eq!(
+            config.password_for_connect().as_ref().map(|p| p.expose()),
+            Some("from-other")
+        );
+        let config = resolve(
+            Some(&format!(
+                "host=db dbname=shop user=bob passfile={other_var}"
+            )),
+            &[("HOME", home_var)],
+        )
+        .unwrap();
+        assert_eq!(config.passfile, Some(other.clone()));
+        assert_eq!(
+            config.password_for_connect().as_ref().map(|p| p.expose()),
+            Some("from-other")
+        );
+
+        // Group-readable: ignored (with a warning), as libpq.
+        chmod(&pgpass, 0o640);
+        let config = resolve(Some("postgres://bob@db/shop"), &[("HOME", home_var)]).unwrap();
+        assert_eq!(config.password_for_connect(), None);
+        // Edits are seen at the next connection (read each time).
+        chmod(&pgpass, 0o600);
+        assert_eq!(
+            config.password_for_connect().as_ref().map(|p| p.expose()),
+            Some("from-home")
+        );
+        // Never shown.
+        assert!(!config.describe().contains("from-home"));
+        assert!(!format!("{config:?}").contains("from-home"));
+    }
+
+    #[test]
+    fn client_certificate_settings_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        make_ca(d);
+        // ca.crt/ca.key serve as a client certificate here: the parsing
+        // and the checks do not care who signed it.
+        chmod(&d.join("ca.key"), 0o600);
+        let cert = d.join("ca.crt");
+        let key = d.join("ca.key");
+        let (cert_var, key_var) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+        let config = resolve(
+            Some(&format!(
+                "postgres://u@h/db?sslmode=require&sslcert={cert_var}&sslkey={key_var}"
+            )),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.ssl_cert.as_deref(), Some(cert.as_path()));
+        assert_eq!(config.ssl_key.as_deref(), Some(key.as_path()));
+        assert!(config
+            .tls_config()
+            .unwrap()
+            .unwrap()
+            .client_auth_cert_resolver
+            .has_certs());
+        let config = resolve(
+            Some("postgres://u@h/db?sslmode=require"),
+            &[("PGSSLCERT", cert_var), ("PGSSLKEY", key_var)],
+        )
+        .unwrap();
+        assert!(config
+            .tls_config()
+            .unwrap()
+            .unwrap()
+            .client_auth_cert_resolver
+            .has_certs());
+
+        // No certificate anywhere: none sent.
+        let config = resolve(Some("postgres://u@h/db?sslmode=require"), &[]).unwrap();
+        assert_eq!(config.ssl_cert, None);
+        assert!(!config
+            .tls_config()
+            .unwrap()
+            .unwrap()
+            .client_auth_cert_resolver
+            .has_certs());
+
+        // The defaults under HOME, when the certificate exists.
+        let home = tempfile::tempdir().unwrap();
+        let dot = home.path().join(".postgresql");
+        std::fs::create_dir(&dot).unwrap();
+        std::fs::copy(&cert, dot.join("postgresql.crt")).unwrap();
+        std::fs::copy(&key, dot.join("postgresql.key")).unwrap();
+        chmod(&dot.join("postgresql.key"), 0o600);
+        let home_var = home.path().to_str().unwrap();
+        let config = resolve(
+            Some("postgres://u@h/db?sslmode=require"),
+            &[("HOME", home_var)],
+        )
+        .unwrap();
+        assert_eq!(config.ssl_cert, Some(dot.join("postgresql.crt")));
+        assert_eq!(config.ssl_key, Some(dot.join("postgresql.key")));
+        assert!(config
+            .tls_config()
+            .unwrap()
+            .unwrap()
+            .client_auth_cert_resolver
+            .has_certs());
+
+        // A key others may read: refused at once.
+        chmod(&dot.join("postgresql.key"), 0o644);
+        let err = resolve(
+            Some("postgres://u@h/db?sslmode=require"),
+            &[("HOME", home_var)],
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::SslKey { .. }), "{err}");
+        assert!(err.to_string().contains("postgresql.key"), "{err}");
+        // Not used over a Unix socket or without TLS, so not read.
+        resolve(Some("host=/tmp user=u"), &[("HOME", home_var)]).unwrap();
+        resolve(
+            Some("postgres://u@h/db?sslmode=disable"),
+            &[("HOME", home_var)],
+        )
+        .unwrap();
+
+        // A key that does not belong to the certificate.
+        let other = tempfile::tempdir().unwrap();
+        make_ca(other.path());
+        let other_key = other.path().join("ca.key");
+        chmod(&other_key, 0o600);
+        let config = resolve(
+            Some(&format!(
+                "postgres://u@h/db?sslmode=require&sslcert={cert_var}&sslkey={}",
+                other_key.display()
+            )),
+            &[],
+        );
+        let err = config.and_then(|c| {
+            c.tls_config().map(|_| c).map_err(|e| match e {
+                ConnectError::Config(e) => e,
+                other => panic!("{other}"),
+            })
+        });
+        let err = err.unwrap_err();
+        assert!(matches!(err, ConfigError::SslKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn channel_binding_setting() {
+        let config = resolve(Some("postgres://u@h/db"), &[]).unwrap();
+        assert_eq!(config.channel_binding, ChannelBindingMode::Prefer);
+        let config = resolve(
+            Some("postgres://u@h/db?channel_binding=require&sslmode=require"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.channel_binding, ChannelBindingMode::Require);
+        let config = resolve(
+            Some("postgres://u@h/db"),
+            &[("PGCHANNELBINDING", "disable")],
+        )
+        .unwrap();
+        assert_eq!(config.channel_binding, ChannelBindingMode::Disable);
+        let err = resolve(Some("postgres://u@h/db?channel_binding=yes"), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("disable, prefer, require"),
+            "{err}"
+        );
+        // require cannot work without TLS: said at once.
+        let err = resolve(
+            Some("postgres://u@h/db?channel_binding=require&sslmode=disable"),
+            &[],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("channel binding needs TLS") && text.contains("sslmode"),
+            "{text}"
+        );
+        let err = resolve(Some("host=/tmp user=u channel_binding=require"), &[]).unwrap_err();
+        assert!(err.to_string().contains("Unix-socket"), "{err}");
+    }
+
+    #[test]
+    fn auth_errors_hint_at_what_to_fix() {
+        let auth = |text: &str| ConnectError::Auth {
+            user: "bob".into(),
+            source: text.to_owned().into(),
+        };
+        let text =
+            auth("connection requires a valid client certificate (SQLSTATE 28000)").to_string();
+        for needle in ["sslcert", "sslkey", "PGSSLCERT"] {
+            assert!(text.contains(needle), "{needle:?} in {text}");
+        }
+        let text = auth(
+            "channel_binding=require, but the server logged pg2sink in without channel binding",
+        )
+        .to_string();
+        assert!(text.contains("scram-sha-256"), "{text}");
+        let text = auth("password authentication failed").to_string();
+        assert!(
+            text.contains("PGPASSWORD") && text.contains("password file"),
+            "{text}"
+        );
     }
 }

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use crate::config::socket::Socket;
 
+use crate::config::channel_binding::{self, ChannelBindingMode};
 use crate::config::connection::{BoxError, ConnectError, ConnectionConfig};
 
 /// The largest message accepted from the server: PostgreSQL's own limit for
@@ -329,6 +330,19 @@ struct Startup<'a> {
     password: Option<&'a str>,
     dbname: &'a str,
     application_name: &'a str,
+    /// The channel_binding setting.
+    channel_binding: ChannelBindingMode,
+    /// What TLS gives channel binding on this connection.
+    tls: TlsBinding,
+}
+
+/// Whether the connection runs over TLS and, if so, the server
+/// certificate's `tls-server-end-point` data (`None` when its signature
+/// algorithm names no usable hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TlsBinding {
+    Plaintext,
+    Tls { server_end_point: Option<Vec<u8>> },
 }
 
 /// A walsender connection in logical replication mode, ready for commands.
@@ -375,15 +389,18 @@ impl ReplicationConnection {
 
     async fn connect_unbounded(config: &ConnectionConfig) -> Result<Self, ConnectError> {
         let socket = config.open_socket().await?;
-        let io: Box<dyn Transport> = match socket {
-            Socket::Unix(unix) => Box::new(unix),
+        let (io, tls): (Box<dyn Transport>, TlsBinding) = match socket {
+            Socket::Unix(unix) => (Box::new(unix), TlsBinding::Plaintext),
             Socket::Tcp(tcp) => negotiate_tls(tcp, config).await?,
         };
+        let password = config.password_for_connect();
         let startup = Startup {
             user: &config.user,
-            password: config.password.as_ref().map(|p| p.expose()),
+            password: password.as_ref().map(|p| p.expose()),
             dbname: &config.dbname,
             application_name: &config.application_name,
+            channel_binding: config.channel_binding,
+            tls,
         };
         Self::handshake(io, &startup).await
     }
@@ -774,13 +791,14 @@ impl ReplicationStream {
     }
 }
 
-/// SSLRequest and the TLS handshake per sslmode, on a fresh TCP stream.
+/// SSLRequest and the TLS handshake per sslmode, on a fresh TCP stream;
+/// also what the TLS session gives channel binding.
 async fn negotiate_tls(
     mut tcp: TcpStream,
     config: &ConnectionConfig,
-) -> Result<Box<dyn Transport>, ConnectError> {
+) -> Result<(Box<dyn Transport>, TlsBinding), ConnectError> {
     let Some(tls) = config.tls_config()? else {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), TlsBinding::Plaintext));
     };
     let server_name = config.tls_server_name()?;
     let mut request = BytesMut::new();
@@ -806,9 +824,15 @@ async fn negotiate_tls(
                     source,
                 }
             })?;
-            Ok(Box::new(stream))
+            let server_end_point = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|certificate| channel_binding::tls_server_end_point(certificate));
+            Ok((Box::new(stream), TlsBinding::Tls { server_end_point }))
         }
-        b'N' if config.ssl_mode.allows_plaintext() => Ok(Box::new(tcp)),
+        b'N' if config.ssl_mode.allows_plaintext() => Ok((Box::new(tcp), TlsBinding::Plaintext)),
         b'N' => Err(ConnectError::Tls {
             target: config.target(),
             source: format!(
@@ -837,7 +861,21 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
         user: startup.user.to_owned(),
         source: reason.into(),
     };
+    let require_binding = startup.channel_binding == ChannelBindingMode::Require;
+    // As libpq with channel_binding=require: answer no request that is not
+    // SCRAM (it could leak the password to whoever stands in the middle).
+    let refuse_unbound = |what: &str| -> Result<(), ConnectError> {
+        if require_binding {
+            return Err(auth_error(format!(
+                "channel_binding=require, but the server asks for {what}, which has no channel \
+                 binding"
+            )));
+        }
+        Ok(())
+    };
     let mut scram: Option<ScramSha256> = None;
+    let mut plus = false;
+    let mut channel_bound = false;
     loop {
         let frame = wire.read_frame().await?;
         let message = match frame {
@@ -845,13 +883,26 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
             other => return Err(unexpected(&other, "authentication")),
         };
         match message {
-            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationOk => {
+                // A server that let us in without SCRAM-SHA-256-PLUS (trust,
+                // cert, ...) was not authenticated by channel binding.
+                if require_binding && !channel_bound {
+                    return Err(auth_error(
+                        "channel_binding=require, but the server logged pg2sink in without \
+                         channel binding"
+                            .into(),
+                    ));
+                }
+                return Ok(());
+            }
             Message::AuthenticationCleartextPassword => {
+                refuse_unbound("a cleartext password")?;
                 let password = need_password(startup)?;
                 wire.queue(|buf| frontend::password_message(password.as_bytes(), buf))?;
                 wire.flush().await?;
             }
             Message::AuthenticationMd5Password(body) => {
+                refuse_unbound("an MD5 password")?;
                 let password = need_password(startup)?;
                 let hash = md5_hash(startup.user.as_bytes(), password.as_bytes(), body.salt());
                 wire.queue(|buf| frontend::password_message(hash.as_bytes(), buf))?;
@@ -865,23 +916,14 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
                     .map_err(|e| {
                         ConnectError::Protocol(format!("malformed AuthenticationSASL: {e}"))
                     })?;
-                if !offered
-                    .iter()
-                    .any(|mechanism| mechanism == sasl::SCRAM_SHA_256)
-                {
-                    return Err(auth_error(format!(
-                        "the server offers only SASL mechanisms pg2sink does not support: {}",
-                        offered.join(", ")
-                    )));
-                }
+                let (mechanism, binding) = choose_scram(&offered, startup)?;
                 let password = need_password(startup)?;
-                // Plain SCRAM-SHA-256 without channel binding ("n" flag), even
-                // if the -PLUS variant is offered.
-                let exchange = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                let exchange = ScramSha256::new(password.as_bytes(), binding);
                 wire.queue(|buf| {
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, exchange.message(), buf)
+                    frontend::sasl_initial_response(mechanism, exchange.message(), buf)
                 })?;
                 wire.flush().await?;
+                plus = mechanism == sasl::SCRAM_SHA_256_PLUS;
                 scram = Some(exchange);
             }
             Message::AuthenticationSaslContinue(body) => {
@@ -901,6 +943,7 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
                 exchange.finish(body.data()).map_err(|e| {
                     auth_error(format!("the server's SCRAM signature did not verify: {e}"))
                 })?;
+                channel_bound = plus;
             }
             Message::ErrorResponse(body) => {
                 return Err(ConnectError::from_server(
@@ -927,6 +970,81 @@ async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), Conn
             other => return Err(unexpected(&Frame::Message(other), "authentication")),
         }
     }
+}
+
+/// The SASL mechanism and channel-binding flag, as libpq chooses them:
+/// SCRAM-SHA-256-PLUS with the server certificate's hash when the server
+/// offers it over TLS and channel_binding is not `disable`; else
+/// SCRAM-SHA-256, telling the server (flag `y`) that pg2sink could have
+/// bound the channel when it runs TLS with binding enabled, so a server
+/// whose -PLUS offer was stripped in transit refuses the login.
+fn choose_scram(
+    offered: &[String],
+    startup: &Startup<'_>,
+) -> Result<(&'static str, ChannelBinding), ConnectError> {
+    let auth_error = |reason: String| ConnectError::Auth {
+        user: startup.user.to_owned(),
+        source: reason.into(),
+    };
+    let offers = |name: &str| offered.iter().any(|mechanism| mechanism == name);
+    let wanted = startup.channel_binding != ChannelBindingMode::Disable;
+    let require = startup.channel_binding == ChannelBindingMode::Require;
+    if offers(sasl::SCRAM_SHA_256_PLUS) {
+        match &startup.tls {
+            // Postgres offers -PLUS only over TLS: seen in plaintext, TLS
+            // was stripped by something in between (libpq refuses too).
+            TlsBinding::Plaintext => {
+                return Err(auth_error(
+                    "the server offers SCRAM-SHA-256-PLUS over a connection without TLS; \
+                     something between pg2sink and the server may have removed TLS"
+                        .into(),
+                ))
+            }
+            TlsBinding::Tls {
+                server_end_point: Some(data),
+            } if wanted => {
+                return Ok((
+                    sasl::SCRAM_SHA_256_PLUS,
+                    ChannelBinding::tls_server_end_point(data.clone()),
+                ));
+            }
+            TlsBinding::Tls {
+                server_end_point: None,
+            } if require => {
+                return Err(auth_error(
+                    "channel_binding=require, but the server's certificate has a signature \
+                     algorithm without a hash for channel binding (tls-server-end-point)"
+                        .into(),
+                ))
+            }
+            TlsBinding::Tls { .. } => {}
+        }
+    }
+    if require {
+        return Err(auth_error(format!(
+            "channel_binding=require, but the server does not offer channel binding \
+             (SCRAM-SHA-256-PLUS){}; it offers: {}",
+            if startup.tls == TlsBinding::Plaintext {
+                " and the connection does not use TLS"
+            } else {
+                ""
+            },
+            offered.join(", ")
+        )));
+    }
+    if !offers(sasl::SCRAM_SHA_256) {
+        return Err(auth_error(format!(
+            "the server offers only SASL mechanisms pg2sink does not support: {}",
+            offered.join(", ")
+        )));
+    }
+    let binding = match &startup.tls {
+        TlsBinding::Tls { .. } if wanted && !offers(sasl::SCRAM_SHA_256_PLUS) => {
+            ChannelBinding::unrequested()
+        }
+        _ => ChannelBinding::unsupported(),
+    };
+    Ok((sasl::SCRAM_SHA_256, binding))
 }
 
 /// `15.18 (Debian 15.18-1.pgdg120+1)` → 150018, `17devel` → 170000,
@@ -1088,6 +1206,8 @@ mod tests {
             password,
             dbname: "shop",
             application_name: "pg2sink",
+            channel_binding: ChannelBindingMode::Prefer,
+            tls: TlsBinding::Plaintext,
         }
     }
 
@@ -1459,6 +1579,287 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ConnectError::Io(_)), "{err:?}");
         assert!(err.is_transient());
+    }
+
+    // ---- SCRAM-SHA-256(-PLUS) on the fake server's side (RFC 5802) ----
+
+    const SCRAM_PASSWORD: &str = "pw";
+
+    fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        ring::hmac::sign(&key, data).as_ref().to_vec()
+    }
+
+    /// What the client sent, for the test to check.
+    struct ScramSeen {
+        mechanism: String,
+        gs2_header: String,
+        channel_binding: Vec<u8>,
+    }
+
+    /// Offers `offered`, runs the exchange the client starts and checks its
+    /// proof; `end_point` is the channel-binding data the server expects
+    /// with -PLUS. Ends with AuthenticationOk and ReadyForQuery.
+    async fn scram_server(
+        server: &mut DuplexStream,
+        offered: &[&str],
+        end_point: &[u8],
+    ) -> ScramSeen {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        read_startup(server).await;
+        let mut list = Vec::new();
+        for mechanism in offered {
+            list.extend(cstr(mechanism));
+        }
+        list.push(0);
+        server.write_all(&auth(10, &list)).await.unwrap();
+
+        let (tag, body) = read_message(server).await;
+        assert_eq!(tag, b'p');
+        let nul = body.iter().position(|b| *b == 0).unwrap();
+        let mechanism = String::from_utf8(body[..nul].to_vec()).unwrap();
+        let client_first = String::from_utf8(body[nul + 5..].to_vec()).unwrap();
+        // gs2-header is "<flag>,<authzid>," then the bare message.
+        let mut commas = client_first.match_indices(',').map(|(i, _)| i);
+        let _ = commas.next().unwrap();
+        let header_end = commas.next().unwrap() + 1;
+        let gs2_header = client_first[..header_end].to_owned();
+        let client_first_bare = &client_first[header_end..];
+        let client_nonce = client_first_bare.split("r=").nth(1).unwrap().to_owned();
+
+        let salt = b"0123456789abcdef";
+        let iterations = 4096_u32;
+        let server_first = format!(
+            "r={client_nonce}srvnonce,s={},i={iterations}",
+            b64.encode(salt)
+        );
+        server
+            .write_all(&auth(11, server_first.as_bytes()))
+            .await
+            .unwrap();
+
+        let (tag, body) = read_message(server).await;
+        assert_eq!(tag, b'p');
+        let client_final = String::from_utf8(body).unwrap();
+        let (without_proof, proof) = client_final.rsplit_once(",p=").unwrap();
+        let c = without_proof
+            .strip_prefix("c=")
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        let channel_binding = b64.decode(c).unwrap();
+        let expected_binding = if mechanism == sasl::SCRAM_SHA_256_PLUS {
+            [gs2_header.as_bytes(), end_point].concat()
+        } else {
+            gs2_header.as_bytes().to_vec()
+        };
+        if channel_binding != expected_binding {
+            // As Postgres: "SCRAM channel binding check failed".
+            server
+                .write_all(&error_response(
+                    "FATAL",
+                    "28000",
+                    "SCRAM channel binding check failed",
+                    None,
+                ))
+                .await
+                .unwrap();
+            return ScramSeen {
+                mechanism,
+                gs2_header,
+                channel_binding,
+            };
+        }
+
+        let mut salted = [0_u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(iterations).unwrap(),
+            salt,
+            SCRAM_PASSWORD.as_bytes(),
+            &mut salted,
+        );
+        let client_key = hmac(&salted, b"Client Key");
+        let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
+        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let client_signature = hmac(stored_key.as_ref(), auth_message.as_bytes());
+        let expected_proof: Vec<u8> = client_key
+            .iter()
+            .zip(&client_signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        assert_eq!(b64.decode(proof).unwrap(), expected_proof, "client proof");
+        let server_key = hmac(&salted, b"Server Key");
+        let server_signature = hmac(&server_key, auth_message.as_bytes());
+        let mut reply = auth(12, format!("v={}", b64.encode(server_signature)).as_bytes());
+        reply.extend(auth(0, &[]));
+        reply.extend(ready());
+        server.write_all(&reply).await.unwrap();
+        ScramSeen {
+            mechanism,
+            gs2_header,
+            channel_binding,
+        }
+    }
+
+    fn startup_with(mode: ChannelBindingMode, tls: TlsBinding) -> Startup<'static> {
+        Startup {
+            channel_binding: mode,
+            tls,
+            ..startup(Some(SCRAM_PASSWORD))
+        }
+    }
+
+    /// Runs a login against [`scram_server`]; the client's result and what
+    /// the server saw.
+    async fn scram_login(
+        mode: ChannelBindingMode,
+        tls: TlsBinding,
+        offered: &'static [&'static str],
+    ) -> (Result<(), ConnectError>, ScramSeen) {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let server_task =
+            tokio::spawn(async move { scram_server(&mut server, offered, b"cert-hash").await });
+        let result = ReplicationConnection::handshake(Box::new(client), &startup_with(mode, tls))
+            .await
+            .map(|_| ());
+        (result, server_task.await.unwrap())
+    }
+
+    const BOTH: &[&str] = &["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
+    const PLAIN_ONLY: &[&str] = &["SCRAM-SHA-256"];
+
+    fn tls_with(hash: Option<&[u8]>) -> TlsBinding {
+        TlsBinding::Tls {
+            server_end_point: hash.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[tokio::test]
+    async fn scram_plus_binds_the_channel_when_offered_over_tls() {
+        for mode in [ChannelBindingMode::Prefer, ChannelBindingMode::Require] {
+            let (result, seen) = scram_login(mode, tls_with(Some(b"cert-hash")), BOTH).await;
+            result.unwrap();
+            assert_eq!(seen.mechanism, "SCRAM-SHA-256-PLUS", "{mode}");
+            assert_eq!(seen.gs2_header, "p=tls-server-end-point,,");
+            assert_eq!(seen.channel_binding, b"p=tls-server-end-point,,cert-hash");
+        }
+        // The server computes another hash (another certificate: a man in
+        // the middle): it refuses, and so the login fails.
+        let (client, mut server) = tokio::io::duplex(4096);
+        tokio::spawn(async move { scram_server(&mut server, BOTH, b"other-hash").await });
+        let err = ReplicationConnection::handshake(
+            Box::new(client),
+            &startup_with(ChannelBindingMode::Prefer, tls_with(Some(b"cert-hash"))),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("channel binding check failed"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn scram_without_binding_tells_the_server_why() {
+        // TLS, binding possible, but the server offers no -PLUS: "y".
+        let (result, seen) =
+            scram_login(ChannelBindingMode::Prefer, tls_with(Some(b"h")), PLAIN_ONLY).await;
+        result.unwrap();
+        assert_eq!(
+            (seen.mechanism.as_str(), seen.gs2_header.as_str()),
+            ("SCRAM-SHA-256", "y,,")
+        );
+        // Disabled: "n", even when -PLUS is offered.
+        let (result, seen) =
+            scram_login(ChannelBindingMode::Disable, tls_with(Some(b"h")), BOTH).await;
+        result.unwrap();
+        assert_eq!(
+            (seen.mechanism.as_str(), seen.gs2_header.as_str()),
+            ("SCRAM-SHA-256", "n,,")
+        );
+        // No usable hash for the certificate (Ed25519): "n".
+        let (result, seen) = scram_login(ChannelBindingMode::Prefer, tls_with(None), BOTH).await;
+        result.unwrap();
+        assert_eq!(seen.gs2_header, "n,,");
+        // Plaintext: "n".
+        let (result, seen) = scram_login(
+            ChannelBindingMode::Prefer,
+            TlsBinding::Plaintext,
+            PLAIN_ONLY,
+        )
+        .await;
+        result.unwrap();
+        assert_eq!(seen.gs2_header, "n,,");
+    }
+
+    /// A fake server that sends `first` and then reads whatever comes.
+    async fn refused_login(startup: Startup<'static>, first: Vec<u8>) -> (ConnectError, Vec<u8>) {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let server_task = tokio::spawn(async move {
+            read_startup(&mut server).await;
+            server.write_all(&first).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = server.read_to_end(&mut rest).await;
+            rest
+        });
+        let err = ReplicationConnection::handshake(Box::new(client), &startup)
+            .await
+            .unwrap_err();
+        (err, server_task.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn channel_binding_require_refuses_everything_else() {
+        let require = |tls| startup_with(ChannelBindingMode::Require, tls);
+        let sasl = |offered: &[&str]| {
+            let mut list = Vec::new();
+            for mechanism in offered {
+                list.extend(cstr(mechanism));
+            }
+            list.push(0);
+            auth(10, &list)
+        };
+        // No -PLUS offered.
+        let (err, sent) = refused_login(require(tls_with(Some(b"h"))), sasl(PLAIN_ONLY)).await;
+        assert!(matches!(err, ConnectError::Auth { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("does not offer channel binding"),
+            "{err}"
+        );
+        assert!(
+            sent.is_empty() || sent[0] == b'X',
+            "nothing but Terminate: {sent:?}"
+        );
+        // Not TLS.
+        let (err, _) = refused_login(require(TlsBinding::Plaintext), sasl(PLAIN_ONLY)).await;
+        assert!(err.to_string().contains("does not use TLS"), "{err}");
+        // The certificate's hash is unknown.
+        let (err, _) = refused_login(require(tls_with(None)), sasl(BOTH)).await;
+        assert!(err.to_string().contains("signature algorithm"), "{err}");
+        // Passwords without SCRAM: not even sent.
+        for (request, what) in [(auth(3, &[]), "cleartext"), (auth(5, &[1, 2, 3, 4]), "MD5")] {
+            let (err, sent) = refused_login(require(tls_with(Some(b"h"))), request).await;
+            assert!(err.to_string().contains(what), "{err}");
+            assert!(
+                !sent.windows(2).any(|w| w == SCRAM_PASSWORD.as_bytes()),
+                "the password was sent: {sent:?}"
+            );
+        }
+        // Let in without authentication (trust, cert): not bound.
+        let mut ok = auth(0, &[]);
+        ok.extend(ready());
+        let (err, _) = refused_login(require(tls_with(Some(b"h"))), ok).await;
+        assert!(err.to_string().contains("without channel binding"), "{err}");
+        // -PLUS seen over plaintext: TLS was stripped in between.
+        let (err, _) = refused_login(
+            startup_with(ChannelBindingMode::Prefer, TlsBinding::Plaintext),
+            sasl(BOTH),
+        )
+        .await;
+        assert!(err.to_string().contains("removed TLS"), "{err}");
     }
 
     #[test]
