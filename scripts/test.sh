@@ -17,7 +17,7 @@
 #
 # The core suites are what depends on the server's version: streaming,
 # imports, types, set-up errors, failover slots, security, libpq's files and
-# TLS options, the harness. The sink and operations suites talk to Postgres
+# TLS options, user-managed publications, silent networks, the harness. The sink and operations suites talk to Postgres
 # through the same code and run on the default version.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +40,7 @@ parallel=${PG2SINK_TEST_PARALLEL:-2}
 # A filtered run is for one version; the matrix is for the whole suite.
 [[ ${#filters[@]} -eq 0 ]] || others=""
 others=$(for v in $others; do [[ $v == "$version" ]] || echo "$v"; done | xargs)
-core_filters=(streaming:: imports:: types:: errors:: failover:: security:: libpq:: harness_selftest:: publications::)
+core_filters=(streaming:: imports:: types:: errors:: failover:: security:: libpq:: harness_selftest:: publications:: silence::)
 
 started=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - started ))s"; }

@@ -206,6 +206,7 @@ async fn run_active(
             &slot.name,
             &args.source.subscription_name,
             slot.confirmed_flush,
+            args.replication_timeout.fixed(),
             shutdown,
         )
         .await
@@ -480,24 +481,39 @@ async fn decode_only(
     slot: &str,
     publication: &str,
     start: Lsn,
+    silence: Option<Duration>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let conn = connection.connect_replication().await?;
+    let mut conn = connection.connect_replication().await?;
+    let silence = match silence {
+        Some(limit) => limit,
+        None => auto_silence(server_wal_sender_timeout(&mut conn).await),
+    };
     let mut stream: ReplicationStream = conn
         .start_replication(&start_replication_sql(slot, publication, start))
         .await?;
-    let mut status = tokio::time::interval(Duration::from_secs(10));
+    let mut status = tokio::time::interval((silence / 3).min(Duration::from_secs(10)));
     let mut received = start;
+    let mut heard = tokio::time::Instant::now();
     let mut out = std::io::stdout().lock();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = status.tick() => {
+                // As the streaming session: a quiet server is asked to
+                // answer, and one silent for the whole bound is dead.
+                if heard.elapsed() >= silence {
+                    return Err(crate::source::replication::silent(silence));
+                }
+                let ask = heard.elapsed() >= silence / 3;
                 // Keeps the connection alive; flush stays at the start.
-                let s = walframe::encode_standby_status(received, start, start, PgTimestamp::now(), false);
-                stream.send_payload(&s).await?;
+                let s = walframe::encode_standby_status(received, start, start, PgTimestamp::now(), ask);
+                tokio::time::timeout(silence, stream.send_payload(&s))
+                    .await
+                    .map_err(|_| crate::source::replication::silent(silence))??;
             }
             payload = stream.next_payload() => {
+                heard = tokio::time::Instant::now();
                 let Some(payload) = payload? else { return Err(Error::StreamEnded) };
                 match walframe::decode_frame(payload)? {
                     WalFrame::Keepalive { wal_end, reply_requested, .. } => {

@@ -683,7 +683,7 @@ impl<'a> Session<'a> {
 
 /// The error for a replication connection that stayed silent too long:
 /// transient, so the stream reconnects.
-fn silent(limit: Duration) -> Error {
+pub(crate) fn silent(limit: Duration) -> Error {
     Error::Connect(crate::config::connection::ConnectError::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!(
