@@ -1626,7 +1626,13 @@ mod tests {
         let header_end = commas.next().unwrap() + 1;
         let gs2_header = client_first[..header_end].to_owned();
         let client_first_bare = &client_first[header_end..];
-        let client_nonce = client_first_bare.split("r=").nth(1).unwrap().to_owned();
+        // The attribute, not the first "r=" anywhere: a random nonce may
+        // itself contain "r=" (it never contains a comma).
+        let client_nonce = client_first_bare
+            .split(',')
+            .find_map(|attribute| attribute.strip_prefix("r="))
+            .unwrap()
+            .to_owned();
 
         let salt = b"0123456789abcdef";
         let iterations = 4096_u32;
@@ -1763,7 +1769,6 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "failed once under a loaded full run (the fake server read EOF); cause not found yet. The rules it checks are covered against a real server by libpq::channel_binding_require_streams_with_scram_plus_over_tls_and_refuses_otherwise"]
     async fn scram_without_binding_tells_the_server_why() {
         // TLS, binding possible, but the server offers no -PLUS: "y".
         let (result, seen) =
