@@ -135,13 +135,13 @@ impl AsyncWrite for Socket {
 }
 
 /// A stream that fails reads with `TimedOut` once it has written something
-/// and then read nothing for `limit`. An idle connection (nothing sent
+/// and then, since its last write, read nothing for `limit`. An idle connection (nothing sent
 /// since the last answer) is never timed out, so pooled connections can
 /// wait between queries as long as they like.
 pub struct Silence<S> {
     inner: S,
     limit: Option<Duration>,
-    /// Set by a write while no answer has come since: when the wait began.
+    /// Set by each write, cleared by any answer: when the wait began.
     waiting_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -208,7 +208,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Silence<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) && this.waiting_since.is_none() {
+        // Silence counts from the last write: a long upload (COPY FROM
+        // STDIN) keeps the bound from firing while it is still sending.
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             this.waiting_since = Some(Instant::now());
         }
         result
