@@ -824,7 +824,13 @@ fn parse_auto_duration(text: &str) -> Result<AutoDuration, String> {
     if text.trim() == "auto" {
         return Ok(AutoDuration::Auto);
     }
-    humantime::parse_duration(text)
-        .map(AutoDuration::Fixed)
-        .map_err(|e| format!("{e} (expected a duration such as 30s, or auto)"))
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected a duration such as 30s, or auto)"))?;
+    if duration < Duration::from_secs(1) {
+        return Err(
+            "must be at least 1s (or auto): shorter would take a quiet server for a dead one"
+                .into(),
+        );
+    }
+    Ok(AutoDuration::Fixed(duration))
 }

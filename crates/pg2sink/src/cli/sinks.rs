@@ -125,6 +125,7 @@ pub fn postgres_config(args: &StreamArgs) -> PostgresSinkConfig {
         stream: crate::source::catalog::slot_name_for(&args.source.subscription_name, &database),
         batch_rows: a.postgres_batch_rows as usize,
         retry: retry_policy(args),
+        silence_timeout: Some(args.silence_timeout).filter(|d| !d.is_zero()),
         ..PostgresSinkConfig::default()
     }
 }

@@ -21,7 +21,7 @@ use crate::source::connection::ReplicationStream;
 use crate::source::ha::{self, set_role, Role};
 use crate::source::pgoutput::{self, PgTimestamp};
 use crate::source::replication::{
-    auto_silence, parse_pg_duration, start_replication_sql, Progress, Session,
+    auto_silence, parse_pg_duration, start_replication_sql, Progress, Session, DEFAULT_SILENCE,
 };
 use crate::source::subscription::SubscriptionManager;
 use crate::source::types::TypeRegistry;
@@ -312,16 +312,32 @@ async fn stream_to_sink(
             let result = loop {
                 let streamed_from = (progress.forwarded, progress.confirmed);
                 let attempt = async {
-                    let mut conn = connection.connect_replication().await?;
-                    if let Some(pid) = conn.backend_pid() {
-                        ha::remember_own_backend(pid);
-                    }
-                    let silence = match replication_timeout {
-                        Some(limit) => limit,
-                        None => auto_silence(server_wal_sender_timeout(&mut conn).await),
-                    };
-                    let sql = start_replication_sql(&slot, &publication, progress.confirmed);
-                    let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
+                    // Connecting and starting is bounded too: a server that
+                    // accepts the socket and then says nothing must not
+                    // hold the stream up for ever.
+                    let bound = replication_timeout.unwrap_or(DEFAULT_SILENCE);
+                    let (stream, silence) = tokio::time::timeout(bound, async {
+                        let mut conn = connection.connect_replication().await?;
+                        if let Ok(rows) = conn.simple_query(ha::BACKEND_IDENTITY_SQL).await {
+                            if let (Some(pid), Some(started)) = (
+                                rows.first()
+                                    .and_then(|r| r.get_index(0))
+                                    .and_then(|p| p.parse().ok()),
+                                rows.first().and_then(|r| r.get_index(1)),
+                            ) {
+                                ha::remember_own_backend(pid, started.to_owned());
+                            }
+                        }
+                        let silence = match replication_timeout {
+                            Some(limit) => limit,
+                            None => auto_silence(server_wal_sender_timeout(&mut conn).await),
+                        };
+                        let sql = start_replication_sql(&slot, &publication, progress.confirmed);
+                        let stream = conn.start_replication(&sql).await.map_err(Error::from)?;
+                        Ok::<_, Error>((stream, silence))
+                    })
+                    .await
+                    .map_err(|_| crate::source::replication::silent(bound))??;
                     Session::new(
                         stream,
                         &events,

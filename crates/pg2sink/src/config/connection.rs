@@ -617,6 +617,13 @@ impl ConnectionConfig {
             Some((value, origin)) => TargetSessionAttrs::parse(&value, origin)?,
             None => TargetSessionAttrs::default(),
         };
+        // With several hosts, "any" could land on a standby after a
+        // failover; pg2sink writes and its slot and HA lock live on the
+        // primary, so it always looks for the primary there.
+        let target_session_attrs = match target_session_attrs {
+            TargetSessionAttrs::Any if endpoints.len() > 1 => TargetSessionAttrs::Primary,
+            other => other,
+        };
         let mut tcp = TcpSettings::default();
         if let Some((value, origin)) = given_only("keepalives") {
             tcp.keepalives = parse_whole("keepalives", &value, origin)? != 0;
@@ -1051,9 +1058,23 @@ impl ConnectionConfig {
     {
         let (client, connection) = connected.map_err(|e| self.map_pg_error(e))?;
         let target = self.target();
+        let cancel = client.cancel_token();
+        let config = self.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!(%target, %error, "query connection to Postgres ended with an error");
+                // Given up for silence: if the server is in fact alive (a
+                // long lock wait, a slow statement), its backend would go on
+                // with the request nobody waits for; ask it to stop.
+                if is_silence(&error) {
+                    if let Ok(socket) = config.open_socket().await {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            cancel.cancel_query_raw(socket, tokio_postgres::NoTls),
+                        )
+                        .await;
+                    }
+                }
             }
         });
         Ok(client)
@@ -1348,6 +1369,18 @@ fn os_user_from_uid() -> Option<String> {
         let entry_uid: u32 = fields.nth(1)?.parse().ok()?;
         (entry_uid == uid && !name.is_empty()).then(|| name.to_owned())
     })
+}
+
+/// Whether a query connection ended because its silence bound passed.
+fn is_silence(error: &tokio_postgres::Error) -> bool {
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::TimedOut;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A whole, non-negative number, as libpq's integer parameters.

@@ -60,28 +60,38 @@ const CLOSED_POLL: Duration = Duration::from_millis(100);
 /// ends a lock session whose client has been silent this long.
 const LOCK_IDLE_LIMIT: &str = "30s";
 
-/// Backends this process opened that may outlive a silent connection:
-/// lock sessions and walsenders, by pid.
-static OWN_BACKENDS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+/// Backends this process opened that may outlive a silent connection
+/// (lock sessions and walsenders): pid and `backend_start`, since a pid
+/// alone is reused (by the next backend, or after a server restart).
+static OWN_BACKENDS: std::sync::Mutex<Vec<(i32, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The query that identifies the backend a connection runs on, for
+/// [`remember_own_backend`]; also valid on a walsender connection.
+pub const BACKEND_IDENTITY_SQL: &str =
+    "select pg_backend_pid(), backend_start::text from pg_stat_activity where pid = pg_backend_pid()";
 
 /// Notes a backend of this process (a lock session or a walsender), so that
 /// if its connection goes silent this process may end it when it returns.
-pub fn remember_own_backend(pid: i32) {
+pub fn remember_own_backend(pid: i32, started: String) {
     let mut own = OWN_BACKENDS.lock().unwrap_or_else(|e| e.into_inner());
-    if !own.contains(&pid) {
+    if !own.iter().any(|(p, s)| *p == pid && *s == started) {
         // Bounded: only the newest matter, older ones are long gone.
         if own.len() >= 64 {
             own.remove(0);
         }
-        own.push(pid);
+        own.push((pid, started));
     }
 }
 
-fn is_own_backend(pid: i32) -> bool {
+/// When this process's backend `pid` started, if `pid` was one of its own.
+fn own_backend_start(pid: i32) -> Option<String> {
     OWN_BACKENDS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .contains(&pid)
+        .iter()
+        .rev()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, started)| started.clone())
 }
 
 /// Ends this process's own stale walsender if it still streams `slot`
@@ -98,27 +108,36 @@ pub async fn end_own_stale_walsender(client: &Client, slot: &str) -> bool {
         Ok(row) => row.and_then(|r| r.get(0)),
         Err(_) => None,
     };
-    match pid {
-        Some(pid) if is_own_backend(pid) => {
-            terminate(
-                client,
-                pid,
-                "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $2 and active_pid = $1",
-                slot,
-                "walsender",
-            )
-            .await
-        }
-        _ => false,
-    }
+    let Some((pid, started)) = pid.and_then(|pid| own_backend_start(pid).map(|s| (pid, s))) else {
+        return false;
+    };
+    terminate(
+        client,
+        (pid, &started),
+        "select pg_terminate_backend(s.active_pid) from pg_replication_slots s
+           join pg_stat_activity a on a.pid = s.active_pid
+          where s.slot_name = $2 and s.active_pid = $1 and a.backend_start::text = $3",
+        slot,
+        "walsender",
+    )
+    .await
 }
 
-/// Runs `sql` (`$1` the pid, `$2` what identifies it as ours) to end a
-/// stale backend of this process; logs the outcome.
-async fn terminate(client: &Client, pid: i32, sql: &str, what: &str, kind: &str) -> bool {
-    match client.query_opt(sql, &[&pid, &what]).await {
+/// Runs `sql` (`$1` the pid, `$2` what identifies it as ours, `$3` its
+/// `backend_start`) to end a stale backend of this process; logs the
+/// outcome. After ending one it waits a moment: the backend takes a little
+/// while to exit and release what it held.
+async fn terminate(
+    client: &Client,
+    (pid, started): (i32, &str),
+    sql: &str,
+    what: &str,
+    kind: &str,
+) -> bool {
+    match client.query_opt(sql, &[&pid, &what, &started]).await {
         Ok(Some(row)) if row.get::<_, Option<bool>>(0) == Some(true) => {
             tracing::warn!(pid, kind, "ended this process's own stale {kind} (its connection went silent; the server had not noticed)");
+            tokio::time::sleep(Duration::from_millis(200)).await;
             true
         }
         Ok(_) => false,
@@ -233,16 +252,19 @@ pub async fn acquire(
                         let holder = holder(&client, key).await.ok().flatten();
                         if let Some(stale) = holder
                             .as_ref()
-                            .map(|h| h.pid)
-                            .filter(|pid| is_own_backend(*pid))
+                            .and_then(|h| own_backend_start(h.pid).map(|s| (h.pid, s)))
                         {
                             let sql = format!(
-                                "select pg_terminate_backend(l.pid) from pg_locks l where l.pid = $1 and l.locktype = 'advisory' and l.granted and l.objsubid = 2 and l.classid::bigint = {} and l.objid::bigint = $2::text::bigint",
+                                "select pg_terminate_backend(l.pid) from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                                  where l.pid = $1 and l.locktype = 'advisory' and l.granted and l.objsubid = 2
+                                    and l.classid::bigint = {} and l.objid::bigint = $2::text::bigint
+                                    and l.database = (select oid from pg_database where datname = current_database())
+                                    and a.backend_start::text = $3",
                                 i64::from(LOCK_CLASS as u32)
                             );
                             let ended = terminate(
                                 &client,
-                                stale,
+                                (stale.0, &stale.1),
                                 &sql,
                                 &i64::from(key as u32).to_string(),
                                 "lock session",
@@ -280,8 +302,8 @@ pub async fn acquire(
                     ))
                     .await
                     .map_err(query("resetting lock_timeout"))?;
-                if let Ok(row) = client.query_one("select pg_backend_pid()", &[]).await {
-                    remember_own_backend(row.get(0));
+                if let Ok(row) = client.query_one(BACKEND_IDENTITY_SQL, &[]).await {
+                    remember_own_backend(row.get(0), row.get(1));
                 }
                 let (lost_tx, lost) = watch::channel(false);
                 let task = tokio::spawn(watch_lock(client, lost_tx, shutdown.clone()));
@@ -310,12 +332,17 @@ async fn watch_lock(client: Client, lost: watch::Sender<bool>, shutdown: watch::
     let mut tick = tokio::time::interval(CLOSED_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_query = tokio::time::Instant::now();
+    // After a signal the lock is held, and still queried (its session's
+    // idle_session_timeout would end it otherwise), until the process has
+    // drained and exits: a standby must not start while this one still
+    // writes to the sink.
+    let mut stopping = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            // Holds the connection (and so the lock) until the process ends.
-            _ = wait_true(shutdown.clone()) => {
-                std::future::pending::<()>().await;
+            _ = wait_true(shutdown.clone()), if !stopping => {
+                stopping = true;
+                continue;
             }
         }
         let failure = if client.is_closed() {
@@ -331,6 +358,10 @@ async fn watch_lock(client: Client, lost: watch::Sender<bool>, shutdown: watch::
         } else {
             continue;
         };
+        if stopping {
+            tracing::warn!(error = %failure, "lost the connection that holds the HA lock while stopping");
+            return;
+        }
         tracing::error!(error = %failure, "lost the connection that holds the HA lock: a standby may take over, so this process stops streaming");
         let _ = lost.send(true);
         return;
@@ -417,7 +448,8 @@ pub async fn wait_slot_released(
             .await
             .map_err(query("checking whether the slot is in use"))?
             .and_then(|r| r.get(0));
-        if pid.is_some_and(is_own_backend) && end_own_stale_walsender(client, slot).await {
+        if pid.and_then(own_backend_start).is_some() && end_own_stale_walsender(client, slot).await
+        {
             continue;
         }
         let Some(pid) = pid else {

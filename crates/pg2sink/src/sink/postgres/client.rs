@@ -57,6 +57,7 @@ impl Client {
         if connection.connect_timeout.is_none() {
             connection.connect_timeout = Some(config.connect_timeout);
         }
+        connection.silence_timeout = config.silence_timeout;
         Ok(Client {
             connection,
             client: None,

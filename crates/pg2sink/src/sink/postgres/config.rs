@@ -22,6 +22,9 @@ pub struct PostgresSinkConfig {
     pub batch_rows: usize,
     /// Limit for establishing a connection when the URL sets none.
     pub connect_timeout: Duration,
+    /// How long the target may stay silent after a request
+    /// (`--silence-timeout`); `None`: no bound.
+    pub silence_timeout: Option<Duration>,
     pub retry: RetryPolicy,
 }
 
@@ -34,6 +37,7 @@ impl Default for PostgresSinkConfig {
             stream: "pg2sink".into(),
             batch_rows: 5000,
             connect_timeout: Duration::from_secs(10),
+            silence_timeout: Some(Duration::from_secs(60)),
             retry: RetryPolicy::default(),
         }
     }
