@@ -30,6 +30,8 @@ struct BlackholeProxy {
     silenced: watch::Sender<HashSet<u16>>,
     /// The upstream-side local port of every connection, in accept order.
     opened: Arc<Mutex<Vec<u16>>>,
+    /// When set, new connections are closed at once (the host is gone).
+    refusing: Arc<std::sync::atomic::AtomicBool>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -47,11 +49,17 @@ impl BlackholeProxy {
         let (silenced, silence) = watch::channel(HashSet::new());
         let opened = Arc::new(Mutex::new(Vec::new()));
         let opened_by_task = opened.clone();
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refusing_by_task = refusing.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
+                if refusing_by_task.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
                 else {
                     continue;
@@ -68,8 +76,15 @@ impl BlackholeProxy {
             port,
             silenced,
             opened,
+            refusing,
             _runtime: runtime,
         }
+    }
+
+    /// From now on, new connections are closed at once.
+    fn refuse_new(&self) {
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Blackholes the connections whose Postgres-side port is in `ports`.
@@ -293,4 +308,87 @@ fn every_connection_silent_at_once_and_streaming_resumes() {
     assert!(all.len() >= 2, "{all:?}");
     silence_and_recover(&db, &s, &mut p, &proxy, &all);
     stop(&mut p);
+}
+
+/// The active process's host falls silent for good (its connections are
+/// blackholed and it cannot open new ones), while a standby elsewhere waits.
+/// The server itself ends the silent lock session (`idle_session_timeout`)
+/// and the silent walsender (`wal_sender_timeout`), so the standby takes
+/// over within the rule's bound, and nothing is lost.
+#[test]
+fn a_host_gone_silent_hands_over_to_a_standby_elsewhere() {
+    let db = test_db("silence_host");
+    let dir = tempfile::tempdir().unwrap();
+    create_tables(&db, 2_000);
+    let proxy = BlackholeProxy::start(db.server().port());
+    let s = Streamer::new(&db, dir.path());
+    let mut active = start_through(&proxy, &db, &s);
+    let url = format!("--url={}", db.url());
+    let mut standby = Pg2Sink::spawn(
+        &[
+            "stream",
+            "--sink=file",
+            &url,
+            &format!("--sink.file.schemas-path={}", s.schemas.display()),
+            &format!(
+                "--sink.file.modifications-path={}",
+                s.modifications.display()
+            ),
+            "--subscription-manager.poll-interval=1s",
+            "--metrics-address=off",
+            "--heartbeat-interval=1s",
+        ],
+        &[("RUST_LOG", "pg2sink=info")],
+    );
+    standby.wait_for_stderr("standby: another pg2sink is active", WAIT);
+    wait_until(WAIT, "the imports to finish", || {
+        db.try_psql(
+            "select count(*) > 0 and bool_and(completed_at is not null) from pg2sink.import_jobs where expired_at is null",
+        )
+        .is_ok_and(|s| s == "t")
+    });
+    let load = Load::start(db.url(), 100_000);
+    std::thread::sleep(Duration::from_secs(1));
+    let walsender_before = walsender_pid(&db);
+    let silenced_at = Instant::now();
+    proxy.refuse_new();
+    let all = { proxy.opened.lock().unwrap().clone() };
+    proxy.blackhole(&all);
+    wait_until(
+        RESUME_WITHIN + Duration::from_secs(30),
+        "the standby to stream",
+        || {
+            assert!(
+                standby.is_running(),
+                "the standby exited:\n{}",
+                standby.stderr()
+            );
+            let now = walsender_pid(&db);
+            standby.stderr().contains("active: this process streams")
+                && !now.is_empty()
+                && now != walsender_before
+                && slot_streaming(&db)
+        },
+    );
+    db.psql("insert into b values ('after-handover', 1, '{}', '{}')");
+    wait_until(
+        RESUME_WITHIN + Duration::from_secs(30),
+        "the row written after the silence",
+        || {
+            s.modifications()
+                .iter()
+                .any(|m| m["after"]["k"] == "after-handover")
+        },
+    );
+    let resumed = silenced_at.elapsed();
+    let commits = load.stop();
+    eprintln!("handed over after {resumed:?}; {commits} transactions during the test");
+    assert!(
+        resumed <= RESUME_WITHIN,
+        "the standby streamed only after {resumed:?}, more than 2 × wal_sender_timeout + 30s:\n{}",
+        standby.stderr()
+    );
+    active.kill9();
+    settle_and_verify(&db, &file_args(&db, &s));
+    stop(&mut standby);
 }
