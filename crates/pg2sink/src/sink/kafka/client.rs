@@ -10,7 +10,7 @@
 //! creation and registry requests that fail transiently are retried with
 //! the crate's back-off.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -20,7 +20,7 @@ use rdkafka::producer::FutureProducer;
 use serde_json::json;
 
 use super::config::KafkaConfig;
-use crate::retry::Backoff;
+use crate::retry::{self, Failure};
 use crate::sink::http::{self, SinkStats};
 use crate::sink::SinkError;
 
@@ -171,30 +171,43 @@ impl Client {
     /// Creates `topic` unless it exists; returns its partition count.
     /// Transient failures are retried until the retry policy gives up.
     pub async fn ensure_topic(&self, topic: &str) -> Result<i32, SinkError> {
-        let started = Instant::now();
-        let mut backoff = Backoff::new(self.config.retry.initial, self.config.retry.max);
-        loop {
-            let failure = match self.try_ensure_topic(topic).await {
-                Ok(Some(n)) => return Ok(n),
-                Ok(None) => "the topic was created but has no partitions yet".to_string(),
-                Err(SinkError::Transient { context, source }) => format!("{context}: {source}"),
-                Err(definite) => return Err(definite),
-            };
-            SinkStats::add(&self.stats.errors, 1);
-            if started.elapsed() >= self.config.retry.give_up_after {
-                return Err(SinkError::Transient {
-                    context: format!(
-                        "creating topic {topic}: still failing after {:?}",
-                        self.config.retry.give_up_after
-                    ),
-                    source: failure.into(),
-                });
-            }
-            let delay = backoff.next_delay();
-            SinkStats::add(&self.stats.retries, 1);
-            tracing::warn!(topic, error = %failure, retry_in = ?delay, "cannot make the topic ready; retrying");
-            tokio::time::sleep(delay).await;
-        }
+        let stats = &self.stats;
+        retry::run(
+            &self.config.retry,
+            "making the topic ready",
+            |failure: &Failure<SinkError>| {
+                if let Failure::Transient(_) = failure {
+                    SinkStats::add(&stats.errors, 1);
+                }
+                failure.verdict()
+            },
+            |attempt| async move {
+                if attempt > 0 {
+                    SinkStats::add(&stats.retries, 1);
+                }
+                match self.try_ensure_topic(topic).await {
+                    Ok(Some(n)) => Ok(n),
+                    Ok(None) => Err(Failure::Transient(
+                        "the topic was created but has no partitions yet".to_string(),
+                    )),
+                    Err(SinkError::Transient { context, source }) => {
+                        Err(Failure::Transient(format!("{context}: {source}")))
+                    }
+                    Err(definite) => Err(Failure::Definite(definite)),
+                }
+            },
+        )
+        .await
+        .map_err(|stopped| match stopped.into_inner() {
+            Failure::Definite(definite) => definite,
+            Failure::Transient(failure) => SinkError::Transient {
+                context: format!(
+                    "creating topic {topic}: still failing after {:?}",
+                    self.config.retry.give_up_after
+                ),
+                source: failure.into(),
+            },
+        })
     }
 
     async fn try_ensure_topic(&self, topic: &str) -> Result<Option<i32>, SinkError> {

@@ -34,17 +34,17 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use async_nats::{HeaderMap, ServerAddr};
 use bytes::Bytes;
 use serde_json::Value;
 
-use self::client::Failure;
 pub use self::config::NatsConfig;
 use super::http::SinkStats;
 use super::{Sink, SinkError};
 use crate::model::{Modification, Schema};
-use crate::retry::Backoff;
+use crate::retry::{Attempts, Failure, Stopped};
 
 /// A message published whose acknowledgement has not been checked yet.
 struct InFlight {
@@ -163,75 +163,85 @@ impl NatsSink {
     /// messages are unacknowledged. A failure sends every unacknowledged
     /// message again, in order, after a back-off.
     async fn settle(&mut self, keep: usize) -> Result<(), SinkError> {
-        let mut started = Instant::now();
-        let mut backoff = Backoff::new(self.config.retry.initial, self.config.retry.max);
-        let mut backoff_used = false;
+        let policy = self.config.retry.clone();
         while self.pending.len() > keep {
-            let Some(front) = self.pending.front_mut() else {
-                break;
-            };
-            let result = match front.ack.take() {
-                Some(Ok(ack)) => ack.await,
-                Some(Err(e)) => Err(e),
-                // Not sent in the last round (an earlier one could not be).
-                None => Err(PublishError::new(
-                    async_nats::jetstream::context::PublishErrorKind::BrokenPipe,
-                )),
-            };
-            let error = match result {
-                Ok(ack) => {
-                    // Progress: a later failure gets the whole retry time.
-                    if backoff_used {
-                        backoff.reset();
-                        started = Instant::now();
-                        backoff_used = false;
-                    }
-                    let done = self.pending.pop_front().map_or(0, |m| m.payload.len());
-                    self.unflushed = self.unflushed.saturating_sub(done);
-                    if ack.duplicate {
-                        SinkStats::add(&self.stats.stale, 1);
-                    } else {
-                        SinkStats::add(&self.stats.rows, 1);
-                    }
-                    self.batch_rows += 1;
-                    continue;
+            // One run per message: an acknowledgement is progress, so a
+            // later failure gets the whole retry time again.
+            let mut attempts = Attempts::new(&policy);
+            let acked = loop {
+                let failure = match self.front_acknowledged().await {
+                    Ok(ack) => break Ok(ack),
+                    Err(failure) => failure,
+                };
+                let verdict = failure.verdict();
+                let what = "a NATS publish (the unacknowledged messages are sent again)";
+                if let Err(stopped) = attempts.failed(what, failure, verdict).await {
+                    break Err(stopped);
                 }
-                Err(e) => e,
+                SinkStats::add(&self.stats.retries, 1);
+                self.resend().await?;
             };
-            SinkStats::add(&self.stats.errors, 1);
-            let (id, subject) = (front.id.clone(), front.subject.clone());
-            match client::classify(&error) {
-                Failure::Stop(why) => {
-                    return Err(SinkError::Definite {
-                        context: format!("JetStream refused message {id} on {subject}"),
-                        source: format!(
-                            "{why}\n  nothing from this change on is confirmed, so a restart sends it again"
-                        )
-                        .into(),
-                    })
-                }
-                Failure::Retry(why) => {
-                    if started.elapsed() >= self.config.retry.give_up_after {
-                        return Err(SinkError::Transient {
-                            context: format!(
-                                "publishing to NATS: still failing after {:?} (message {id} on {subject})",
-                                self.config.retry.give_up_after
-                            ),
-                            source: why.into(),
-                        });
-                    }
-                    let delay = backoff.next_delay();
-                    backoff_used = true;
-                    SinkStats::add(&self.stats.retries, 1);
-                    tracing::warn!(msg_id = %id, subject = %subject, error = %why,
-                        unacknowledged = self.pending.len(), retry_in = ?delay,
-                        "a NATS publish was not acknowledged; sending the unacknowledged messages again");
-                    tokio::time::sleep(delay).await;
-                    self.resend().await?;
-                }
+            let (id, subject) = self
+                .pending
+                .front()
+                .map(|m| (m.id.clone(), m.subject.clone()))
+                .unwrap_or_default();
+            let ack = match acked.map_err(Stopped::into_inner) {
+                Ok(Some(ack)) => ack,
+                Ok(None) => break,
+                Err(Failure::Definite(e)) => return Err(e),
+                Err(Failure::Transient(why)) => return Err(SinkError::Transient {
+                    context: format!(
+                        "publishing to NATS: still failing after {:?} (message {id} on {subject})",
+                        policy.give_up_after
+                    ),
+                    source: why.into(),
+                }),
+            };
+            let done = self.pending.pop_front().map_or(0, |m| m.payload.len());
+            self.unflushed = self.unflushed.saturating_sub(done);
+            if ack.duplicate {
+                SinkStats::add(&self.stats.stale, 1);
+            } else {
+                SinkStats::add(&self.stats.rows, 1);
             }
+            self.batch_rows += 1;
         }
         Ok(())
+    }
+
+    /// Waits for the oldest unacknowledged message's acknowledgement
+    /// (`None` when nothing is unacknowledged).
+    async fn front_acknowledged(&mut self) -> Result<Option<PublishAck>, Failure<SinkError>> {
+        let Some(front) = self.pending.front_mut() else {
+            return Ok(None);
+        };
+        let result = match front.ack.take() {
+            Some(Ok(ack)) => ack.await,
+            Some(Err(e)) => Err(e),
+            // Not sent in the last round (an earlier one could not be).
+            None => Err(PublishError::new(
+                async_nats::jetstream::context::PublishErrorKind::BrokenPipe,
+            )),
+        };
+        let error = match result {
+            Ok(ack) => return Ok(Some(ack)),
+            Err(e) => e,
+        };
+        SinkStats::add(&self.stats.errors, 1);
+        let (id, subject) = (&front.id, &front.subject);
+        match client::classify(&error) {
+            client::Failure::Stop(why) => Err(Failure::Definite(SinkError::Definite {
+                context: format!("JetStream refused message {id} on {subject}"),
+                source: format!(
+                    "{why}\n  nothing from this change on is confirmed, so a restart sends it again"
+                )
+                .into(),
+            })),
+            client::Failure::Retry(why) => Err(Failure::Transient(format!(
+                "message {id} on {subject}: {why}"
+            ))),
+        }
     }
 
     /// Sends every unacknowledged message again, in order: the first
