@@ -169,7 +169,7 @@ impl Sink for BigQuerySink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let layout = TableLayout::from_schema(&schema.schema);
+        let layout = TableLayout::from_table(&schema.table);
         if self.tables.get(&layout.qualified) == Some(&layout) {
             return Ok(());
         }

@@ -225,12 +225,8 @@ impl Sink for ElasticsearchSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let table = TableMapping::from_schema(&self.config.index_prefix, &schema.schema);
-        let qualified = format!(
-            "{}.{}",
-            schema.schema["pg.schema"].as_str().unwrap_or(""),
-            schema.schema["pg.table"].as_str().unwrap_or("")
-        );
+        let table = TableMapping::from_table(&self.config.index_prefix, &schema.table);
+        let qualified = schema.table.qualified_name();
         if self
             .tables
             .get(&qualified)

@@ -243,7 +243,7 @@ impl Sink for KafkaSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let table = TableTopic::from_schema(&self.config.topic_prefix, &schema.schema);
+        let table = TableTopic::from_table(&self.config.topic_prefix, &schema.table);
         if self.tables.get(&table.qualified).is_some_and(|t| {
             t.topic.fingerprint == table.fingerprint && t.topic.topic == table.topic
         }) {
@@ -253,14 +253,14 @@ impl Sink for KafkaSink {
         let (encoder, schema_id) = match self.config.format {
             ValueFormat::Json => (None, None),
             ValueFormat::Avro => {
-                let encoder = RowEncoder::new(&schema.schema).map_err(|e| SinkError::Definite {
+                let encoder = RowEncoder::new(&table.schema).map_err(|e| SinkError::Definite {
                     context: format!("the Avro schema of {}", table.qualified),
                     source: e.into(),
                 })?;
                 let id = match &self.config.schema_registry_url {
                     Some(registry) => Some(
                         self.client
-                            .register_schema(registry.expose(), &table.topic, &schema.schema)
+                            .register_schema(registry.expose(), &table.topic, &table.schema)
                             .await?,
                     ),
                     None => None,

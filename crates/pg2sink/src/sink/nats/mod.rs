@@ -190,13 +190,15 @@ impl NatsSink {
                 Ok(Some(ack)) => ack,
                 Ok(None) => break,
                 Err(Failure::Definite(e)) => return Err(e),
-                Err(Failure::Transient(why)) => return Err(SinkError::Transient {
-                    context: format!(
+                Err(Failure::Transient(why)) => {
+                    return Err(SinkError::Transient {
+                        context: format!(
                         "publishing to NATS: still failing after {:?} (message {id} on {subject})",
                         policy.give_up_after
                     ),
-                    source: why.into(),
-                }),
+                        source: why.into(),
+                    })
+                }
             };
             let done = self.pending.pop_front().map_or(0, |m| m.payload.len());
             self.unflushed = self.unflushed.saturating_sub(done);
@@ -276,16 +278,31 @@ impl NatsSink {
         let Some(schema) = self.waiting_schemas.remove(&key) else {
             return Ok(());
         };
-        let body = serde_json::to_vec(&schema).map_err(|e| SinkError::Definite {
+        // NATS publishes the Avro schema: rendered once, for the body and
+        // to compare with the next schema of the table.
+        let avro = schema.avro();
+        let body = serde_json::to_vec(&SchemaMessage {
+            timestamp: &schema.timestamp,
+            schema: &avro,
+        })
+        .map_err(|e| SinkError::Definite {
             context: format!("encoding the schema of {key}"),
             source: Box::new(e),
         })?;
         let id = encoding::schema_message_id(m, &body);
         let subject = encoding::schema_subject(&self.config.subject_prefix, &m.namespace, &m.name);
         let headers = encoding::schema_headers(m, &id);
-        self.published_schemas.insert(key, schema.schema);
+        self.published_schemas.insert(key, avro);
         self.publish(subject, headers, body, id).await
     }
+}
+
+/// A schema message's body: [`Schema`]'s JSON, from an Avro schema
+/// already rendered.
+#[derive(serde::Serialize)]
+struct SchemaMessage<'a> {
+    timestamp: &'a str,
+    schema: &'a Value,
 }
 
 impl Sink for NatsSink {
@@ -305,11 +322,8 @@ impl Sink for NatsSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let key = encoding::table_tokens(
-            schema.schema["pg.schema"].as_str().unwrap_or(""),
-            schema.schema["pg.table"].as_str().unwrap_or(""),
-        );
-        if self.published_schemas.get(&key) == Some(&schema.schema) {
+        let key = encoding::table_tokens(&schema.table.namespace, &schema.table.name);
+        if self.published_schemas.get(&key) == Some(&schema.avro()) {
             // Back to the shape consumers already have.
             self.waiting_schemas.remove(&key);
         } else {

@@ -118,7 +118,7 @@ impl Sink for PostgresSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let shape = TableShape::from_avro(&schema.schema, self.config.schema.as_deref())
+        let shape = TableShape::from_table(&schema.table, self.config.schema.as_deref())
             .map_err(|e| definite("a table the postgres sink cannot apply", e))?;
         if let Some(previous) = self.tables.get(&shape.source) {
             if *previous == shape {
