@@ -134,10 +134,7 @@ impl Reply {
 
     /// A definite error for this answer.
     pub fn definite(&self, context: impl Into<String>) -> SinkError {
-        SinkError::Definite {
-            context: context.into(),
-            source: self.error_text().into(),
-        }
+        SinkError::definite(context, self.error_text())
     }
 }
 

@@ -54,6 +54,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::error::Problem;
 use crate::model::{ImportChunk, Lsn, Modification, Schema};
 
 /// What flows from the source to a sink, in commit order.
@@ -80,19 +81,54 @@ pub enum SinkError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Retrying will not help; stop and say why.
-    #[error("{context}: {source}")]
-    Definite {
-        context: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// Retrying will not help; stop and say why: what is wrong, the
+    /// server's words as the detail, and what to do as the hint.
+    #[error("{}", definite_text(.0))]
+    Definite(Problem),
 }
 
 impl SinkError {
     pub fn is_transient(&self) -> bool {
         matches!(self, SinkError::Transient { .. })
     }
+
+    /// A definite error: `message` says what failed, `detail` why (often
+    /// the server's answer).
+    pub fn definite(message: impl Into<String>, detail: impl std::fmt::Display) -> SinkError {
+        SinkError::Definite(Problem::new(message).detail(detail.to_string()))
+    }
+
+    /// This error with `hint` (what to do) when it is definite; a
+    /// transient error is returned as it is.
+    pub fn hint(self, hint: impl Into<String>) -> SinkError {
+        match self {
+            SinkError::Definite(problem) => SinkError::Definite(problem.hint(hint)),
+            transient => transient,
+        }
+    }
+
+    /// The problem, when the error is definite.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            SinkError::Definite(problem) => Some(problem),
+            SinkError::Transient { .. } => None,
+        }
+    }
+}
+
+/// A definite sink error as one line per part, as sink errors have always
+/// read: `message: detail`, then the hint.
+fn definite_text(problem: &Problem) -> String {
+    let mut text = problem.message.clone();
+    if let Some(detail) = &problem.detail {
+        text.push_str(": ");
+        text.push_str(detail);
+    }
+    if let Some(hint) = &problem.hint {
+        text.push_str("\n  hint: ");
+        text.push_str(hint);
+    }
+    text
 }
 
 /// What a sink knows of a change's table, by `schema.table`: the source
@@ -102,9 +138,11 @@ pub fn table_of<'a, T>(
     m: &Modification,
 ) -> Result<&'a T, SinkError> {
     let qualified = format!("{}.{}", m.namespace, m.name);
-    tables.get(&qualified).ok_or_else(|| SinkError::Definite {
-        context: format!("a change of {qualified} came before its schema"),
-        source: "the source sends a table's schema before its changes".into(),
+    tables.get(&qualified).ok_or_else(|| {
+        SinkError::definite(
+            format!("a change of {qualified} came before its schema"),
+            "the source sends a table's schema before its changes",
+        )
     })
 }
 

@@ -173,13 +173,7 @@ impl ElasticsearchSink {
                         }
                         ItemOutcome::Rejected(e) => {
                             SinkStats::add(&stats.errors, 1);
-                            return Err(Failure::Definite(SinkError::Definite {
-                                context: "Elasticsearch rejected a document".into(),
-                                source: format!(
-                                    "{e}\n  hint: fix the index (mapping) or the data; nothing after this change is confirmed, so a restart sends it again"
-                                )
-                                .into(),
-                            }));
+                            return Err(Failure::Definite(SinkError::definite("Elasticsearch rejected a document", e).hint("fix the index (mapping) or the data; nothing after this change is confirmed, so a restart sends it again")));
                         }
                     }
                 }

@@ -209,10 +209,8 @@ impl FileSink {
 
 impl Output {
     fn open(path: &Path) -> Result<Output, SinkError> {
-        let fail = |what: &str, e: io::Error| SinkError::Definite {
-            context: format!("{what} {}", path.display()),
-            source: Box::new(e),
-        };
+        let fail =
+            |what: &str, e: io::Error| SinkError::definite(format!("{what} {}", path.display()), e);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -264,10 +262,7 @@ impl Output {
             Ok::<_, io::Error>(buffer)
         })
         .await
-        .map_err(|e| SinkError::Definite {
-            context: "file writer task".into(),
-            source: Box::new(e),
-        })?;
+        .map_err(|e| SinkError::definite("file writer task", e))?;
         match result {
             Ok(mut buffer) => {
                 buffer.clear();

@@ -91,22 +91,17 @@ impl Client {
     pub fn new(config: &KafkaConfig) -> Result<Client, SinkError> {
         let settings = client_config(config);
         let invalid = |e: KafkaError| {
-            SinkError::Definite {
-            context: "the Kafka client settings are invalid".into(),
-            source: format!(
-                "{e}\n  hint: check --sink.kafka.brokers, the security options and every --sink.kafka.property"
+            SinkError::definite("the Kafka client settings are invalid", e).hint(
+                "check --sink.kafka.brokers, the security options and every --sink.kafka.property",
             )
-            .into(),
-        }
         };
         let producer: FutureProducer = settings.create().map_err(invalid)?;
         let admin: AdminClient<DefaultClientContext> = settings.create().map_err(invalid)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| SinkError::Definite {
-                context: "cannot build the schema registry's HTTP client".into(),
-                source: e.into(),
+            .map_err(|e| {
+                SinkError::definite("cannot build the schema registry's HTTP client", e)
             })?;
         Ok(Client {
             producer,
@@ -129,10 +124,7 @@ impl Client {
                 .map(|m| m.brokers().len())
         })
         .await
-        .map_err(|e| SinkError::Definite {
-            context: "the Kafka metadata request".into(),
-            source: e.into(),
-        })?;
+        .map_err(|e| SinkError::definite("the Kafka metadata request", e))?;
         metadata.map_err(|e| SinkError::Transient {
             context: format!("cannot reach Kafka at {}", self.config.brokers.join(",")),
             source: format!(
@@ -240,13 +232,7 @@ impl Client {
                     })
                 }
                 Err((_, code)) => {
-                    return Err(SinkError::Definite {
-                        context: format!("cannot create topic {topic}"),
-                        source: format!(
-                            "{code}\n  hint: create it yourself, or allow pg2sink to (ACLs), or fix --sink.kafka.partitions / --sink.kafka.replication-factor"
-                        )
-                        .into(),
-                    })
+                    return Err(SinkError::definite(format!("cannot create topic {topic}"), code).hint("create it yourself, or allow pg2sink to (ACLs), or fix --sink.kafka.partitions / --sink.kafka.replication-factor"))
                 }
             }
         }
@@ -288,9 +274,11 @@ impl Client {
         reply.body["id"]
             .as_u64()
             .and_then(|id| u32::try_from(id).ok())
-            .ok_or_else(|| SinkError::Definite {
-                context: format!("the schema registry's answer for topic {topic}"),
-                source: format!("no schema id in {}", reply.body).into(),
+            .ok_or_else(|| {
+                SinkError::definite(
+                    format!("the schema registry's answer for topic {topic}"),
+                    format!("no schema id in {}", reply.body),
+                )
             })
     }
 }

@@ -100,9 +100,11 @@ impl NatsSink {
     }
 
     fn js(&self) -> Result<Context, SinkError> {
-        self.js.clone().ok_or_else(|| SinkError::Definite {
-            context: "the NATS sink is not connected".into(),
-            source: "health_check connects it before streaming".into(),
+        self.js.clone().ok_or_else(|| {
+            SinkError::definite(
+                "the NATS sink is not connected",
+                "health_check connects it before streaming",
+            )
         })
     }
 
@@ -233,13 +235,12 @@ impl NatsSink {
         SinkStats::add(&self.stats.errors, 1);
         let (id, subject) = (&front.id, &front.subject);
         match client::classify(&error) {
-            client::Failure::Stop(why) => Err(Failure::Definite(SinkError::Definite {
-                context: format!("JetStream refused message {id} on {subject}"),
-                source: format!(
-                    "{why}\n  nothing from this change on is confirmed, so a restart sends it again"
-                )
-                .into(),
-            })),
+            client::Failure::Stop { why, hint } => Err(Failure::Definite(
+                SinkError::definite(format!("JetStream refused message {id} on {subject}"), why)
+                    .hint(format!(
+                    "{hint}; nothing from this change on is confirmed, so a restart sends it again"
+                )),
+            )),
             client::Failure::Retry(why) => Err(Failure::Transient(format!(
                 "message {id} on {subject}: {why}"
             ))),
@@ -285,10 +286,7 @@ impl NatsSink {
             timestamp: &schema.timestamp,
             schema: &avro,
         })
-        .map_err(|e| SinkError::Definite {
-            context: format!("encoding the schema of {key}"),
-            source: Box::new(e),
-        })?;
+        .map_err(|e| SinkError::definite(format!("encoding the schema of {key}"), e))?;
         let id = encoding::schema_message_id(m, &body);
         let subject = encoding::schema_subject(&self.config.subject_prefix, &m.namespace, &m.name);
         let headers = encoding::schema_headers(m, &id);

@@ -197,10 +197,8 @@ impl Sink for PostgresSink {
                 .entry(shape.source.as_str())
                 .or_insert_with(|| (shape, TableBatch::default()));
             entry.1.apply(shape, m).map_err(|e| {
-                definite(
-                    "a change the postgres sink cannot apply",
-                    format!("{e}\n  hint: this is a bug in pg2sink or an incompatible source; please report it"),
-                )
+                definite("a change the postgres sink cannot apply", e)
+                    .hint("this is a bug in pg2sink or an incompatible source; please report it")
             })?;
         }
         let tables: Vec<(&TableShape, &TableBatch)> = batches
