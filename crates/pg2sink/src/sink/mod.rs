@@ -28,17 +28,24 @@
 //!   by size ([`FlushPolicy::max_unflushed_bytes`]) and time
 //!   ([`FlushPolicy::max_delay`]); a sink splits a flush into requests of
 //!   its own bulk size;
+//! - reads a table's shape from [`SinkEvent::Schema`]'s `Arc<Table>` by
+//!   field (names, columns, `Column::value_type`, key); only the sinks that
+//!   publish the Avro schema render it ([`crate::model::Schema::avro`]);
 //! - retries transient failures (network, 429, 5xx) with the crate's one
-//!   back-off policy, exponential with jitter (see [`http::send`]), and
-//!   returns [`SinkError::Definite`] at once for what retrying cannot fix
-//!   (bad credentials, a schema or a row the server rejects);
+//!   retry runner ([`crate::retry::run`], or [`crate::retry::Attempts`] for
+//!   a loop that changes the sink between attempts), supplying only the
+//!   classifier, for `--sink.retry-timeout`; and returns
+//!   [`SinkError::Definite`] with a [`Problem`] (what is wrong, a detail, a
+//!   hint) at once for what retrying cannot fix (bad credentials, a schema
+//!   or a row the server rejects);
 //! - counts batches, latency, retries, errors and stale writes
 //!   ([`http::SinkStats`]).
 //!
 //! One folder per sink, each of the same shape: `config` (options),
 //! `client` (the server's API), `encoding` (rows as the server takes them),
-//! `schema` or `mapping` (tables from Avro schemas), `tests`. The contract
-//! and each sink's choices are written down in `docs/sinks.md`.
+//! `schema` or `mapping` (the server's tables from the source's `Table`),
+//! `tests`. The contract, each sink's choices and the guide to writing a
+//! sink ("Writing a sink") are in `docs/sinks.md`.
 
 pub mod bigquery;
 pub mod elasticsearch;
