@@ -193,6 +193,34 @@ mod tests {
         }
     }
 
+    /// What the file sink writes and NATS and Kafka publish: the Avro
+    /// schema under `schema`, after the timestamp.
+    #[test]
+    fn schema_json_is_the_timestamp_and_the_avro_schema() {
+        let table = super::super::table::testing::table(
+            "public",
+            "t",
+            vec![super::super::Column::new(
+                "id",
+                super::super::TypeOid(23),
+                -1,
+                true,
+            )],
+        );
+        let schema = Schema {
+            timestamp: format_timestamp(0),
+            table: Arc::new(table.clone()),
+        };
+        assert_eq!(schema.avro(), table.avro_schema());
+        assert_eq!(
+            serde_json::to_string(&schema).unwrap(),
+            format!(
+                r#"{{"timestamp":"1970-01-01T00:00:00.000000+00:00","schema":{}}}"#,
+                table.avro_schema()
+            )
+        );
+    }
+
     #[test]
     fn modification_json_shape() {
         let mut after = Row::new();

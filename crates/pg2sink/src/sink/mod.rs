@@ -333,6 +333,30 @@ async fn flush<S: Sink>(
 mod tests {
     use serde_json::json;
 
+    use super::SinkError;
+
+    #[test]
+    fn definite_errors_carry_their_hint_as_a_field_and_read_as_before() {
+        let e = SinkError::definite("cannot create topic t", "TopicAuthorizationFailed")
+            .hint("create it yourself");
+        assert!(!e.is_transient());
+        let problem = e.problem().unwrap();
+        assert_eq!(problem.message, "cannot create topic t");
+        assert_eq!(problem.detail.as_deref(), Some("TopicAuthorizationFailed"));
+        assert_eq!(problem.hint.as_deref(), Some("create it yourself"));
+        assert_eq!(
+            e.to_string(),
+            "cannot create topic t: TopicAuthorizationFailed\n  hint: create it yourself"
+        );
+        let transient = SinkError::Transient {
+            context: "a".into(),
+            source: "b".into(),
+        }
+        .hint("ignored");
+        assert!(transient.is_transient() && transient.problem().is_none());
+        assert_eq!(transient.to_string(), "a: b");
+    }
+
     #[test]
     fn json_size_is_the_length_of_the_text() {
         let value = json!({
