@@ -207,7 +207,7 @@ mod tests {
         Error::Sink(if transient {
             SinkError::Transient { context, source }
         } else {
-            SinkError::Definite { context, source }
+            SinkError::definite(context, "why")
         })
     }
 

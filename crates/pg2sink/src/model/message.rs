@@ -1,5 +1,6 @@
-//! The two messages every sink receives: `Schema` (the shape of a table, as
-//! an Avro record schema) and `Modification` (one row change).
+//! The two messages every sink receives: `Schema` (the shape of a table:
+//! the [`Table`] itself, rendered as an Avro record schema by the sinks
+//! that publish it) and `Modification` (one row change).
 //!
 //! Promises: the JSON shapes of the seed README, plus `lsn` and `op`, so a
 //! consumer can order and de-duplicate on (`lsn`, `sequence`).
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::table::Table;
 use super::value::{write_object, write_str};
 use super::Lsn;
 
@@ -97,20 +99,32 @@ impl Modification {
     }
 }
 
-/// The shape of a table, published before its first modification and again
-/// whenever its columns change.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// The shape of a table, sent before its first modification and again
+/// whenever its columns change. Sinks read the table by field; those that
+/// publish the shape render it with [`Schema::avro`], and its JSON (what
+/// the file sink writes) is `{"timestamp": ..., "schema": <the Avro>}`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Schema {
     /// Commit time of the transaction in which the shape was first seen.
     pub timestamp: String,
-    /// An Avro record schema.
-    pub schema: Value,
+    /// The table: names, columns, their Postgres types, the key.
+    pub table: Arc<Table>,
 }
 
 impl Schema {
-    /// `schema.table`, taken from the Avro record's namespace.
-    pub fn table(&self) -> Option<&str> {
-        self.schema.get("namespace").and_then(Value::as_str)
+    /// The table's Avro record schema ([`Table::avro_schema`]).
+    pub fn avro(&self) -> Value {
+        self.table.avro_schema()
+    }
+}
+
+impl Serialize for Schema {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("Schema", 2)?;
+        s.serialize_field("timestamp", &self.timestamp)?;
+        s.serialize_field("schema", &self.avro())?;
+        s.end()
     }
 }
 
@@ -177,6 +191,34 @@ mod tests {
                 serde_json::to_string(&m).unwrap()
             );
         }
+    }
+
+    /// What the file sink writes and NATS and Kafka publish: the Avro
+    /// schema under `schema`, after the timestamp.
+    #[test]
+    fn schema_json_is_the_timestamp_and_the_avro_schema() {
+        let table = super::super::table::testing::table(
+            "public",
+            "t",
+            vec![super::super::Column::new(
+                "id",
+                super::super::TypeOid(23),
+                -1,
+                true,
+            )],
+        );
+        let schema = Schema {
+            timestamp: format_timestamp(0),
+            table: Arc::new(table.clone()),
+        };
+        assert_eq!(schema.avro(), table.avro_schema());
+        assert_eq!(
+            serde_json::to_string(&schema).unwrap(),
+            format!(
+                r#"{{"timestamp":"1970-01-01T00:00:00.000000+00:00","schema":{}}}"#,
+                table.avro_schema()
+            )
+        );
     }
 
     #[test]

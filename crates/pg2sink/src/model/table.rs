@@ -92,6 +92,21 @@ impl Table {
         })
     }
 
+    /// The names of the Avro record's fields, in column order: each column
+    /// name made an Avro name, unique in the record.
+    pub fn avro_field_names(&self) -> Vec<String> {
+        let mut taken = HashSet::new();
+        self.columns
+            .iter()
+            .map(|c| unique_name(avro_name(&c.name), &mut taken))
+            .collect()
+    }
+
+    /// The key columns (the replica identity), in column order.
+    pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| c.is_key)
+    }
+
     /// The fingerprint of [`Table::avro_schema`] (see [`fingerprint`]).
     pub fn fingerprint(&self) -> u64 {
         fingerprint(&self.avro_schema())
@@ -214,37 +229,160 @@ impl SchemaBuilder {
 
 fn scalar_branches(ty: PgType, type_modifier: i32) -> Vec<Value> {
     let one = |v: Value| vec![v];
-    match ty {
-        PgType::Bool => one(json!("boolean")),
-        PgType::Int2 | PgType::Int4 => one(json!("int")),
-        PgType::Int8 => one(json!("long")),
-        PgType::Float4 => one(json!("float")),
-        PgType::Float8 => one(json!("double")),
-        PgType::Bytea => one(json!("bytes")),
-        PgType::Uuid => one(json!({"type": "string", "logicalType": "uuid"})),
+    match Scalar::of(ty, type_modifier) {
+        Scalar::Boolean => one(json!("boolean")),
+        Scalar::Int => one(json!("int")),
+        Scalar::Long => one(json!("long")),
+        Scalar::Float => one(json!("float")),
+        Scalar::Double => one(json!("double")),
+        Scalar::Bytes => one(json!("bytes")),
+        Scalar::Uuid => one(json!({"type": "string", "logicalType": "uuid"})),
         // Values outside the logical type (infinity) arrive as strings.
-        PgType::Date => vec![
+        Scalar::Date => vec![
             json!({"type": "int", "logicalType": "date"}),
             json!("string"),
         ],
-        PgType::Time => one(json!({"type": "long", "logicalType": "time-micros"})),
-        PgType::Timestamp => vec![
+        Scalar::Time => one(json!({"type": "long", "logicalType": "time-micros"})),
+        Scalar::Timestamp => vec![
             json!({"type": "long", "logicalType": "local-timestamp-micros"}),
             json!("string"),
         ],
-        PgType::Timestamptz => vec![
+        Scalar::Timestamptz => vec![
             json!({"type": "long", "logicalType": "timestamp-micros"}),
             json!("string"),
         ],
-        PgType::Numeric => match numeric_precision_scale(type_modifier) {
-            // NaN fits numeric(p,s) but no Avro decimal: it is the string.
-            Some((precision, scale)) => vec![
-                json!({"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}),
-                json!("string"),
-            ],
-            None => one(json!("string")),
-        },
-        _ => one(json!("string")),
+        // NaN fits numeric(p,s) but no Avro decimal: it is the string.
+        Scalar::Decimal { precision, scale } => vec![
+            json!({"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}),
+            json!("string"),
+        ],
+        // Composites, hstore and arrays are built by `SchemaBuilder`.
+        Scalar::String | Scalar::Record | Scalar::Map => one(json!("string")),
+    }
+}
+
+/// What a column's values are, as sinks type them: the scalar a value (or
+/// each element of an array value) takes, domains resolved to their base
+/// with the domain's type modifier. The Avro schema is rendered from the
+/// same decisions, so a sink reading this agrees with the published schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValueType {
+    pub scalar: Scalar,
+    /// Values are arrays (of any number of dimensions) of `scalar`.
+    pub array: bool,
+}
+
+/// A value's kind, as the Avro schema's (logical) type says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scalar {
+    Boolean,
+    /// `int2`, `int4`: Avro `int`.
+    Int,
+    /// `int8`: Avro `long`.
+    Long,
+    Float,
+    Double,
+    Bytes,
+    Uuid,
+    /// A date, or the string of one Avro cannot hold (`infinity`).
+    Date,
+    /// `time` (microseconds).
+    Time,
+    /// `timestamp` without time zone, or its string.
+    Timestamp,
+    /// `timestamptz`, or its string.
+    Timestamptz,
+    /// `numeric(p,s)` Avro's decimal can hold, or the string (`NaN`).
+    Decimal {
+        precision: i32,
+        scale: i32,
+    },
+    /// Everything passed as text: unconstrained numerics, enums, `text`
+    /// and every type without a closer Avro type.
+    String,
+    /// A composite type: an object of its attributes.
+    Record,
+    /// `hstore`: an object of strings.
+    Map,
+}
+
+impl Scalar {
+    /// The kind of a built-in scalar with its type modifier.
+    fn of(ty: PgType, type_modifier: i32) -> Scalar {
+        match ty {
+            PgType::Bool => Scalar::Boolean,
+            PgType::Int2 | PgType::Int4 => Scalar::Int,
+            PgType::Int8 => Scalar::Long,
+            PgType::Float4 => Scalar::Float,
+            PgType::Float8 => Scalar::Double,
+            PgType::Bytea => Scalar::Bytes,
+            PgType::Uuid => Scalar::Uuid,
+            PgType::Date => Scalar::Date,
+            PgType::Time => Scalar::Time,
+            PgType::Timestamp => Scalar::Timestamp,
+            PgType::Timestamptz => Scalar::Timestamptz,
+            PgType::Numeric => match numeric_precision_scale(type_modifier) {
+                Some((precision, scale)) => Scalar::Decimal { precision, scale },
+                None => Scalar::String,
+            },
+            _ => Scalar::String,
+        }
+    }
+}
+
+impl ValueType {
+    fn of(ty: &TypeInfo, type_modifier: i32, depth: usize) -> ValueType {
+        let one = |scalar| ValueType {
+            scalar,
+            array: false,
+        };
+        let array = |element: ValueType| ValueType {
+            array: true,
+            ..element
+        };
+        // As deep as `SchemaBuilder::branches` goes.
+        if depth > 32 {
+            return one(Scalar::String);
+        }
+        match &ty.kind {
+            TypeKind::Scalar(PgType::Array(element)) => {
+                array(ValueType::of(&TypeInfo::scalar(**element), -1, depth + 1))
+            }
+            TypeKind::Scalar(scalar) => one(Scalar::of(*scalar, type_modifier)),
+            TypeKind::Domain {
+                base,
+                base_modifier,
+            } => {
+                let modifier = if type_modifier >= 0 {
+                    type_modifier
+                } else {
+                    *base_modifier
+                };
+                ValueType::of(base, modifier, depth + 1)
+            }
+            TypeKind::Array { element, .. } => array(ValueType::of(element, -1, depth + 1)),
+            TypeKind::Composite { .. } => one(Scalar::Record),
+            TypeKind::Hstore => one(Scalar::Map),
+            TypeKind::Enum { .. } | TypeKind::Text => one(Scalar::String),
+        }
+    }
+}
+
+impl Column {
+    /// What this column's values are (see [`ValueType`]).
+    pub fn value_type(&self) -> ValueType {
+        ValueType::of(&self.ty, self.type_modifier, 0)
+    }
+
+    /// The labels when the column is an enum or an array of one.
+    pub fn enum_labels(&self) -> Option<&[String]> {
+        enum_labels(&self.ty)
+    }
+
+    /// How users name the column's type: `int4`, `_int4`, `public.mood`,
+    /// `oid:N` for a type the catalog did not know.
+    pub fn type_name(&self) -> &str {
+        &self.ty.name
     }
 }
 
@@ -450,6 +588,108 @@ fn rabin(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Columns of every kind of type, for the sinks' unit tests.
+#[cfg(test)]
+pub mod testing {
+    use std::sync::Arc;
+
+    use super::{Column, Table};
+    use crate::model::pgtype::{CompositeField, PgType, TypeInfo, TypeKind};
+    use crate::model::{RelationId, TypeOid};
+
+    /// A column of type `ty` with `type_modifier`.
+    pub fn column(name: &str, ty: TypeInfo, type_modifier: i32, is_key: bool) -> Column {
+        Column {
+            name: name.into(),
+            type_oid: ty.oid,
+            type_modifier,
+            is_key,
+            ty: Arc::new(ty),
+        }
+    }
+
+    /// A built-in scalar, by name as in `PgType`.
+    pub fn builtin(ty: PgType) -> TypeInfo {
+        TypeInfo::scalar(ty)
+    }
+
+    /// An array of `element`, named `name` (`_int4`, `public._mood`).
+    pub fn array(name: &str, element: TypeInfo) -> TypeInfo {
+        TypeInfo {
+            oid: TypeOid(90_000),
+            name: name.into(),
+            kind: TypeKind::Array {
+                element: Arc::new(element),
+                delimiter: b',',
+            },
+        }
+    }
+
+    /// `numeric(precision, scale)`'s type modifier.
+    pub fn numeric_modifier(precision: i32, scale: i32) -> i32 {
+        ((precision << 16) | scale) + 4
+    }
+
+    /// A domain `name` over `base`.
+    pub fn domain(name: &str, base: TypeInfo, base_modifier: i32) -> TypeInfo {
+        TypeInfo {
+            oid: TypeOid(90_001),
+            name: name.into(),
+            kind: TypeKind::Domain {
+                base: Arc::new(base),
+                base_modifier,
+            },
+        }
+    }
+
+    pub fn enumeration(name: &str, labels: &[&str]) -> TypeInfo {
+        TypeInfo {
+            oid: TypeOid(90_002),
+            name: name.into(),
+            kind: TypeKind::Enum {
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+            },
+        }
+    }
+
+    /// A composite type with one `int4` attribute.
+    pub fn composite(name: &str) -> TypeInfo {
+        TypeInfo {
+            oid: TypeOid(90_003),
+            name: name.into(),
+            kind: TypeKind::Composite {
+                fields: vec![CompositeField {
+                    name: "a".into(),
+                    ty: Arc::new(TypeInfo::scalar(PgType::Int4)),
+                    type_modifier: -1,
+                }],
+            },
+        }
+    }
+
+    pub fn hstore(name: &str) -> TypeInfo {
+        TypeInfo {
+            oid: TypeOid(90_004),
+            name: name.into(),
+            kind: TypeKind::Hstore,
+        }
+    }
+
+    /// A type passed as text, named `name` (`oid:N` when unknown).
+    pub fn text(name: &str) -> TypeInfo {
+        TypeInfo::text(TypeOid(90_005), name)
+    }
+
+    pub fn table(namespace: &str, name: &str, columns: Vec<Column>) -> Table {
+        Table {
+            id: RelationId(1),
+            namespace: namespace.into(),
+            name: name.into(),
+            columns,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +711,109 @@ mod tests {
             name: name.into(),
             columns,
         }
+    }
+
+    /// Sinks read `Column::value_type` and the Avro field names; consumers
+    /// read the Avro schema: the two must say the same of every column.
+    #[test]
+    fn value_types_and_field_names_agree_with_the_avro_schema() {
+        use testing::*;
+        let columns = vec![
+            column("b", builtin(PgType::Bool), -1, true),
+            column("i2", builtin(PgType::Int2), -1, false),
+            column("i8", builtin(PgType::Int8), -1, false),
+            column("f4", builtin(PgType::Float4), -1, false),
+            column("f8", builtin(PgType::Float8), -1, false),
+            column("by", builtin(PgType::Bytea), -1, false),
+            column("u", builtin(PgType::Uuid), -1, false),
+            column("d", builtin(PgType::Date), -1, false),
+            column("t", builtin(PgType::Time), -1, false),
+            column("ts", builtin(PgType::Timestamp), -1, false),
+            column("tz", builtin(PgType::Timestamptz), -1, false),
+            column(
+                "n",
+                builtin(PgType::Numeric),
+                numeric_modifier(12, 3),
+                false,
+            ),
+            column("n free", builtin(PgType::Numeric), -1, false),
+            column("n_free", builtin(PgType::Text), -1, false),
+            column("arr", TypeInfo::builtin(TypeOid(1007)).unwrap(), -1, false),
+            column(
+                "moods",
+                array("public._mood", enumeration("public.mood", &["a"])),
+                -1,
+                false,
+            ),
+            column(
+                "price",
+                domain(
+                    "public.price",
+                    builtin(PgType::Numeric),
+                    numeric_modifier(8, 2),
+                ),
+                -1,
+                false,
+            ),
+            column("pair", composite("public.pair"), -1, false),
+            column(
+                "pairs",
+                array("public._pair", composite("public.pair")),
+                -1,
+                false,
+            ),
+            column("h", hstore("public.hstore"), -1, false),
+            column("x", text("oid:1234"), -1, false),
+        ];
+        let t = table("public", "everything", columns);
+        let avro = t.avro_schema();
+        let fields = avro["fields"].as_array().unwrap();
+        let names = t.avro_field_names();
+        for ((column, field), name) in t.columns.iter().zip(fields).zip(&names) {
+            assert_eq!(field["name"], json!(name));
+            assert_eq!(field["pg.key"] == true, column.is_key);
+            let ValueType { scalar, array } = column.value_type();
+            let mut branches: Vec<&Value> = field["type"].as_array().unwrap()[1..].iter().collect();
+            assert_eq!(branches[0]["type"] == "array", array, "{field}");
+            if array {
+                branches = branches[0]["items"].as_array().unwrap()[1..]
+                    .iter()
+                    .filter(|b| b["type"] != "array")
+                    .collect();
+            }
+            let first = branches[0];
+            let (ty, logical) = (
+                first.as_str().or(first["type"].as_str()).unwrap(),
+                first["logicalType"].as_str().unwrap_or(""),
+            );
+            let expected = match scalar {
+                Scalar::Boolean => ("boolean", ""),
+                Scalar::Int => ("int", ""),
+                Scalar::Long => ("long", ""),
+                Scalar::Float => ("float", ""),
+                Scalar::Double => ("double", ""),
+                Scalar::Bytes => ("bytes", ""),
+                Scalar::Uuid => ("string", "uuid"),
+                Scalar::Date => ("int", "date"),
+                Scalar::Time => ("long", "time-micros"),
+                Scalar::Timestamp => ("long", "local-timestamp-micros"),
+                Scalar::Timestamptz => ("long", "timestamp-micros"),
+                Scalar::Decimal { precision, scale } => {
+                    assert_eq!(
+                        (first["precision"].clone(), first["scale"].clone()),
+                        (json!(precision), json!(scale))
+                    );
+                    ("bytes", "decimal")
+                }
+                Scalar::String => ("string", ""),
+                // A record is named by its definition or a reference.
+                Scalar::Record => (if first.is_string() { ty } else { "record" }, ""),
+                Scalar::Map => ("map", ""),
+            };
+            assert_eq!((ty, logical), expected, "{}: {field}", column.name);
+        }
+        assert_eq!(names[12], "n_free");
+        assert_eq!(names[13], "n_free_2");
     }
 
     #[test]

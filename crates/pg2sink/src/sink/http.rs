@@ -3,39 +3,22 @@
 //!
 //! Promises: a request that fails transiently (connection refused or reset,
 //! timeout, 408, 429, 5xx) is sent again after the crate's one back-off
-//! policy ([`crate::retry::Backoff`]: exponential, with jitter) until
+//! policy (the runner [`crate::retry::run`]: exponential, with jitter) until
 //! [`RetryPolicy::give_up_after`] has passed; then it fails as
 //! [`SinkError::Transient`]. Any other answer is returned to the caller, who
 //! knows what a 404 or a 400 means for its request. 401 and 403 are
 //! [`SinkError::Definite`]: retrying does not fix credentials.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::SinkError;
-use crate::retry::Backoff;
+use crate::retry::{self, Failure};
 
 /// How long and how patiently a sink retries a transient failure.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-    /// Stop retrying (and fail the sink) once this much time has passed
-    /// since the first attempt.
-    pub give_up_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(30),
-            give_up_after: Duration::from_secs(300),
-        }
-    }
-}
+pub use crate::retry::Policy as RetryPolicy;
 
 /// A sink's counters: what it sent, how long it took, what went wrong.
 /// Each flush logs them (target `pg2sink::sink`); all but the batch timing
@@ -151,10 +134,7 @@ impl Reply {
 
     /// A definite error for this answer.
     pub fn definite(&self, context: impl Into<String>) -> SinkError {
-        SinkError::Definite {
-            context: context.into(),
-            source: self.error_text().into(),
-        }
+        SinkError::definite(context, self.error_text())
     }
 }
 
@@ -171,31 +151,43 @@ pub async fn send(
     stats: &SinkStats,
     mut make: impl FnMut() -> reqwest::RequestBuilder,
 ) -> Result<Reply, SinkError> {
-    let started = Instant::now();
-    let mut backoff = Backoff::new(policy.initial, policy.max);
-    loop {
-        SinkStats::add(&stats.requests, 1);
-        let failure = match send_once(make()).await {
-            Ok(reply) if transient_status(reply.status) => reply.error_text(),
-            Ok(reply) if reply.status == 401 || reply.status == 403 => {
-                SinkStats::add(&stats.errors, 1);
-                return Err(reply.definite(format!("{what}: the server refused the credentials")));
+    let sent = retry::run(
+        policy,
+        what,
+        |failure: &Failure<SinkError>| {
+            SinkStats::add(&stats.errors, 1);
+            failure.verdict()
+        },
+        |attempt| {
+            if attempt > 0 {
+                SinkStats::add(&stats.retries, 1);
             }
-            Ok(reply) => return Ok(reply),
-            Err(e) => describe(&e),
-        };
-        SinkStats::add(&stats.errors, 1);
-        if started.elapsed() >= policy.give_up_after {
-            return Err(SinkError::Transient {
-                context: format!("{what}: still failing after {:?}", policy.give_up_after),
-                source: failure.into(),
-            });
-        }
-        let delay = backoff.next_delay();
-        SinkStats::add(&stats.retries, 1);
-        tracing::warn!(request = what, error = %failure, retry_in = ?delay, "sink request failed; retrying");
-        tokio::time::sleep(delay).await;
-    }
+            SinkStats::add(&stats.requests, 1);
+            let request = make();
+            async move {
+                match send_once(request).await {
+                    Ok(reply) if transient_status(reply.status) => {
+                        Err(Failure::Transient(reply.error_text()))
+                    }
+                    Ok(reply) if reply.status == 401 || reply.status == 403 => {
+                        Err(Failure::Definite(reply.definite(format!(
+                            "{what}: the server refused the credentials"
+                        ))))
+                    }
+                    Ok(reply) => Ok(reply),
+                    Err(e) => Err(Failure::Transient(describe(&e))),
+                }
+            }
+        },
+    )
+    .await;
+    sent.map_err(|stopped| match stopped.into_inner() {
+        Failure::Definite(refused) => refused,
+        Failure::Transient(failure) => SinkError::Transient {
+            context: format!("{what}: still failing after {:?}", policy.give_up_after),
+            source: failure.into(),
+        },
+    })
 }
 
 /// One attempt, no retry: for start-up health checks, which must fail fast.

@@ -28,17 +28,24 @@
 //!   by size ([`FlushPolicy::max_unflushed_bytes`]) and time
 //!   ([`FlushPolicy::max_delay`]); a sink splits a flush into requests of
 //!   its own bulk size;
+//! - reads a table's shape from [`SinkEvent::Schema`]'s `Arc<Table>` by
+//!   field (names, columns, `Column::value_type`, key); only the sinks that
+//!   publish the Avro schema render it ([`crate::model::Schema::avro`]);
 //! - retries transient failures (network, 429, 5xx) with the crate's one
-//!   back-off policy, exponential with jitter (see [`http::send`]), and
-//!   returns [`SinkError::Definite`] at once for what retrying cannot fix
-//!   (bad credentials, a schema or a row the server rejects);
+//!   retry runner ([`crate::retry::run`], or [`crate::retry::Attempts`] for
+//!   a loop that changes the sink between attempts), supplying only the
+//!   classifier, for `--sink.retry-timeout`; and returns
+//!   [`SinkError::Definite`] with a [`Problem`] (what is wrong, a detail, a
+//!   hint) at once for what retrying cannot fix (bad credentials, a schema
+//!   or a row the server rejects);
 //! - counts batches, latency, retries, errors and stale writes
 //!   ([`http::SinkStats`]).
 //!
 //! One folder per sink, each of the same shape: `config` (options),
 //! `client` (the server's API), `encoding` (rows as the server takes them),
-//! `schema` or `mapping` (tables from Avro schemas), `tests`. The contract
-//! and each sink's choices are written down in `docs/sinks.md`.
+//! `schema` or `mapping` (the server's tables from the source's `Table`),
+//! `tests`. The contract, each sink's choices and the guide to writing a
+//! sink ("Writing a sink") are in `docs/sinks.md`.
 
 pub mod bigquery;
 pub mod elasticsearch;
@@ -54,6 +61,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::error::Problem;
 use crate::model::{ImportChunk, Lsn, Modification, Schema};
 
 /// What flows from the source to a sink, in commit order.
@@ -80,19 +88,54 @@ pub enum SinkError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// Retrying will not help; stop and say why.
-    #[error("{context}: {source}")]
-    Definite {
-        context: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// Retrying will not help; stop and say why: what is wrong, the
+    /// server's words as the detail, and what to do as the hint.
+    #[error("{}", definite_text(.0))]
+    Definite(Problem),
 }
 
 impl SinkError {
     pub fn is_transient(&self) -> bool {
         matches!(self, SinkError::Transient { .. })
     }
+
+    /// A definite error: `message` says what failed, `detail` why (often
+    /// the server's answer).
+    pub fn definite(message: impl Into<String>, detail: impl std::fmt::Display) -> SinkError {
+        SinkError::Definite(Problem::new(message).detail(detail.to_string()))
+    }
+
+    /// This error with `hint` (what to do) when it is definite; a
+    /// transient error is returned as it is.
+    pub fn hint(self, hint: impl Into<String>) -> SinkError {
+        match self {
+            SinkError::Definite(problem) => SinkError::Definite(problem.hint(hint)),
+            transient => transient,
+        }
+    }
+
+    /// The problem, when the error is definite.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            SinkError::Definite(problem) => Some(problem),
+            SinkError::Transient { .. } => None,
+        }
+    }
+}
+
+/// A definite sink error as one line per part, as sink errors have always
+/// read: `message: detail`, then the hint.
+fn definite_text(problem: &Problem) -> String {
+    let mut text = problem.message.clone();
+    if let Some(detail) = &problem.detail {
+        text.push_str(": ");
+        text.push_str(detail);
+    }
+    if let Some(hint) = &problem.hint {
+        text.push_str("\n  hint: ");
+        text.push_str(hint);
+    }
+    text
 }
 
 /// What a sink knows of a change's table, by `schema.table`: the source
@@ -102,9 +145,11 @@ pub fn table_of<'a, T>(
     m: &Modification,
 ) -> Result<&'a T, SinkError> {
     let qualified = format!("{}.{}", m.namespace, m.name);
-    tables.get(&qualified).ok_or_else(|| SinkError::Definite {
-        context: format!("a change of {qualified} came before its schema"),
-        source: "the source sends a table's schema before its changes".into(),
+    tables.get(&qualified).ok_or_else(|| {
+        SinkError::definite(
+            format!("a change of {qualified} came before its schema"),
+            "the source sends a table's schema before its changes",
+        )
     })
 }
 
@@ -287,6 +332,30 @@ async fn flush<S: Sink>(
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    use super::SinkError;
+
+    #[test]
+    fn definite_errors_carry_their_hint_as_a_field_and_read_as_before() {
+        let e = SinkError::definite("cannot create topic t", "TopicAuthorizationFailed")
+            .hint("create it yourself");
+        assert!(!e.is_transient());
+        let problem = e.problem().unwrap();
+        assert_eq!(problem.message, "cannot create topic t");
+        assert_eq!(problem.detail.as_deref(), Some("TopicAuthorizationFailed"));
+        assert_eq!(problem.hint.as_deref(), Some("create it yourself"));
+        assert_eq!(
+            e.to_string(),
+            "cannot create topic t: TopicAuthorizationFailed\n  hint: create it yourself"
+        );
+        let transient = SinkError::Transient {
+            context: "a".into(),
+            source: "b".into(),
+        }
+        .hint("ignored");
+        assert!(transient.is_transient() && transient.problem().is_none());
+        assert_eq!(transient.to_string(), "a: b");
+    }
 
     #[test]
     fn json_size_is_the_length_of_the_text() {

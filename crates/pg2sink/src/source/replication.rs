@@ -547,8 +547,8 @@ impl<'a> Session<'a> {
             }
         }
         if !self.announced.contains(&relation) {
-            let (qualified, schema) = (rel.qualified.clone(), rel.table.avro_schema());
-            self.announce(qualified, schema, &timestamp).await?;
+            let table = Arc::new(rel.table.clone());
+            self.announce(table, &timestamp).await?;
             self.announced.insert(relation);
         }
         let modification = Modification {
@@ -565,20 +565,18 @@ impl<'a> Session<'a> {
         self.forward(SinkEvent::Modification(modification)).await
     }
 
-    /// Sends a table's schema unless it is the one last sent for the table.
-    async fn announce(
-        &mut self,
-        qualified: String,
-        schema: Value,
-        timestamp: &str,
-    ) -> Result<(), Error> {
-        if self.progress.schemas.get(&qualified) == Some(&schema) {
+    /// Sends a table's schema unless its Avro schema is the one last sent
+    /// for the table (a change sinks cannot see, such as a new relation id
+    /// or a `varchar` length, is not announced).
+    async fn announce(&mut self, table: Arc<Table>, timestamp: &str) -> Result<(), Error> {
+        let (qualified, avro) = (table.qualified_name(), table.avro_schema());
+        if self.progress.schemas.get(&qualified) == Some(&avro) {
             return Ok(());
         }
-        self.progress.schemas.insert(qualified, schema.clone());
+        self.progress.schemas.insert(qualified, avro);
         self.forward(SinkEvent::Schema(Schema {
             timestamp: timestamp.to_string(),
-            schema,
+            table,
         }))
         .await
     }
@@ -617,8 +615,7 @@ impl<'a> Session<'a> {
         let count = rows.rows.len() + ready.completed.len();
         crate::ops::metrics::rows_imported(&table.qualified_name(), count as u64);
         if count > 0 {
-            self.announce(table.qualified_name(), table.avro_schema(), &timestamp)
-                .await?;
+            self.announce(table.clone(), &timestamp).await?;
         }
         if !rows.rows.is_empty() {
             let tx = self.transaction.as_mut().expect("checked above");

@@ -36,14 +36,8 @@ enum Credentials {
     Ready(Arc<dyn gcp_auth::TokenProvider>),
 }
 
-fn definite(
-    context: impl Into<String>,
-    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> SinkError {
-    SinkError::Definite {
-        context: context.into(),
-        source: source.into(),
-    }
+fn definite(context: impl Into<String>, detail: impl std::fmt::Display) -> SinkError {
+    SinkError::definite(context, detail)
 }
 
 impl Client {
@@ -93,9 +87,8 @@ impl Client {
                 })?,
             ),
             Credentials::ApplicationDefault => gcp_auth::provider().await.map_err(|e| {
-                definite(
-                    "no Google credentials found",
-                    format!("{e}\n  hint: pass --sink.bigquery.credentials=KEY.json, set GOOGLE_APPLICATION_CREDENTIALS, or run on GCP with a service account"),
+                definite("no Google credentials found", e).hint(
+                    "pass --sink.bigquery.credentials=KEY.json, set GOOGLE_APPLICATION_CREDENTIALS, or run on GCP with a service account",
                 )
             })?,
             Credentials::None | Credentials::Ready(_) => return Ok(()),
@@ -170,8 +163,9 @@ impl Client {
             200..=299 => Ok(()),
             401 | 403 => Err(definite(
                 format!("BigQuery refused access to project {} dataset {}", self.project, self.dataset),
-                format!("{}\n  hint: check --sink.bigquery.credentials and the account's BigQuery roles (Data Editor, Job User)", reply.error_text()),
-            )),
+                reply.error_text(),
+            )
+            .hint("check --sink.bigquery.credentials and the account's BigQuery roles (Data Editor, Job User)")),
             404 => self.create_dataset().await,
             _ => Err(reply.definite(format!("reading dataset {}.{}", self.project, self.dataset))),
         }
@@ -194,8 +188,9 @@ impl Client {
         }
         Err(definite(
             format!("cannot create dataset {}.{}", self.project, self.dataset),
-            format!("{}\n  hint: create it yourself or grant the account BigQuery Data Editor on the project", reply.error_text()),
-        ))
+            reply.error_text(),
+        )
+        .hint("create it yourself or grant the account BigQuery Data Editor on the project"))
     }
 
     /// The table's resource, or None when it does not exist.

@@ -30,7 +30,7 @@ use self::schema::TableLayout;
 use super::http::SinkStats;
 use super::{json_size, table_of, Sink, SinkError};
 use crate::model::{Modification, Schema};
-use crate::retry::Backoff;
+use crate::retry::{self, Stopped, Verdict};
 
 pub struct BigQuerySink {
     config: BigQueryConfig,
@@ -132,22 +132,23 @@ impl BigQuerySink {
     async fn insert(&self, table: &str, rows: Vec<Value>) -> Result<(), SinkError> {
         for chunk in rows.chunks(self.config.batch_rows.max(1)) {
             let started = Instant::now();
-            let mut backoff = Backoff::new(self.config.retry.initial, self.config.retry.max);
-            loop {
-                match self.client.insert_all(table, chunk.to_vec()).await {
-                    Ok(()) => break,
-                    Err(e)
-                        if e.is_transient()
-                            && started.elapsed() < self.config.retry.give_up_after =>
-                    {
-                        let delay = backoff.next_delay();
-                        SinkStats::add(&self.client.stats.retries, 1);
-                        tracing::warn!(table, error = %e, retry_in = ?delay, "insertAll failed; retrying");
-                        tokio::time::sleep(delay).await;
+            let stats = &self.client.stats;
+            retry::run(
+                &self.config.retry,
+                "insertAll",
+                |e: &SinkError| match e.is_transient() {
+                    true => Verdict::Retry,
+                    false => Verdict::Stop,
+                },
+                |attempt| async move {
+                    if attempt > 0 {
+                        SinkStats::add(&stats.retries, 1);
                     }
-                    Err(e) => return Err(e),
-                }
-            }
+                    self.client.insert_all(table, chunk.to_vec()).await
+                },
+            )
+            .await
+            .map_err(Stopped::into_inner)?;
             self.client
                 .stats
                 .batch("bigquery", chunk.len() as u64, started.elapsed());
@@ -168,7 +169,7 @@ impl Sink for BigQuerySink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let layout = TableLayout::from_schema(&schema.schema);
+        let layout = TableLayout::from_table(&schema.table);
         if self.tables.get(&layout.qualified) == Some(&layout) {
             return Ok(());
         }

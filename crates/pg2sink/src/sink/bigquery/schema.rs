@@ -1,4 +1,4 @@
-//! From a table's Avro schema to BigQuery: the raw table of changes, its
+//! From a table to BigQuery: the raw table of changes, its
 //! columns and types, and the view of the current state.
 //!
 //! Names: `<schema>__<table>` for the view and `<schema>__<table>__changes`
@@ -9,6 +9,8 @@
 use std::collections::HashSet;
 
 use serde_json::{json, Value};
+
+use crate::model::table::{self, Scalar, Table, ValueType};
 
 /// How a value is converted for its column (see `encoding`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,34 +106,28 @@ pub struct TableLayout {
 }
 
 impl TableLayout {
-    pub fn from_schema(schema: &Value) -> TableLayout {
-        let pg_schema = schema["pg.schema"].as_str().unwrap_or("");
-        let pg_table = schema["pg.table"].as_str().unwrap_or("");
-        let base = table_name(pg_schema, pg_table);
+    pub fn from_table(table: &Table) -> TableLayout {
+        let base = table_name(&table.namespace, &table.name);
         let mut used = HashSet::new();
-        let columns = schema["fields"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|field| {
-                let pg_name = field["pg.name"]
-                    .as_str()
-                    .or_else(|| field["name"].as_str())
-                    .unwrap_or_default()
-                    .to_string();
-                let (bq_type, conv, repeated) = column_type(field);
+        let columns = table
+            .columns
+            .iter()
+            .zip(table.avro_field_names())
+            .map(|(column, avro_name)| {
+                let (bq_type, conv, repeated) = column_type(column);
                 Column {
-                    bq_name: column_name(field["name"].as_str().unwrap_or("c"), &mut used),
-                    pg_name,
+                    // Avro names are already close to what BigQuery takes.
+                    bq_name: column_name(&avro_name, &mut used),
+                    pg_name: column.name.clone(),
                     bq_type,
                     repeated,
                     conv,
-                    key: field["pg.key"] == true,
+                    key: column.is_key,
                 }
             })
             .collect();
         TableLayout {
-            qualified: format!("{pg_schema}.{pg_table}"),
+            qualified: table.qualified_name(),
             raw_table: format!("{base}__changes"),
             view: base,
             columns,
@@ -221,81 +217,54 @@ SELECT {out} FROM ranked WHERE _pg2sink_rank = 1 AND {OP} != 'delete'",
 }
 
 /// The BigQuery type of a column: (type, conversion, repeated).
-pub fn column_type(field: &Value) -> (&'static str, Conv, bool) {
-    let pg_type = field["pg.type"].as_str().unwrap_or("");
+pub fn column_type(column: &table::Column) -> (&'static str, Conv, bool) {
+    let pg_type = column.type_name();
     let base = pg_type.strip_prefix('_').unwrap_or(pg_type);
-    let mut branches = non_null(&field["type"]);
-    let mut repeated = false;
-    while let Some(items) = branches
-        .iter()
-        .find(|b| b["type"] == "array")
-        .map(|b| non_null(&b["items"]))
-    {
-        repeated = true;
-        let scalars: Vec<&Value> = items
-            .iter()
-            .copied()
-            .filter(|b| b["type"] != "array")
-            .collect();
-        if scalars.is_empty() {
-            branches = items;
-        } else {
-            branches = scalars;
-            break;
+    let ValueType { scalar, array } = column.value_type();
+    (scalar_type(base, scalar), scalar_conv(base, scalar), array)
+}
+
+fn scalar_type(base: &str, scalar: Scalar) -> &'static str {
+    if matches!(base, "json" | "jsonb" | "hstore") {
+        return "JSON";
+    }
+    match scalar {
+        Scalar::Record | Scalar::Map => "JSON",
+        Scalar::Decimal { precision, scale } => {
+            let (p, s) = (i64::from(precision), i64::from(scale));
+            if s <= 9 && p - s <= 29 {
+                "NUMERIC"
+            } else if s <= 38 && p - s <= 38 {
+                "BIGNUMERIC"
+            } else {
+                "STRING"
+            }
         }
-    }
-    let (ty, conv) = scalar_type(base, &branches);
-    (ty, conv, repeated)
-}
-
-fn scalar_type(base: &str, branches: &[&Value]) -> (&'static str, Conv) {
-    let is = |t: &str| {
-        branches
-            .iter()
-            .any(|b| b.as_str() == Some(t) || b["type"] == t)
-    };
-    let logical = |l: &str| branches.iter().find(|b| b["logicalType"] == l).copied();
-    if matches!(base, "json" | "jsonb" | "hstore") || is("record") || is("map") {
-        return ("JSON", Conv::Json);
-    }
-    if let Some(d) = logical("decimal") {
-        let (p, s) = (
-            d["precision"].as_i64().unwrap_or(0),
-            d["scale"].as_i64().unwrap_or(0),
-        );
-        return if s <= 9 && p - s <= 29 {
-            ("NUMERIC", Conv::Numeric)
-        } else if s <= 38 && p - s <= 38 {
-            ("BIGNUMERIC", Conv::Numeric)
-        } else {
-            ("STRING", Conv::String)
-        };
-    }
-    if logical("date").is_some() {
-        ("DATE", Conv::Date)
-    } else if logical("time-micros").is_some() {
-        ("TIME", Conv::Time)
-    } else if logical("local-timestamp-micros").is_some() {
-        ("DATETIME", Conv::DateTime)
-    } else if logical("timestamp-micros").is_some() {
-        ("TIMESTAMP", Conv::Timestamp)
-    } else if is("boolean") {
-        ("BOOLEAN", Conv::Bool)
-    } else if is("int") || is("long") {
-        ("INTEGER", Conv::Int)
-    } else if is("float") || is("double") {
-        ("FLOAT", Conv::Float)
-    } else if is("bytes") {
-        ("BYTES", Conv::Bytes)
-    } else {
-        ("STRING", Conv::String)
+        Scalar::Date => "DATE",
+        Scalar::Time => "TIME",
+        Scalar::Timestamp => "DATETIME",
+        Scalar::Timestamptz => "TIMESTAMP",
+        Scalar::Boolean => "BOOLEAN",
+        Scalar::Int | Scalar::Long => "INTEGER",
+        Scalar::Float | Scalar::Double => "FLOAT",
+        Scalar::Bytes => "BYTES",
+        Scalar::Uuid | Scalar::String => "STRING",
     }
 }
 
-fn non_null(ty: &Value) -> Vec<&Value> {
-    match ty {
-        Value::Array(branches) => branches.iter().filter(|b| *b != "null").collect(),
-        other => vec![other],
+fn scalar_conv(base: &str, scalar: Scalar) -> Conv {
+    match scalar_type(base, scalar) {
+        "JSON" => Conv::Json,
+        "NUMERIC" | "BIGNUMERIC" => Conv::Numeric,
+        "DATE" => Conv::Date,
+        "TIME" => Conv::Time,
+        "DATETIME" => Conv::DateTime,
+        "TIMESTAMP" => Conv::Timestamp,
+        "BOOLEAN" => Conv::Bool,
+        "INTEGER" => Conv::Int,
+        "FLOAT" => Conv::Float,
+        "BYTES" => Conv::Bytes,
+        _ => Conv::String,
     }
 }
 

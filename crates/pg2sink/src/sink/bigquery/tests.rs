@@ -7,20 +7,24 @@ use serde_json::{json, Value};
 
 use super::encoding;
 use super::schema::{column_name, column_type, table_name, Conv, TableLayout};
+use crate::model::pgtype::{PgType, TypeInfo};
+use crate::model::table::testing::{
+    array, builtin, column, composite, domain, hstore, numeric_modifier, table,
+};
 use crate::model::{format_timestamp, Lsn, Modification, Op};
 
 fn layout() -> TableLayout {
-    TableLayout::from_schema(&json!({
-        "namespace": "public.t", "type": "record", "name": "value",
-        "pg.schema": "public", "pg.table": "t",
-        "fields": [
-            {"name": "id", "type": ["null", "long"], "pg.type": "int8", "pg.key": true},
-            {"name": "body", "type": ["null", "string"], "pg.type": "text"},
-            {"name": "_pg2sink_op", "type": ["null", "string"], "pg.type": "text"},
-            {"name": "ID2", "pg.name": "id2", "type": ["null", "int"], "pg.type": "int4"},
-            {"name": "id2", "pg.name": "Id2", "type": ["null", "int"], "pg.type": "int4"},
-        ]
-    }))
+    TableLayout::from_table(&table(
+        "public",
+        "t",
+        vec![
+            column("id", builtin(PgType::Int8), -1, true),
+            column("body", builtin(PgType::Text), -1, false),
+            column("_pg2sink_op", builtin(PgType::Text), -1, false),
+            column("ID2", builtin(PgType::Int4), -1, false),
+            column("id2", builtin(PgType::Int4), -1, false),
+        ],
+    ))
 }
 
 #[test]
@@ -71,49 +75,38 @@ fn layout_names_and_clustering() {
 
 #[test]
 fn types() {
-    let t = |ty: Value, pg: &str| {
-        let (bq, conv, repeated) = column_type(&json!({"type": ty, "pg.type": pg}));
-        (bq, conv, repeated)
-    };
-    let dec = |p: i64, s: i64| json!(["null", {"type": "bytes", "logicalType": "decimal", "precision": p, "scale": s}, "string"]);
-    assert_eq!(t(dec(10, 2), "numeric"), ("NUMERIC", Conv::Numeric, false));
+    let t = |ty: TypeInfo, type_modifier: i32| column_type(&column("c", ty, type_modifier, false));
+    let numeric = builtin(PgType::Numeric);
+    let dec = |p: i32, s: i32| numeric_modifier(p, s);
     assert_eq!(
-        t(dec(50, 20), "numeric"),
+        t(numeric.clone(), dec(10, 2)),
+        ("NUMERIC", Conv::Numeric, false)
+    );
+    assert_eq!(
+        t(numeric.clone(), dec(50, 20)),
         ("BIGNUMERIC", Conv::Numeric, false)
     );
-    assert_eq!(t(dec(60, 20), "numeric").0, "STRING");
+    assert_eq!(t(numeric.clone(), dec(60, 20)).0, "STRING");
+    assert_eq!(t(numeric, -1), ("STRING", Conv::String, false));
+    assert_eq!(t(builtin(PgType::Jsonb), -1), ("JSON", Conv::Json, false));
+    assert_eq!(t(builtin(PgType::Timestamptz), -1).0, "TIMESTAMP");
+    assert_eq!(t(builtin(PgType::Timestamp), -1).0, "DATETIME");
     assert_eq!(
-        t(json!(["null", "string"]), "numeric"),
-        ("STRING", Conv::String, false)
-    );
-    assert_eq!(
-        t(json!(["null", "string"]), "jsonb"),
-        ("JSON", Conv::Json, false)
-    );
-    assert_eq!(
-        t(
-            json!(["null", {"type": "long", "logicalType": "timestamp-micros"}, "string"]),
-            "timestamptz"
-        )
-        .0,
-        "TIMESTAMP"
-    );
-    assert_eq!(
-        t(
-            json!(["null", {"type": "long", "logicalType": "local-timestamp-micros"}, "string"]),
-            "timestamp"
-        )
-        .0,
-        "DATETIME"
-    );
-    assert_eq!(
-        t(
-            json!(["null", {"type": "array", "items": ["null", "int", {"type": "array", "items": ["null", "int"]}]}]),
-            "_int4"
-        ),
+        t(array("_int4", builtin(PgType::Int4)), -1),
         ("INTEGER", Conv::Int, true)
     );
-    assert_eq!(t(json!(["null", "bytes"]), "bytea").0, "BYTES");
+    assert_eq!(t(builtin(PgType::Bytea), -1).0, "BYTES");
+    // Domains are typed as their base, with the domain's modifier.
+    assert_eq!(
+        t(
+            domain("public.money2", builtin(PgType::Numeric), dec(12, 2)),
+            -1
+        ),
+        ("NUMERIC", Conv::Numeric, false)
+    );
+    assert_eq!(t(composite("public.pair"), -1), ("JSON", Conv::Json, false));
+    assert_eq!(t(hstore("public.hstore"), -1).0, "JSON");
+    assert_eq!(t(builtin(PgType::Time), -1).1, Conv::Time);
 }
 
 #[test]

@@ -34,7 +34,7 @@ pub struct Found {
 impl Client {
     pub fn new(config: &ElasticsearchConfig) -> Result<Client, SinkError> {
         let definite = |context: String, e: Box<dyn std::error::Error + Send + Sync>| {
-            SinkError::Definite { context, source: e }
+            SinkError::definite(context, e)
         };
         if config.urls.is_empty() {
             return Err(definite(
@@ -152,14 +152,7 @@ impl Client {
                     return Ok(format!("{distribution} {version}"));
                 }
                 Ok(reply) if reply.status == 401 || reply.status == 403 => {
-                    return Err(SinkError::Definite {
-                        context: format!("Elasticsearch at {url} refused the credentials"),
-                        source: format!(
-                            "{}\n  hint: check --sink.elasticsearch.username/password or --sink.elasticsearch.api-key",
-                            reply.error_text()
-                        )
-                        .into(),
-                    });
+                    return Err(SinkError::definite(format!("Elasticsearch at {url} refused the credentials"), reply.error_text()).hint("check --sink.elasticsearch.username/password or --sink.elasticsearch.api-key"));
                 }
                 Ok(reply) => answered.push(format!("{url}: {}", reply.error_text())),
                 Err(e) => failures.push(format!("{url}: {}", http::describe(&e))),
@@ -167,14 +160,7 @@ impl Client {
         }
         if !answered.is_empty() {
             answered.extend(failures);
-            return Err(SinkError::Definite {
-                context: "Elasticsearch answered the start-up check with an error".into(),
-                source: format!(
-                    "{}\n  hint: the answer above says why; check that --sink.elasticsearch.url is the cluster's own address (no path) and the cluster's health",
-                    answered.join("; ")
-                )
-                .into(),
-            });
+            return Err(SinkError::definite("Elasticsearch answered the start-up check with an error", answered.join("; ")).hint("the answer above says why; check that --sink.elasticsearch.url is the cluster's own address (no path) and the cluster's health"));
         }
         Err(SinkError::Transient {
             context: "cannot reach Elasticsearch".into(),

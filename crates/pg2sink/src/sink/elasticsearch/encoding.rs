@@ -28,10 +28,10 @@ pub const SEQUENCE_BITS: u32 = 12;
 pub fn version(lsn: Lsn, sequence: u64) -> Result<i64, SinkError> {
     let max_seq = (1u64 << SEQUENCE_BITS) - 1;
     if lsn.0 >= 1u64 << (63 - SEQUENCE_BITS) {
-        return Err(SinkError::Definite {
-            context: format!("position {lsn} is too large for an Elasticsearch version"),
-            source: "LSNs past 2 PiB of WAL cannot be versioned".into(),
-        });
+        return Err(SinkError::definite(
+            format!("position {lsn} is too large for an Elasticsearch version"),
+            "LSNs past 2 PiB of WAL cannot be versioned",
+        ));
     }
     Ok(((lsn.0 << SEQUENCE_BITS) | sequence.min(max_seq)) as i64)
 }
@@ -78,22 +78,21 @@ pub fn document_id(table: &TableMapping, row: &Row) -> Result<String, SinkError>
         match row.get(column) {
             Some(v) => values.push(v),
             None => {
-                return Err(SinkError::Definite {
-                    context: format!(
+                return Err(SinkError::definite(
+                    format!(
                         "a change of index {} has no key column {column:?}",
                         table.index
                     ),
-                    source: "the row lacks a key column; is the table's replica identity complete?"
-                        .into(),
-                })
+                    "the row lacks a key column; is the table's replica identity complete?",
+                ))
             }
         }
     }
     if values.is_empty() {
-        return Err(SinkError::Definite {
-            context: format!("index {} has no key columns", table.index),
-            source: "documents are identified by the primary key (or replica identity)".into(),
-        });
+        return Err(SinkError::definite(
+            format!("index {} has no key columns", table.index),
+            "documents are identified by the primary key (or replica identity)",
+        ));
     }
     Ok(key_text(&values))
 }

@@ -1,4 +1,4 @@
-//! From a table's Avro schema to its index: the index name and the field
+//! From a table to its index: the index name and the field
 //! mappings.
 //!
 //! Values arrive as pg2sink's typed JSON (docs/types.md) and are stored as
@@ -8,6 +8,8 @@
 //! (`ignore_malformed`) rather than rejecting the document.
 
 use serde_json::{json, Map, Value};
+
+use crate::model::table::{Column, Scalar, Table};
 
 /// A table as the sink writes it.
 #[derive(Clone, Debug)]
@@ -20,24 +22,15 @@ pub struct TableMapping {
 }
 
 impl TableMapping {
-    pub fn from_schema(prefix: &str, schema: &Value) -> TableMapping {
-        let pg_schema = schema["pg.schema"].as_str().unwrap_or("");
-        let pg_table = schema["pg.table"].as_str().unwrap_or("");
-        let mut key_columns = vec![];
-        let mut properties = Map::new();
-        for field in schema["fields"].as_array().into_iter().flatten() {
-            let name = field["pg.name"]
-                .as_str()
-                .or_else(|| field["name"].as_str())
-                .unwrap_or_default()
-                .to_string();
-            if field["pg.key"] == true {
-                key_columns.push(name.clone());
-            }
-            properties.insert(name, field_mapping(field));
-        }
+    pub fn from_table(prefix: &str, table: &Table) -> TableMapping {
+        let key_columns = table.key_columns().map(|c| c.name.clone()).collect();
+        let properties = table
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), field_mapping(c)))
+            .collect();
         TableMapping {
-            index: index_name(prefix, pg_schema, pg_table),
+            index: index_name(prefix, &table.namespace, &table.name),
             key_columns,
             properties,
         }
@@ -68,67 +61,39 @@ pub fn index_name(prefix: &str, schema: &str, table: &str) -> String {
     name
 }
 
-/// How one column is indexed.
-pub fn field_mapping(field: &Value) -> Value {
-    let pg_type = field["pg.type"].as_str().unwrap_or("");
+/// How one column is indexed. Arrays are transparent in Elasticsearch:
+/// an array column is mapped as its element.
+pub fn field_mapping(column: &Column) -> Value {
+    let pg_type = column.type_name();
     let base = pg_type.strip_prefix('_').unwrap_or(pg_type);
-    // Arrays are transparent in Elasticsearch: map the element.
-    let mut branch = non_null(&field["type"]);
-    while let Some(array) = branch
-        .iter()
-        .find(|b| b["type"] == "array")
-        .map(|b| non_null(&b["items"]))
-    {
-        branch = array
-            .into_iter()
-            .filter(|b| b["type"] != "array")
-            .collect::<Vec<_>>();
-        if branch.is_empty() {
-            break;
-        }
-    }
     let unparsed = json!({"type": "object", "enabled": false});
     if matches!(base, "json" | "jsonb" | "hstore") {
         return unparsed;
     }
-    let is = |t: &str| {
-        branch
-            .iter()
-            .any(|b| b.as_str() == Some(t) || b["type"] == t)
-    };
-    let logical = |l: &str| branch.iter().any(|b| b["logicalType"] == l);
-    if is("record") || is("map") {
-        unparsed
-    } else if logical("decimal") || base == "numeric" {
-        json!({"type": "double", "ignore_malformed": true})
-    } else if logical("date") {
-        json!({"type": "date", "format": "strict_date_optional_time||strict_date", "ignore_malformed": true})
-    } else if logical("timestamp-micros") || logical("local-timestamp-micros") {
-        json!({"type": "date", "ignore_malformed": true})
-    } else if is("boolean") {
-        json!({"type": "boolean"})
-    } else if is("int") {
-        json!({"type": "integer"})
-    } else if is("long") && !logical("time-micros") {
-        json!({"type": "long"})
-    } else if is("float") {
-        json!({"type": "float", "ignore_malformed": true})
-    } else if is("double") {
-        json!({"type": "double", "ignore_malformed": true})
-    } else if is("bytes") {
+    match column.value_type().scalar {
+        Scalar::Record | Scalar::Map => unparsed,
+        Scalar::Decimal { .. } => json!({"type": "double", "ignore_malformed": true}),
+        _ if base == "numeric" => json!({"type": "double", "ignore_malformed": true}),
+        Scalar::Date => {
+            json!({"type": "date", "format": "strict_date_optional_time||strict_date", "ignore_malformed": true})
+        }
+        Scalar::Timestamp | Scalar::Timestamptz => {
+            json!({"type": "date", "ignore_malformed": true})
+        }
+        Scalar::Boolean => json!({"type": "boolean"}),
+        Scalar::Int => json!({"type": "integer"}),
+        Scalar::Long => json!({"type": "long"}),
+        Scalar::Float => json!({"type": "float", "ignore_malformed": true}),
+        Scalar::Double => json!({"type": "double", "ignore_malformed": true}),
         // "\x..." hex, not base64: stored, not indexed.
-        json!({"type": "keyword", "index": false, "doc_values": false})
-    } else if matches!(base, "text" | "varchar" | "bpchar" | "citext" | "xml") {
-        json!({"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}})
-    } else {
-        json!({"type": "keyword", "ignore_above": 1024})
-    }
-}
-
-/// The non-null branches of an Avro union (or the type itself).
-fn non_null(ty: &Value) -> Vec<&Value> {
-    match ty {
-        Value::Array(branches) => branches.iter().filter(|b| *b != "null").collect(),
-        other => vec![other],
+        Scalar::Bytes => json!({"type": "keyword", "index": false, "doc_values": false}),
+        // Time, uuid, text and everything passed as text.
+        Scalar::Time | Scalar::Uuid | Scalar::String => {
+            if matches!(base, "text" | "varchar" | "bpchar" | "citext" | "xml") {
+                json!({"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}})
+            } else {
+                json!({"type": "keyword", "ignore_above": 1024})
+            }
+        }
     }
 }

@@ -33,7 +33,7 @@ use self::mapping::TableMapping;
 use super::http::SinkStats;
 use super::{table_of, Sink, SinkError};
 use crate::model::{Modification, Row, Schema};
-use crate::retry::Backoff;
+use crate::retry::{Attempts, Failure};
 
 pub struct ElasticsearchSink {
     config: ElasticsearchConfig,
@@ -144,59 +144,65 @@ impl ElasticsearchSink {
     async fn bulk_chunk(&self, chunk: &[Action]) -> Result<(), SinkError> {
         let started = Instant::now();
         let mut todo: Vec<&Action> = chunk.iter().collect();
-        let mut backoff = Backoff::new(self.config.retry.initial, self.config.retry.max);
         let stats = &self.client.stats;
+        let mut attempts = Attempts::new(&self.config.retry);
         loop {
-            let mut body = Vec::new();
-            for action in &todo {
-                encoding::append_bulk(&mut body, action);
-            }
-            let reply = self.client.bulk(body).await?;
-            let items = reply.body["items"].as_array().cloned().unwrap_or_default();
-            if items.len() != todo.len() {
-                return Err(SinkError::Transient {
-                    context: "a _bulk answer".into(),
-                    source: format!("{} items for {} actions", items.len(), todo.len()).into(),
-                });
-            }
-            let mut again = vec![];
-            let mut last_error = String::new();
-            for (action, item) in todo.iter().zip(&items) {
-                match encoding::item_outcome(item) {
-                    ItemOutcome::Done => SinkStats::add(&stats.rows, 1),
-                    ItemOutcome::Stale => SinkStats::add(&stats.stale, 1),
-                    ItemOutcome::Retry(e) => {
-                        again.push(*action);
-                        last_error = e;
-                    }
-                    ItemOutcome::Rejected(e) => {
-                        SinkStats::add(&stats.errors, 1);
-                        return Err(SinkError::Definite {
-                            context: "Elasticsearch rejected a document".into(),
-                            source: format!(
-                                "{e}\n  hint: fix the index (mapping) or the data; nothing after this change is confirmed, so a restart sends it again"
-                            )
+            let sent: Result<(), Failure<SinkError>> = async {
+                let mut body = Vec::new();
+                for action in &todo {
+                    encoding::append_bulk(&mut body, action);
+                }
+                let reply = self.client.bulk(body).await.map_err(Failure::Definite)?;
+                let items = reply.body["items"].as_array().cloned().unwrap_or_default();
+                if items.len() != todo.len() {
+                    return Err(Failure::Definite(SinkError::Transient {
+                        context: "a _bulk answer".into(),
+                        source: format!("{} items for {} actions", items.len(), todo.len())
                             .into(),
-                        });
+                    }));
+                }
+                let mut again = vec![];
+                let mut last_error = String::new();
+                for (action, item) in todo.iter().zip(&items) {
+                    match encoding::item_outcome(item) {
+                        ItemOutcome::Done => SinkStats::add(&stats.rows, 1),
+                        ItemOutcome::Stale => SinkStats::add(&stats.stale, 1),
+                        ItemOutcome::Retry(e) => {
+                            again.push(*action);
+                            last_error = e;
+                        }
+                        ItemOutcome::Rejected(e) => {
+                            SinkStats::add(&stats.errors, 1);
+                            return Err(Failure::Definite(SinkError::definite("Elasticsearch rejected a document", e).hint("fix the index (mapping) or the data; nothing after this change is confirmed, so a restart sends it again")));
+                        }
                     }
                 }
+                if again.is_empty() {
+                    return Ok(());
+                }
+                // Only the items that failed transiently are sent again.
+                SinkStats::add(&stats.errors, again.len() as u64);
+                todo = again;
+                Err(Failure::Transient(last_error))
             }
-            if again.is_empty() {
+            .await;
+            let Err(failure) = sent else {
                 stats.batch("elasticsearch", chunk.len() as u64, started.elapsed());
                 return Ok(());
+            };
+            let verdict = failure.verdict();
+            match attempts.failed("_bulk items", failure, verdict).await {
+                Ok(()) => SinkStats::add(&stats.retries, 1),
+                Err(stopped) => {
+                    return Err(match stopped.into_inner() {
+                        Failure::Definite(e) => e,
+                        Failure::Transient(last_error) => SinkError::Transient {
+                            context: format!("{} _bulk items still failing", todo.len()),
+                            source: last_error.into(),
+                        },
+                    })
+                }
             }
-            SinkStats::add(&stats.errors, again.len() as u64);
-            if started.elapsed() >= self.config.retry.give_up_after {
-                return Err(SinkError::Transient {
-                    context: format!("{} _bulk items still failing", again.len()),
-                    source: last_error.into(),
-                });
-            }
-            let delay = backoff.next_delay();
-            SinkStats::add(&stats.retries, 1);
-            tracing::warn!(items = again.len(), error = %last_error, retry_in = ?delay, "_bulk items failed; retrying them");
-            tokio::time::sleep(delay).await;
-            todo = again;
         }
     }
 }
@@ -213,12 +219,8 @@ impl Sink for ElasticsearchSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let table = TableMapping::from_schema(&self.config.index_prefix, &schema.schema);
-        let qualified = format!(
-            "{}.{}",
-            schema.schema["pg.schema"].as_str().unwrap_or(""),
-            schema.schema["pg.table"].as_str().unwrap_or("")
-        );
+        let table = TableMapping::from_table(&self.config.index_prefix, &schema.table);
+        let qualified = schema.table.qualified_name();
         if self
             .tables
             .get(&qualified)

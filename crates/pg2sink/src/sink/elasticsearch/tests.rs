@@ -5,20 +5,22 @@ use serde_json::json;
 
 use super::encoding::{self, Action, ItemOutcome};
 use super::mapping::{field_mapping, index_name, TableMapping};
+use crate::model::pgtype::{PgType, TypeInfo};
+use crate::model::table::testing::{self, array, builtin, column};
 use crate::model::{format_timestamp, Lsn, Modification, Op, Row};
 
 fn table() -> TableMapping {
-    TableMapping::from_schema(
+    TableMapping::from_table(
         "pre-",
-        &json!({
-            "namespace": "public.t", "type": "record", "name": "value",
-            "pg.schema": "Public", "pg.table": "My T",
-            "fields": [
-                {"name": "k1", "type": ["null", "int"], "pg.type": "int4", "pg.key": true},
-                {"name": "k2", "type": ["null", "string"], "pg.type": "text", "pg.key": true},
-                {"name": "_1_odd", "pg.name": "1 odd", "type": ["null", "string"], "pg.type": "text"},
-            ]
-        }),
+        &testing::table(
+            "Public",
+            "My T",
+            vec![
+                column("k1", builtin(PgType::Int4), -1, true),
+                column("k2", builtin(PgType::Text), -1, true),
+                column("1 odd", builtin(PgType::Text), -1, false),
+            ],
+        ),
     )
 }
 
@@ -54,39 +56,22 @@ fn mapping_uses_real_column_names_and_keys() {
     assert!(t.properties.contains_key("1 odd"));
     assert_eq!(t.properties["k1"]["type"], "integer");
     assert_eq!(t.properties["k2"]["type"], "text");
-    let f = |ty: serde_json::Value, pg: &str| {
-        field_mapping(&json!({"type": ty, "pg.type": pg}))["type"].clone()
+    let f = |ty: TypeInfo, type_modifier: i32| {
+        field_mapping(&column("c", ty, type_modifier, false))["type"].clone()
     };
-    assert_eq!(f(json!(["null", "string"]), "jsonb"), "object");
+    assert_eq!(f(builtin(PgType::Jsonb), -1), "object");
     assert_eq!(
-        f(
-            json!(["null", {"type": "bytes", "logicalType": "decimal", "precision": 5, "scale": 2}, "string"]),
-            "numeric"
-        ),
+        f(builtin(PgType::Numeric), testing::numeric_modifier(5, 2)),
         "double"
     );
-    assert_eq!(
-        f(
-            json!(["null", {"type": "int", "logicalType": "date"}, "string"]),
-            "date"
-        ),
-        "date"
-    );
-    assert_eq!(
-        f(
-            json!(["null", {"type": "long", "logicalType": "time-micros"}]),
-            "time"
-        ),
-        "keyword"
-    );
-    assert_eq!(
-        f(
-            json!(["null", {"type": "array", "items": ["null", "long", {"type": "array", "items": ["null", "long"]}]}]),
-            "_int8"
-        ),
-        "long"
-    );
-    assert_eq!(f(json!(["null", "bytes"]), "bytea"), "keyword");
+    assert_eq!(f(builtin(PgType::Numeric), -1), "double");
+    assert_eq!(f(builtin(PgType::Date), -1), "date");
+    assert_eq!(f(builtin(PgType::Time), -1), "keyword");
+    assert_eq!(f(array("_int8", builtin(PgType::Int8)), -1), "long");
+    assert_eq!(f(builtin(PgType::Bytea), -1), "keyword");
+    assert_eq!(f(testing::composite("public.pair"), -1), "object");
+    assert_eq!(f(builtin(PgType::Varchar), -1), "text");
+    assert_eq!(f(builtin(PgType::Uuid), -1), "keyword");
 }
 
 #[test]

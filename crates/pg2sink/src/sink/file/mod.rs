@@ -108,17 +108,30 @@ impl Sink for FileSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let table = schema.table().unwrap_or_default().to_string();
-        if self.last_schema.get(&table) == Some(&schema.schema) {
+        // The file sink publishes the Avro schema: rendered here, once, and
+        // keyed by its namespace, as `read_last_schemas` finds it in the file.
+        let avro = schema.avro();
+        let table = avro_namespace(&avro).to_string();
+        if self.last_schema.get(&table) == Some(&avro) {
             return Ok(());
         }
         self.append(self.schemas, |out| {
-            // A struct of a string and a JSON value always serialises.
-            let _ = serde_json::to_writer(&mut *out, schema);
+            // `Schema`'s JSON, from the schema rendered above. A struct of a
+            // string and a JSON value always serialises.
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                timestamp: &'a str,
+                schema: &'a serde_json::Value,
+            }
+            let line = Line {
+                timestamp: &schema.timestamp,
+                schema: &avro,
+            };
+            let _ = serde_json::to_writer(&mut *out, &line);
             out.push(b'\n');
         })
         .await?;
-        self.last_schema.insert(table, schema.schema.clone());
+        self.last_schema.insert(table, avro);
         Ok(())
     }
 
@@ -196,10 +209,8 @@ impl FileSink {
 
 impl Output {
     fn open(path: &Path) -> Result<Output, SinkError> {
-        let fail = |what: &str, e: io::Error| SinkError::Definite {
-            context: format!("{what} {}", path.display()),
-            source: Box::new(e),
-        };
+        let fail =
+            |what: &str, e: io::Error| SinkError::definite(format!("{what} {}", path.display()), e);
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -251,10 +262,7 @@ impl Output {
             Ok::<_, io::Error>(buffer)
         })
         .await
-        .map_err(|e| SinkError::Definite {
-            context: "file writer task".into(),
-            source: Box::new(e),
-        })?;
+        .map_err(|e| SinkError::definite("file writer task", e))?;
         match result {
             Ok(mut buffer) => {
                 buffer.clear();
@@ -330,11 +338,19 @@ fn read_last_schemas(path: &Path) -> Result<HashMap<String, Value>, SinkError> {
         let Some(schema) = message.remove("schema") else {
             continue;
         };
-        if let Some(table) = schema.get("namespace").and_then(Value::as_str) {
-            last.insert(table.to_string(), schema);
+        let table = avro_namespace(&schema).to_string();
+        if !table.is_empty() {
+            last.insert(table, schema);
         }
     }
     Ok(last)
+}
+
+/// A written schema's key: its Avro namespace, unique per table.
+fn avro_namespace(avro: &Value) -> &str {
+    avro.get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -391,7 +407,12 @@ mod tests {
         };
         let schema = Schema {
             timestamp: format_timestamp_for_tests().to_string(),
-            schema: serde_json::json!({"namespace": "public.t"}),
+            table: std::sync::Arc::new(crate::model::Table {
+                id: crate::model::RelationId(1),
+                namespace: "public".into(),
+                name: "t".into(),
+                columns: vec![],
+            }),
         };
         let m = insert_at(Lsn(1));
         let mut sink = FileSink::open(&config).unwrap();

@@ -10,7 +10,7 @@
 //! creation and registry requests that fail transiently are retried with
 //! the crate's back-off.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -20,7 +20,7 @@ use rdkafka::producer::FutureProducer;
 use serde_json::json;
 
 use super::config::KafkaConfig;
-use crate::retry::Backoff;
+use crate::retry::{self, Failure};
 use crate::sink::http::{self, SinkStats};
 use crate::sink::SinkError;
 
@@ -91,22 +91,17 @@ impl Client {
     pub fn new(config: &KafkaConfig) -> Result<Client, SinkError> {
         let settings = client_config(config);
         let invalid = |e: KafkaError| {
-            SinkError::Definite {
-            context: "the Kafka client settings are invalid".into(),
-            source: format!(
-                "{e}\n  hint: check --sink.kafka.brokers, the security options and every --sink.kafka.property"
+            SinkError::definite("the Kafka client settings are invalid", e).hint(
+                "check --sink.kafka.brokers, the security options and every --sink.kafka.property",
             )
-            .into(),
-        }
         };
         let producer: FutureProducer = settings.create().map_err(invalid)?;
         let admin: AdminClient<DefaultClientContext> = settings.create().map_err(invalid)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| SinkError::Definite {
-                context: "cannot build the schema registry's HTTP client".into(),
-                source: e.into(),
+            .map_err(|e| {
+                SinkError::definite("cannot build the schema registry's HTTP client", e)
             })?;
         Ok(Client {
             producer,
@@ -129,10 +124,7 @@ impl Client {
                 .map(|m| m.brokers().len())
         })
         .await
-        .map_err(|e| SinkError::Definite {
-            context: "the Kafka metadata request".into(),
-            source: e.into(),
-        })?;
+        .map_err(|e| SinkError::definite("the Kafka metadata request", e))?;
         metadata.map_err(|e| SinkError::Transient {
             context: format!("cannot reach Kafka at {}", self.config.brokers.join(",")),
             source: format!(
@@ -171,30 +163,43 @@ impl Client {
     /// Creates `topic` unless it exists; returns its partition count.
     /// Transient failures are retried until the retry policy gives up.
     pub async fn ensure_topic(&self, topic: &str) -> Result<i32, SinkError> {
-        let started = Instant::now();
-        let mut backoff = Backoff::new(self.config.retry.initial, self.config.retry.max);
-        loop {
-            let failure = match self.try_ensure_topic(topic).await {
-                Ok(Some(n)) => return Ok(n),
-                Ok(None) => "the topic was created but has no partitions yet".to_string(),
-                Err(SinkError::Transient { context, source }) => format!("{context}: {source}"),
-                Err(definite) => return Err(definite),
-            };
-            SinkStats::add(&self.stats.errors, 1);
-            if started.elapsed() >= self.config.retry.give_up_after {
-                return Err(SinkError::Transient {
-                    context: format!(
-                        "creating topic {topic}: still failing after {:?}",
-                        self.config.retry.give_up_after
-                    ),
-                    source: failure.into(),
-                });
-            }
-            let delay = backoff.next_delay();
-            SinkStats::add(&self.stats.retries, 1);
-            tracing::warn!(topic, error = %failure, retry_in = ?delay, "cannot make the topic ready; retrying");
-            tokio::time::sleep(delay).await;
-        }
+        let stats = &self.stats;
+        retry::run(
+            &self.config.retry,
+            "making the topic ready",
+            |failure: &Failure<SinkError>| {
+                if let Failure::Transient(_) = failure {
+                    SinkStats::add(&stats.errors, 1);
+                }
+                failure.verdict()
+            },
+            |attempt| async move {
+                if attempt > 0 {
+                    SinkStats::add(&stats.retries, 1);
+                }
+                match self.try_ensure_topic(topic).await {
+                    Ok(Some(n)) => Ok(n),
+                    Ok(None) => Err(Failure::Transient(
+                        "the topic was created but has no partitions yet".to_string(),
+                    )),
+                    Err(SinkError::Transient { context, source }) => {
+                        Err(Failure::Transient(format!("{context}: {source}")))
+                    }
+                    Err(definite) => Err(Failure::Definite(definite)),
+                }
+            },
+        )
+        .await
+        .map_err(|stopped| match stopped.into_inner() {
+            Failure::Definite(definite) => definite,
+            Failure::Transient(failure) => SinkError::Transient {
+                context: format!(
+                    "creating topic {topic}: still failing after {:?}",
+                    self.config.retry.give_up_after
+                ),
+                source: failure.into(),
+            },
+        })
     }
 
     async fn try_ensure_topic(&self, topic: &str) -> Result<Option<i32>, SinkError> {
@@ -227,13 +232,7 @@ impl Client {
                     })
                 }
                 Err((_, code)) => {
-                    return Err(SinkError::Definite {
-                        context: format!("cannot create topic {topic}"),
-                        source: format!(
-                            "{code}\n  hint: create it yourself, or allow pg2sink to (ACLs), or fix --sink.kafka.partitions / --sink.kafka.replication-factor"
-                        )
-                        .into(),
-                    })
+                    return Err(SinkError::definite(format!("cannot create topic {topic}"), code).hint("create it yourself, or allow pg2sink to (ACLs), or fix --sink.kafka.partitions / --sink.kafka.replication-factor"))
                 }
             }
         }
@@ -275,9 +274,11 @@ impl Client {
         reply.body["id"]
             .as_u64()
             .and_then(|id| u32::try_from(id).ok())
-            .ok_or_else(|| SinkError::Definite {
-                context: format!("the schema registry's answer for topic {topic}"),
-                source: format!("no schema id in {}", reply.body).into(),
+            .ok_or_else(|| {
+                SinkError::definite(
+                    format!("the schema registry's answer for topic {topic}"),
+                    format!("no schema id in {}", reply.body),
+                )
             })
     }
 }

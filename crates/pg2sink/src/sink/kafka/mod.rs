@@ -83,10 +83,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     pub fn new(config: KafkaConfig) -> Result<KafkaSink, SinkError> {
         if !topic::valid_prefix(&config.topic_prefix) {
-            return Err(SinkError::Definite {
-                context: format!("--sink.kafka.topic-prefix {:?}", config.topic_prefix),
-                source: "a topic prefix may hold only ASCII letters, digits, '.', '_' and '-' (at most 150)".into(),
-            });
+            return Err(SinkError::definite(format!("--sink.kafka.topic-prefix {:?}", config.topic_prefix), "a topic prefix may hold only ASCII letters, digits, '.', '_' and '-' (at most 150)"));
         }
         if config.format == ValueFormat::Json && config.schema_registry_url.is_some() {
             tracing::warn!(
@@ -148,13 +145,7 @@ impl KafkaSink {
                 }
                 Err((e, _)) => {
                     SinkStats::add(&self.client.stats.errors, 1);
-                    return Err(SinkError::Definite {
-                        context: format!("cannot produce {what}"),
-                        source: format!(
-                            "{e}\n  hint: for a message too large, raise message.max.bytes (--sink.kafka.property) and the topic's max.message.bytes; nothing after this change is confirmed, so a restart sends it again"
-                        )
-                        .into(),
-                    });
+                    return Err(SinkError::definite(format!("cannot produce {what}"), e).hint("for a message too large, raise message.max.bytes (--sink.kafka.property) and the topic's max.message.bytes; nothing after this change is confirmed, so a restart sends it again"));
                 }
             }
         }
@@ -181,20 +172,16 @@ impl KafkaSink {
         } else {
             "the brokers refused it: check the topic's settings (message.max.bytes, ACLs) and the producer's --sink.kafka.property settings"
         };
-        let source = format!(
-            "{error}\n  hint: {hint}; nothing after this change is confirmed, so a restart sends it again"
-        );
+        let hint =
+            format!("{hint}; nothing after this change is confirmed, so a restart sends it again");
         let context = format!("Kafka did not take {what}");
         Err(if client::transient_delivery(&error) {
             SinkError::Transient {
                 context,
-                source: source.into(),
+                source: format!("{error}\n  hint: {hint}").into(),
             }
         } else {
-            SinkError::Definite {
-                context,
-                source: source.into(),
-            }
+            SinkError::definite(context, error).hint(hint)
         })
     }
 
@@ -207,13 +194,10 @@ impl KafkaSink {
             // A truncate: no row to encode; the headers say what it is.
             return Ok(None);
         };
-        let datum = encoder.encode(row).map_err(|e| SinkError::Definite {
-            context: format!(
+        let datum = encoder.encode(row).map_err(|e| SinkError::definite(format!(
                 "cannot encode a change of {} (lsn {}, sequence {}) as Avro",
                 table.topic.qualified, m.lsn, m.sequence
-            ),
-            source: format!("{e}\n  hint: this is a bug in pg2sink's type mapping; --sink.kafka.format=json writes the change as JSON").into(),
-        })?;
+            ), e).hint("this is a bug in pg2sink's type mapping; --sink.kafka.format=json writes the change as JSON"))?;
         Ok(Some(match table.schema_id {
             Some(id) => avro::confluent_frame(id, &datum),
             None => datum,
@@ -243,7 +227,7 @@ impl Sink for KafkaSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let table = TableTopic::from_schema(&self.config.topic_prefix, &schema.schema);
+        let table = TableTopic::from_table(&self.config.topic_prefix, &schema.table);
         if self.tables.get(&table.qualified).is_some_and(|t| {
             t.topic.fingerprint == table.fingerprint && t.topic.topic == table.topic
         }) {
@@ -253,14 +237,13 @@ impl Sink for KafkaSink {
         let (encoder, schema_id) = match self.config.format {
             ValueFormat::Json => (None, None),
             ValueFormat::Avro => {
-                let encoder = RowEncoder::new(&schema.schema).map_err(|e| SinkError::Definite {
-                    context: format!("the Avro schema of {}", table.qualified),
-                    source: e.into(),
+                let encoder = RowEncoder::new(&table.schema).map_err(|e| {
+                    SinkError::definite(format!("the Avro schema of {}", table.qualified), e)
                 })?;
                 let id = match &self.config.schema_registry_url {
                     Some(registry) => Some(
                         self.client
-                            .register_schema(registry.expose(), &table.topic, &schema.schema)
+                            .register_schema(registry.expose(), &table.topic, &table.schema)
                             .await?,
                     ),
                     None => None,

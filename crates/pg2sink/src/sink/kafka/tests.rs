@@ -68,7 +68,7 @@ fn keys_are_the_primary_key_columns_as_json() {
         Column::new("v", TypeOid(25), -1, false),
         Column::new("k1", TypeOid(23), -1, true),
     ]);
-    let topic = TableTopic::from_schema("p", &t.avro_schema());
+    let topic = TableTopic::from_table("p", &t);
     assert_eq!(topic.topic, "p.public.t");
     assert_eq!(topic.key_columns, ["k2", "k1"]);
     let insert = modification(
@@ -121,10 +121,8 @@ fn keys_are_the_primary_key_columns_as_json() {
     for m in [&insert, &full, &truncate] {
         assert_eq!(left(m), None, "{:?}", m.op);
     }
-    let keyless = TableTopic::from_schema(
-        "p",
-        &table(vec![Column::new("v", TypeOid(25), -1, false)]).avro_schema(),
-    );
+    let keyless =
+        TableTopic::from_table("p", &table(vec![Column::new("v", TypeOid(25), -1, false)]));
     let delete_keyless = modification(Op::Delete, Some(json!({"v": "x"})), None);
     let key = encoding::key(&keyless, &delete_keyless);
     assert_eq!(

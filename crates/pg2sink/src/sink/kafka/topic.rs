@@ -1,4 +1,4 @@
-//! From a table's Avro schema to what the sink needs to write its changes:
+//! From a table to what the sink needs to write its changes:
 //! the topic name, the key columns and (for Avro values) the parsed schema.
 //!
 //! Topic names: `<prefix>.<schema>.<table>`. Kafka allows only ASCII
@@ -11,6 +11,8 @@
 //! too long for the limit is cut and given the hash the same way.
 
 use serde_json::Value;
+
+use crate::model::Table;
 
 /// Kafka's limit on topic name length.
 const MAX_TOPIC_LEN: usize = 249;
@@ -30,28 +32,16 @@ pub struct TableTopic {
 }
 
 impl TableTopic {
-    pub fn from_schema(prefix: &str, schema: &Value) -> TableTopic {
-        let pg_schema = schema["pg.schema"].as_str().unwrap_or("");
-        let pg_table = schema["pg.table"].as_str().unwrap_or("");
-        let key_columns = schema["fields"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|f| f["pg.key"] == true)
-            .map(|f| {
-                f["pg.name"]
-                    .as_str()
-                    .or_else(|| f["name"].as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
+    pub fn from_table(prefix: &str, table: &Table) -> TableTopic {
+        // The Kafka sink publishes the Avro schema (and encodes Avro values
+        // with it): rendered here, once per schema message.
+        let schema = table.avro_schema();
         TableTopic {
-            qualified: format!("{pg_schema}.{pg_table}"),
-            topic: topic_name(prefix, pg_schema, pg_table),
-            key_columns,
-            schema: schema.clone(),
-            fingerprint: fingerprint_hex(schema),
+            qualified: table.qualified_name(),
+            topic: topic_name(prefix, &table.namespace, &table.name),
+            key_columns: table.key_columns().map(|c| c.name.clone()).collect(),
+            fingerprint: fingerprint_hex(&schema),
+            schema,
         }
     }
 }

@@ -26,10 +26,7 @@ use super::encoding;
 use crate::sink::SinkError;
 
 fn definite(context: impl Into<String>, source: impl Into<String>) -> SinkError {
-    SinkError::Definite {
-        context: context.into(),
-        source: source.into().into(),
-    }
+    SinkError::definite(context, source.into())
 }
 
 /// A start-up failure a later start may not meet (the server down or slow).
@@ -48,8 +45,9 @@ pub fn check_config(config: &NatsConfig) -> Result<Vec<ServerAddr>, SinkError> {
                 "--sink.nats.subject-prefix {:?} is not usable",
                 config.subject_prefix
             ),
-            format!("{why}\n  hint: use dot-separated tokens such as pg2sink or cdc.prod"),
-        ));
+            why,
+        )
+        .hint("use dot-separated tokens such as pg2sink or cdc.prod"));
     }
     if let Err(why) = encoding::check_stream_name(&config.stream) {
         return Err(definite(
@@ -105,8 +103,9 @@ pub async fn connect(
         options = options.credentials_file(path).await.map_err(|e| {
             definite(
                 format!("reading the NATS credentials file {}", path.display()),
-                format!("{e}\n  hint: check --sink.nats.creds-file"),
+                e.to_string(),
             )
+            .hint("check --sink.nats.creds-file")
         })?;
     }
     if let Some(user) = &config.user {
@@ -161,7 +160,7 @@ pub async fn connect(
         if unreachable {
             transient(what, format!("{e}\n  hint: {hint}"))
         } else {
-            definite(what, format!("{e}\n  hint: {hint}"))
+            definite(what, e.to_string()).hint(hint)
         }
     })
 }
@@ -193,10 +192,9 @@ pub async fn check_jetstream(js: &Context, version: &str) -> Result<(), SinkErro
         Err(e) if matches!(e.kind(), RequestErrorKind::NoResponders) => {
             return Err(definite(
                 format!("JetStream is not enabled on NATS {version}"),
-                format!(
-                    "nothing answers the JetStream API ({e})\n  hint: start nats-server with JetStream (-js, or jetstream {{}} in its configuration), and check the account may use it"
-                ),
-            ))
+                format!("nothing answers the JetStream API ({e})"),
+            )
+            .hint("start nats-server with JetStream (-js, or jetstream {} in its configuration), and check the account may use it"))
         }
         Err(e) if matches!(e.kind(), RequestErrorKind::TimedOut) => {
             return Err(transient(
@@ -219,8 +217,9 @@ pub async fn check_jetstream(js: &Context, version: &str) -> Result<(), SinkErro
         {
             return Err(definite(
                 format!("JetStream is not enabled on NATS {version}"),
-                format!("{j}\n  hint: start nats-server with JetStream (-js), and allow it for the account pg2sink connects as"),
-            ))
+                j.to_string(),
+            )
+            .hint("start nats-server with JetStream (-js), and allow it for the account pg2sink connects as"))
         }
         Ok(j) => j.to_string(),
         Err(_) => error.to_string(),
@@ -245,17 +244,16 @@ pub async fn ensure_stream(js: &Context, config: &NatsConfig) -> Result<String, 
             if !c.subjects.iter().any(|s| encoding::covers(s, &wanted)) {
                 return Err(definite(
                     format!("JetStream stream {stream} exists but does not take {wanted}"),
-                    format!(
-                        "its subjects are {:?}\n  hint: add {wanted} to the stream, or choose another --sink.nats.stream or --sink.nats.subject-prefix",
-                        c.subjects
-                    ),
-                ));
+                    format!("its subjects are {:?}", c.subjects),
+                )
+                .hint(format!("add {wanted} to the stream, or choose another --sink.nats.stream or --sink.nats.subject-prefix")));
             }
             if c.no_ack {
                 return Err(definite(
                     format!("JetStream stream {stream} does not acknowledge messages (no_ack)"),
-                    "pg2sink confirms a change only once JetStream acknowledged it\n  hint: turn no_ack off or choose another --sink.nats.stream",
-                ));
+                    "pg2sink confirms a change only once JetStream acknowledged it",
+                )
+                .hint("turn no_ack off or choose another --sink.nats.stream"));
             }
             if c.duplicate_window < config.duplicate_window {
                 tracing::warn!(
@@ -291,8 +289,9 @@ pub async fn ensure_stream(js: &Context, config: &NatsConfig) -> Result<String, 
                 Err(e) if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP) => {
                     Err(definite(
                         format!("cannot create JetStream stream {stream} for {wanted}"),
-                        format!("{e}\n  hint: another stream takes subjects under --sink.nats.subject-prefix; use that stream (--sink.nats.stream) or another prefix"),
-                    ))
+                        e.to_string(),
+                    )
+                    .hint("another stream takes subjects under --sink.nats.subject-prefix; use that stream (--sink.nats.stream) or another prefix"))
                 }
                 Err(e) => Err(jetstream_unusable(format!("creating JetStream stream {stream}"), &e.to_string())),
             }
@@ -307,9 +306,8 @@ pub async fn ensure_stream(js: &Context, config: &NatsConfig) -> Result<String, 
 /// JetStream answered the account check before this, so it is enabled:
 /// the server's own answer is the cause, not a missing `-js`.
 fn jetstream_unusable(context: String, error: &str) -> SinkError {
-    definite(
-        context,
-        format!("{error}\n  hint: the server's answer above says why; check the account's JetStream limits and permissions for --sink.nats.stream (the nats-server log has more)"),
+    definite(context, error).hint(
+        "the server's answer above says why; check the account's JetStream limits and permissions for --sink.nats.stream (the nats-server log has more)",
     )
 }
 
@@ -319,31 +317,35 @@ pub enum Failure {
     /// Send again (from this message on, in order) after a back-off.
     Retry(String),
     /// Retrying cannot help.
-    Stop(String),
+    Stop { why: String, hint: &'static str },
 }
 
 pub fn classify(e: &PublishError) -> Failure {
     let text = e.to_string();
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => Failure::Stop(format!(
-            "{text}\n  hint: raise max_payload in the nats-server configuration"
-        )),
+        PublishErrorKind::MaxPayloadExceeded => Failure::Stop {
+            why: text,
+            hint: "raise max_payload in the nats-server configuration",
+        },
         PublishErrorKind::Other => {
             let code = std::error::Error::source(e)
                 .and_then(|s| s.downcast_ref::<jetstream::Error>())
                 .map(|j| j.error_code());
             match code {
                 Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
-                | Some(ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM) => Failure::Stop(format!(
-                    "{text}\n  hint: raise the stream's max_msg_size (or the server's max_payload)"
-                )),
+                | Some(ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM) => Failure::Stop {
+                    why: text,
+                    hint: "raise the stream's max_msg_size (or the server's max_payload)",
+                },
                 Some(ErrorCode::JETSTREAM_NOT_ENABLED)
-                | Some(ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT) => Failure::Stop(format!(
-                    "{text}\n  hint: enable JetStream (nats-server -js)"
-                )),
-                Some(ErrorCode::STREAM_SEALED) => Failure::Stop(format!(
-                    "{text}\n  hint: the stream is sealed; choose another --sink.nats.stream"
-                )),
+                | Some(ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT) => Failure::Stop {
+                    why: text,
+                    hint: "enable JetStream (nats-server -js)",
+                },
+                Some(ErrorCode::STREAM_SEALED) => Failure::Stop {
+                    why: text,
+                    hint: "the stream is sealed; choose another --sink.nats.stream",
+                },
                 _ => Failure::Retry(text),
             }
         }

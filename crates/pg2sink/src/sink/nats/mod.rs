@@ -34,17 +34,17 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use async_nats::{HeaderMap, ServerAddr};
 use bytes::Bytes;
 use serde_json::Value;
 
-use self::client::Failure;
 pub use self::config::NatsConfig;
 use super::http::SinkStats;
 use super::{Sink, SinkError};
 use crate::model::{Modification, Schema};
-use crate::retry::Backoff;
+use crate::retry::{Attempts, Failure, Stopped};
 
 /// A message published whose acknowledgement has not been checked yet.
 struct InFlight {
@@ -100,9 +100,11 @@ impl NatsSink {
     }
 
     fn js(&self) -> Result<Context, SinkError> {
-        self.js.clone().ok_or_else(|| SinkError::Definite {
-            context: "the NATS sink is not connected".into(),
-            source: "health_check connects it before streaming".into(),
+        self.js.clone().ok_or_else(|| {
+            SinkError::definite(
+                "the NATS sink is not connected",
+                "health_check connects it before streaming",
+            )
         })
     }
 
@@ -163,75 +165,86 @@ impl NatsSink {
     /// messages are unacknowledged. A failure sends every unacknowledged
     /// message again, in order, after a back-off.
     async fn settle(&mut self, keep: usize) -> Result<(), SinkError> {
-        let mut started = Instant::now();
-        let mut backoff = Backoff::new(self.config.retry.initial, self.config.retry.max);
-        let mut backoff_used = false;
+        let policy = self.config.retry.clone();
         while self.pending.len() > keep {
-            let Some(front) = self.pending.front_mut() else {
-                break;
-            };
-            let result = match front.ack.take() {
-                Some(Ok(ack)) => ack.await,
-                Some(Err(e)) => Err(e),
-                // Not sent in the last round (an earlier one could not be).
-                None => Err(PublishError::new(
-                    async_nats::jetstream::context::PublishErrorKind::BrokenPipe,
-                )),
-            };
-            let error = match result {
-                Ok(ack) => {
-                    // Progress: a later failure gets the whole retry time.
-                    if backoff_used {
-                        backoff.reset();
-                        started = Instant::now();
-                        backoff_used = false;
-                    }
-                    let done = self.pending.pop_front().map_or(0, |m| m.payload.len());
-                    self.unflushed = self.unflushed.saturating_sub(done);
-                    if ack.duplicate {
-                        SinkStats::add(&self.stats.stale, 1);
-                    } else {
-                        SinkStats::add(&self.stats.rows, 1);
-                    }
-                    self.batch_rows += 1;
-                    continue;
+            // One run per message: an acknowledgement is progress, so a
+            // later failure gets the whole retry time again.
+            let mut attempts = Attempts::new(&policy);
+            let acked = loop {
+                let failure = match self.front_acknowledged().await {
+                    Ok(ack) => break Ok(ack),
+                    Err(failure) => failure,
+                };
+                let verdict = failure.verdict();
+                let what = "a NATS publish (the unacknowledged messages are sent again)";
+                if let Err(stopped) = attempts.failed(what, failure, verdict).await {
+                    break Err(stopped);
                 }
-                Err(e) => e,
+                SinkStats::add(&self.stats.retries, 1);
+                self.resend().await?;
             };
-            SinkStats::add(&self.stats.errors, 1);
-            let (id, subject) = (front.id.clone(), front.subject.clone());
-            match client::classify(&error) {
-                Failure::Stop(why) => {
-                    return Err(SinkError::Definite {
-                        context: format!("JetStream refused message {id} on {subject}"),
-                        source: format!(
-                            "{why}\n  nothing from this change on is confirmed, so a restart sends it again"
-                        )
-                        .into(),
+            let (id, subject) = self
+                .pending
+                .front()
+                .map(|m| (m.id.clone(), m.subject.clone()))
+                .unwrap_or_default();
+            let ack = match acked.map_err(Stopped::into_inner) {
+                Ok(Some(ack)) => ack,
+                Ok(None) => break,
+                Err(Failure::Definite(e)) => return Err(e),
+                Err(Failure::Transient(why)) => {
+                    return Err(SinkError::Transient {
+                        context: format!(
+                        "publishing to NATS: still failing after {:?} (message {id} on {subject})",
+                        policy.give_up_after
+                    ),
+                        source: why.into(),
                     })
                 }
-                Failure::Retry(why) => {
-                    if started.elapsed() >= self.config.retry.give_up_after {
-                        return Err(SinkError::Transient {
-                            context: format!(
-                                "publishing to NATS: still failing after {:?} (message {id} on {subject})",
-                                self.config.retry.give_up_after
-                            ),
-                            source: why.into(),
-                        });
-                    }
-                    let delay = backoff.next_delay();
-                    backoff_used = true;
-                    SinkStats::add(&self.stats.retries, 1);
-                    tracing::warn!(msg_id = %id, subject = %subject, error = %why,
-                        unacknowledged = self.pending.len(), retry_in = ?delay,
-                        "a NATS publish was not acknowledged; sending the unacknowledged messages again");
-                    tokio::time::sleep(delay).await;
-                    self.resend().await?;
-                }
+            };
+            let done = self.pending.pop_front().map_or(0, |m| m.payload.len());
+            self.unflushed = self.unflushed.saturating_sub(done);
+            if ack.duplicate {
+                SinkStats::add(&self.stats.stale, 1);
+            } else {
+                SinkStats::add(&self.stats.rows, 1);
             }
+            self.batch_rows += 1;
         }
         Ok(())
+    }
+
+    /// Waits for the oldest unacknowledged message's acknowledgement
+    /// (`None` when nothing is unacknowledged).
+    async fn front_acknowledged(&mut self) -> Result<Option<PublishAck>, Failure<SinkError>> {
+        let Some(front) = self.pending.front_mut() else {
+            return Ok(None);
+        };
+        let result = match front.ack.take() {
+            Some(Ok(ack)) => ack.await,
+            Some(Err(e)) => Err(e),
+            // Not sent in the last round (an earlier one could not be).
+            None => Err(PublishError::new(
+                async_nats::jetstream::context::PublishErrorKind::BrokenPipe,
+            )),
+        };
+        let error = match result {
+            Ok(ack) => return Ok(Some(ack)),
+            Err(e) => e,
+        };
+        SinkStats::add(&self.stats.errors, 1);
+        let (id, subject) = (&front.id, &front.subject);
+        match client::classify(&error) {
+            client::Failure::Stop { why, hint } => Err(Failure::Definite(
+                SinkError::definite(format!("JetStream refused message {id} on {subject}"), why)
+                    .hint(format!(
+                    "{hint}; nothing from this change on is confirmed, so a restart sends it again"
+                )),
+            )),
+            client::Failure::Retry(why) => Err(Failure::Transient(format!(
+                "message {id} on {subject}: {why}"
+            ))),
+        }
     }
 
     /// Sends every unacknowledged message again, in order: the first
@@ -266,16 +279,28 @@ impl NatsSink {
         let Some(schema) = self.waiting_schemas.remove(&key) else {
             return Ok(());
         };
-        let body = serde_json::to_vec(&schema).map_err(|e| SinkError::Definite {
-            context: format!("encoding the schema of {key}"),
-            source: Box::new(e),
-        })?;
+        // NATS publishes the Avro schema: rendered once, for the body and
+        // to compare with the next schema of the table.
+        let avro = schema.avro();
+        let body = serde_json::to_vec(&SchemaMessage {
+            timestamp: &schema.timestamp,
+            schema: &avro,
+        })
+        .map_err(|e| SinkError::definite(format!("encoding the schema of {key}"), e))?;
         let id = encoding::schema_message_id(m, &body);
         let subject = encoding::schema_subject(&self.config.subject_prefix, &m.namespace, &m.name);
         let headers = encoding::schema_headers(m, &id);
-        self.published_schemas.insert(key, schema.schema);
+        self.published_schemas.insert(key, avro);
         self.publish(subject, headers, body, id).await
     }
+}
+
+/// A schema message's body: [`Schema`]'s JSON, from an Avro schema
+/// already rendered.
+#[derive(serde::Serialize)]
+struct SchemaMessage<'a> {
+    timestamp: &'a str,
+    schema: &'a Value,
 }
 
 impl Sink for NatsSink {
@@ -295,11 +320,8 @@ impl Sink for NatsSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let key = encoding::table_tokens(
-            schema.schema["pg.schema"].as_str().unwrap_or(""),
-            schema.schema["pg.table"].as_str().unwrap_or(""),
-        );
-        if self.published_schemas.get(&key) == Some(&schema.schema) {
+        let key = encoding::table_tokens(&schema.table.namespace, &schema.table.name);
+        if self.published_schemas.get(&key) == Some(&schema.avro()) {
             // Back to the shape consumers already have.
             self.waiting_schemas.remove(&key);
         } else {

@@ -179,6 +179,6 @@ fn publish_failures_are_classified() {
     )));
     assert!(matches!(
         classify(&PublishError::new(PublishErrorKind::MaxPayloadExceeded)),
-        Failure::Stop(_)
+        Failure::Stop { .. }
     ));
 }

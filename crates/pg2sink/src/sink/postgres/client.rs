@@ -36,10 +36,8 @@ pub struct Client {
 impl Client {
     pub fn new(config: &PostgresSinkConfig) -> Result<Client, SinkError> {
         if config.url.is_empty() {
-            return Err(definite(
-                "the postgres sink needs a target",
-                "no URL given\n  hint: set --sink.postgres.url (PG2SINK_SINK_POSTGRES_URL)",
-            ));
+            return Err(definite("the postgres sink needs a target", "no URL given")
+                .hint("set --sink.postgres.url (PG2SINK_SINK_POSTGRES_URL)"));
         }
         // The source's PG* variables must not leak into the target; only
         // the OS user stands in for a user the URL leaves out.
@@ -49,10 +47,8 @@ impl Client {
                 _ => None,
             })
             .map_err(|e| {
-                definite(
-                    "--sink.postgres.url is not usable",
-                    format!("{e}\n  hint: give a postgres:// URL or a libpq key=value string"),
-                )
+                definite("--sink.postgres.url is not usable", e)
+                    .hint("give a postgres:// URL or a libpq key=value string")
             })?;
         if connection.connect_timeout.is_none() {
             connection.connect_timeout = Some(config.connect_timeout);
@@ -79,18 +75,18 @@ impl Client {
         }
         if self.client.is_none() {
             let client = self.connection.connect().await.map_err(|e| {
-                let source = format!("{e}\n  hint: check --sink.postgres.url");
+                let hint = "check --sink.postgres.url";
                 // Reached, if the error is definite (refused credentials, a
                 // missing database, TLS): "cannot reach" would mislead.
                 if e.is_transient() {
                     let context = format!("cannot reach the target Postgres ({})", self.describe());
-                    transient(context, source)
+                    transient(context, format!("{e}\n  hint: {hint}"))
                 } else {
                     let context = format!(
                         "cannot connect to the target Postgres ({})",
                         self.describe()
                     );
-                    definite(context, source)
+                    definite(context, e).hint(hint)
                 }
             })?;
             self.client = Some(client);
@@ -226,10 +222,11 @@ impl Client {
             return Err(definite(
                 format!("the target's position for stream {stream} moved under pg2sink"),
                 format!(
-                    "it holds {}/{} where this pg2sink last wrote {}/{}\n  hint: another pg2sink may be applying the same stream to this target; stop it (or give each its own --sink.postgres.state-schema)",
+                    "it holds {}/{} where this pg2sink last wrote {}/{}",
                     stored.0, stored.1, expected.0, expected.1
                 ),
-            ));
+            )
+            .hint("another pg2sink may be applying the same stream to this target; stop it (or give each its own --sink.postgres.state-schema)"));
         }
         for (shape, batch) in tables {
             let qualified = shape.qualified();
@@ -310,8 +307,9 @@ async fn read_position(
         .ok_or_else(|| {
             definite(
                 format!("the position of stream {stream} is missing from {state_table}"),
-                "someone deleted it while pg2sink ran\n  hint: restart pg2sink (it starts from what the source has confirmed)",
+                "someone deleted it while pg2sink ran",
             )
+            .hint("restart pg2sink (it starts from what the source has confirmed)")
         })?;
     let lsn: String = row.get(0);
     let sequence: i64 = row.get(1);
@@ -414,14 +412,8 @@ pub fn transient(
     }
 }
 
-pub fn definite(
-    context: impl Into<String>,
-    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-) -> SinkError {
-    SinkError::Definite {
-        context: context.into(),
-        source: source.into(),
-    }
+pub fn definite(context: impl Into<String>, detail: impl std::fmt::Display) -> SinkError {
+    SinkError::definite(context, detail)
 }
 
 /// Whether an error of this SQLSTATE may pass if tried again.
@@ -451,6 +443,5 @@ pub fn classify(context: impl Into<String>, e: tokio_postgres::Error) -> SinkErr
         c if c.starts_with("22") || c.starts_with("23") => "a target column cannot hold the value (a column created earlier with another type?); fix the target table: nothing after this change is confirmed, so a restart applies it again",
         _ => "fix the target database; nothing after this change is confirmed, so a restart applies it again",
     };
-    let _ = write!(text, "\n  hint: {hint}");
-    definite(context, text)
+    definite(context, text).hint(hint)
 }

@@ -35,7 +35,7 @@ use self::schema::TableShape;
 use super::http::SinkStats;
 use super::{json_size, table_of, Sink, SinkError};
 use crate::model::{Lsn, Modification, Schema};
-use crate::retry::Backoff;
+use crate::retry::{Attempts, Stopped, Verdict};
 
 /// Bytes of changes of a transaction still open at a flush beyond which
 /// they are applied too (in a later target transaction than its commit's),
@@ -84,30 +84,15 @@ impl PostgresSink {
     pub fn applied(&self) -> Position {
         self.applied
     }
+}
 
-    fn backoff(&self) -> Backoff {
-        Backoff::new(self.config.retry.initial, self.config.retry.max)
-    }
-
-    /// Decides what to do after a failed attempt: `Ok` after waiting out
-    /// the back-off (and dropping the connection) when worth retrying.
-    async fn retry_or_fail(
-        &mut self,
-        what: &str,
-        error: SinkError,
-        started: Instant,
-        backoff: &mut Backoff,
-    ) -> Result<(), SinkError> {
-        SinkStats::add(&self.stats.errors, 1);
-        if !error.is_transient() || started.elapsed() >= self.config.retry.give_up_after {
-            return Err(error);
-        }
-        SinkStats::add(&self.stats.retries, 1);
-        let delay = backoff.next_delay();
-        tracing::warn!(error = %error, retry_in = ?delay, "{what} failed; retrying");
-        self.client.reset();
-        tokio::time::sleep(delay).await;
-        Ok(())
+/// The postgres sink's classifier: the client already sorted its errors
+/// (SQLSTATE and connection state).
+fn classify(stats: &SinkStats, error: &SinkError) -> Verdict {
+    SinkStats::add(&stats.errors, 1);
+    match error.is_transient() {
+        true => Verdict::Retry,
+        false => Verdict::Stop,
     }
 }
 
@@ -133,7 +118,7 @@ impl Sink for PostgresSink {
     }
 
     async fn write_schema(&mut self, schema: &Schema) -> Result<(), SinkError> {
-        let shape = TableShape::from_avro(&schema.schema, self.config.schema.as_deref())
+        let shape = TableShape::from_table(&schema.table, self.config.schema.as_deref())
             .map_err(|e| definite("a table the postgres sink cannot apply", e))?;
         if let Some(previous) = self.tables.get(&shape.source) {
             if *previous == shape {
@@ -149,10 +134,16 @@ impl Sink for PostgresSink {
                 }
             }
         }
-        let (started, mut backoff) = (Instant::now(), self.backoff());
+        let mut attempts = Attempts::new(&self.config.retry);
         while let Err(e) = self.client.ensure_table(&shape).await {
-            self.retry_or_fail("preparing a target table", e, started, &mut backoff)
-                .await?;
+            let verdict = classify(&self.stats, &e);
+            attempts
+                .failed("preparing a target table", e, verdict)
+                .await
+                .map_err(Stopped::into_inner)?;
+            // Start over on a fresh connection.
+            SinkStats::add(&self.stats.retries, 1);
+            self.client.reset();
         }
         self.tables.insert(shape.source.clone(), shape);
         Ok(())
@@ -206,10 +197,8 @@ impl Sink for PostgresSink {
                 .entry(shape.source.as_str())
                 .or_insert_with(|| (shape, TableBatch::default()));
             entry.1.apply(shape, m).map_err(|e| {
-                definite(
-                    "a change the postgres sink cannot apply",
-                    format!("{e}\n  hint: this is a bug in pg2sink or an incompatible source; please report it"),
-                )
+                definite("a change the postgres sink cannot apply", e)
+                    .hint("this is a bug in pg2sink or an incompatible source; please report it")
             })?;
         }
         let tables: Vec<(&TableShape, &TableBatch)> = batches
@@ -217,21 +206,16 @@ impl Sink for PostgresSink {
             .map(|(shape, batch)| (*shape, batch))
             .collect();
         let expected = self.applied;
-        let mut backoff = self.backoff();
-        loop {
-            let Err(e) = self.client.apply(&tables, expected, end).await else {
-                break;
-            };
-            // Inline rather than `retry_or_fail`: the batch borrows `self.tables`.
-            SinkStats::add(&self.stats.errors, 1);
-            if !e.is_transient() || started.elapsed() >= self.config.retry.give_up_after {
-                return Err(e);
-            }
+        let mut attempts = Attempts::new(&self.config.retry);
+        while let Err(e) = self.client.apply(&tables, expected, end).await {
+            let verdict = classify(&self.stats, &e);
+            attempts
+                .failed("applying a batch", e, verdict)
+                .await
+                .map_err(Stopped::into_inner)?;
+            // Start over on a fresh connection.
             SinkStats::add(&self.stats.retries, 1);
-            let delay = backoff.next_delay();
-            tracing::warn!(error = %e, retry_in = ?delay, "applying a batch failed; retrying");
             self.client.reset();
-            tokio::time::sleep(delay).await;
         }
         self.applied = end;
         SinkStats::add(&self.stats.requests, 1);

@@ -1,4 +1,4 @@
-//! Target tables from Avro schemas: names, column types, and the DDL that
+//! Target tables from source tables: names, column types, and the DDL that
 //! creates a table or adds the columns it lacks.
 //!
 //! Promises: a column's target type holds every value pg2sink renders for
@@ -7,10 +7,10 @@
 //! (`bit` becomes `varbit`, `reg*` types `text`, since their length or
 //! meaning need not carry over); enums become `text` (`text[]` for
 //! arrays), composite types and `hstore` `jsonb`, domains their base type
-//! as far as the schema says, anything else `text`. Never panics on a
-//! schema it does not understand: such a column becomes `text`.
+//! as far as pg2sink knows it, anything else `text`. Never panics on a
+//! type it does not understand: such a column becomes `text`.
 
-use serde_json::Value;
+use crate::model::table::{Column, Scalar, Table, ValueType};
 
 /// One column of a target table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,44 +34,34 @@ pub struct TableShape {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShapeError {
-    #[error("the schema message has no {0}")]
-    Missing(&'static str),
     #[error("table {0} has no key column; the postgres sink applies changes by key")]
     NoKey(String),
 }
 
 impl TableShape {
-    /// The shape of the table an Avro record schema describes; rows go to
-    /// `target_schema` when given, else to the source's schema name.
-    pub fn from_avro(avro: &Value, target_schema: Option<&str>) -> Result<TableShape, ShapeError> {
-        let schema = avro["pg.schema"]
-            .as_str()
-            .ok_or(ShapeError::Missing("pg.schema"))?;
-        let table = avro["pg.table"]
-            .as_str()
-            .ok_or(ShapeError::Missing("pg.table"))?;
-        let fields = avro["fields"]
-            .as_array()
-            .ok_or(ShapeError::Missing("fields"))?;
-        let columns: Vec<TargetColumn> = fields
+    /// The shape of `table`'s target; rows go to `target_schema` when
+    /// given, else to the source's schema name.
+    pub fn from_table(
+        table: &Table,
+        target_schema: Option<&str>,
+    ) -> Result<TableShape, ShapeError> {
+        let columns: Vec<TargetColumn> = table
+            .columns
             .iter()
-            .filter_map(|f| {
-                let name = f["pg.name"].as_str().or_else(|| f["name"].as_str())?;
-                Some(TargetColumn {
-                    name: name.to_string(),
-                    sql_type: target_type(f),
-                    key: f["pg.key"].as_bool().unwrap_or(false),
-                })
+            .map(|c| TargetColumn {
+                name: c.name.clone(),
+                sql_type: target_type(c),
+                key: c.is_key,
             })
             .collect();
-        let source = format!("{schema}.{table}");
+        let source = table.qualified_name();
         if !columns.iter().any(|c| c.key) {
             return Err(ShapeError::NoKey(source));
         }
         Ok(TableShape {
             source,
-            target_schema: target_schema.unwrap_or(schema).to_string(),
-            target_table: table.to_string(),
+            target_schema: target_schema.unwrap_or(&table.namespace).to_string(),
+            target_table: table.name.clone(),
             columns,
         })
     }
@@ -137,12 +127,12 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The target type of one Avro field (see the module's promises).
-pub fn target_type(field: &Value) -> String {
-    let pg_type = field["pg.type"].as_str().unwrap_or("");
-    let branch = first_branch(&field["type"]);
-    if field.get("pg.enum").is_some() {
-        return if is_array(branch) { "text[]" } else { "text" }.into();
+/// The target type of one column (see the module's promises).
+pub fn target_type(column: &Column) -> String {
+    let pg_type = column.type_name();
+    let ValueType { scalar, array } = column.value_type();
+    if column.enum_labels().is_some() {
+        return if array { "text[]" } else { "text" }.into();
     }
     // Types of pg_catalog come unqualified; others as `schema.name`, and
     // types the catalog did not know as `oid:N`.
@@ -150,17 +140,36 @@ pub fn target_type(field: &Value) -> String {
         if let Some(element) = pg_type.strip_prefix('_') {
             return format!("{}[]", builtin(element, None));
         }
-        return builtin(pg_type, decimal(branch, &field["type"]));
+        let decimal = match (array, scalar) {
+            (false, Scalar::Decimal { precision, scale }) => Some((precision, scale)),
+            _ => None,
+        };
+        return builtin(pg_type, decimal);
     }
-    match branch {
-        Some(b) if is_array(Some(b)) => "jsonb".into(),
-        Some(b) => from_avro(b, &field["type"]),
-        None => "text".into(),
+    if array {
+        return "jsonb".into();
+    }
+    // A domain (or another type outside pg_catalog), by what its values are.
+    match scalar {
+        Scalar::Record | Scalar::Map => "jsonb".into(),
+        Scalar::Boolean => "boolean".into(),
+        Scalar::Date => "date".into(),
+        Scalar::Int => "integer".into(),
+        Scalar::Time => "time".into(),
+        Scalar::Timestamptz => "timestamptz".into(),
+        Scalar::Timestamp => "timestamp".into(),
+        Scalar::Long => "bigint".into(),
+        Scalar::Float => "real".into(),
+        Scalar::Double => "double precision".into(),
+        Scalar::Decimal { precision, scale } => builtin("numeric", Some((precision, scale))),
+        Scalar::Bytes => "bytea".into(),
+        Scalar::Uuid => "uuid".into(),
+        Scalar::String => "text".into(),
     }
 }
 
 /// A built-in type by its `typname`.
-fn builtin(name: &str, decimal: Option<(u64, u64)>) -> String {
+fn builtin(name: &str, decimal: Option<(i32, i32)>) -> String {
     match name {
         "numeric" => match decimal {
             Some((p, s)) => format!("numeric({p},{s})"),
@@ -173,57 +182,4 @@ fn builtin(name: &str, decimal: Option<(u64, u64)>) -> String {
         "" => "text".into(),
         n => format!("pg_catalog.{}", quote_ident(n)),
     }
-}
-
-/// A domain (or another non-built-in type) from its Avro type.
-fn from_avro(branch: &Value, union: &Value) -> String {
-    let (ty, logical) = match branch {
-        Value::String(t) => (t.as_str(), ""),
-        Value::Object(o) => (
-            o.get("type").and_then(Value::as_str).unwrap_or(""),
-            o.get("logicalType").and_then(Value::as_str).unwrap_or(""),
-        ),
-        _ => ("", ""),
-    };
-    match (ty, logical) {
-        ("record" | "map", _) => "jsonb".into(),
-        ("boolean", _) => "boolean".into(),
-        ("int", "date") => "date".into(),
-        ("int", _) => "integer".into(),
-        ("long", "time-micros") => "time".into(),
-        ("long", "timestamp-micros") => "timestamptz".into(),
-        ("long", "local-timestamp-micros") => "timestamp".into(),
-        ("long", _) => "bigint".into(),
-        ("float", _) => "real".into(),
-        ("double", _) => "double precision".into(),
-        ("bytes", "decimal") => builtin("numeric", decimal(Some(branch), union)),
-        ("bytes", _) => "bytea".into(),
-        ("string", "uuid") => "uuid".into(),
-        _ => "text".into(),
-    }
-}
-
-/// The first non-null branch of a field's union.
-fn first_branch(union: &Value) -> Option<&Value> {
-    match union {
-        Value::Array(branches) => branches.iter().find(|b| b.as_str() != Some("null")),
-        Value::Null => None,
-        other => Some(other),
-    }
-}
-
-fn is_array(branch: Option<&Value>) -> bool {
-    branch.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("array")
-}
-
-/// `numeric(p,s)`'s precision and scale, from the union's decimal branch.
-fn decimal(branch: Option<&Value>, union: &Value) -> Option<(u64, u64)> {
-    let candidates: Vec<&Value> = match union {
-        Value::Array(b) => b.iter().collect(),
-        _ => branch.into_iter().collect(),
-    };
-    candidates.into_iter().find_map(|b| {
-        (b.get("logicalType").and_then(Value::as_str) == Some("decimal")).then_some(())?;
-        Some((b.get("precision")?.as_u64()?, b.get("scale")?.as_u64()?))
-    })
 }

@@ -8,19 +8,23 @@ use super::client::{delete_sql, is_transient_sqlstate, partial_sql, upsert_sql};
 use super::encoding::{Effect, TableBatch};
 use super::schema::{target_type, TableShape};
 use crate::model::message::format_timestamp_for_tests;
+use crate::model::pgtype::{PgType, TypeInfo};
+use crate::model::table::testing::{
+    array, builtin, column, composite, domain, enumeration, hstore, numeric_modifier, table, text,
+};
 use crate::model::{Lsn, Modification, Op, Row};
 
 fn shape() -> TableShape {
-    TableShape::from_avro(
-        &json!({
-            "namespace": "public.t", "type": "record", "name": "value",
-            "pg.schema": "public", "pg.table": "t",
-            "fields": [
-                {"name": "id", "type": ["null", "int"], "pg.type": "int4", "pg.key": true},
-                {"name": "v", "type": ["null", "string"], "pg.type": "text"},
-                {"name": "big", "type": ["null", "string"], "pg.type": "text"},
-            ]
-        }),
+    TableShape::from_table(
+        &table(
+            "public",
+            "t",
+            vec![
+                column("id", builtin(PgType::Int4), -1, true),
+                column("v", builtin(PgType::Text), -1, false),
+                column("big", builtin(PgType::Text), -1, false),
+            ],
+        ),
         None,
     )
     .unwrap()
@@ -52,77 +56,46 @@ fn m(
 
 #[test]
 fn types_follow_the_source_where_the_target_can_hold_them() {
-    let t = |f: Value| target_type(&f);
+    let t = |ty: TypeInfo, type_modifier: i32| target_type(&column("c", ty, type_modifier, false));
+    assert_eq!(t(builtin(PgType::Int4), -1), "pg_catalog.\"int4\"");
     assert_eq!(
-        t(json!({"pg.type": "int4", "type": ["null", "int"]})),
-        "pg_catalog.\"int4\""
-    );
-    assert_eq!(
-        t(json!({"pg.type": "_int4", "type": ["null", {"type": "array"}]})),
+        t(array("_int4", builtin(PgType::Int4)), -1),
         "pg_catalog.\"int4\"[]"
     );
     assert_eq!(
-        t(
-            json!({"pg.type": "numeric", "type": ["null", {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}, "string"]})
-        ),
+        t(builtin(PgType::Numeric), numeric_modifier(10, 2)),
         "numeric(10,2)"
     );
+    assert_eq!(t(builtin(PgType::Numeric), -1), "numeric");
+    assert_eq!(t(builtin(PgType::Bit), -1), "varbit");
+    assert_eq!(t(builtin(PgType::Char), -1), "pg_catalog.\"char\"");
+    assert_eq!(t(text("regclass"), -1), "text");
+    let mood = enumeration("public.mood", &["a"]);
+    assert_eq!(t(mood.clone(), -1), "text");
+    assert_eq!(t(array("public._mood", mood), -1), "text[]");
+    assert_eq!(t(composite("public.pair"), -1), "jsonb");
+    assert_eq!(t(hstore("public.hstore"), -1), "jsonb");
     assert_eq!(
-        t(json!({"pg.type": "numeric", "type": ["null", "string"]})),
-        "numeric"
-    );
-    assert_eq!(
-        t(json!({"pg.type": "bit", "type": ["null", "string"]})),
-        "varbit"
-    );
-    assert_eq!(
-        t(json!({"pg.type": "char", "type": ["null", "string"]})),
-        "pg_catalog.\"char\""
-    );
-    assert_eq!(
-        t(json!({"pg.type": "regclass", "type": ["null", "string"]})),
-        "text"
-    );
-    assert_eq!(
-        t(json!({"pg.type": "public.mood", "pg.enum": ["a"], "type": ["null", "string"]})),
-        "text"
-    );
-    assert_eq!(
-        t(
-            json!({"pg.type": "public._mood", "pg.enum": ["a"], "type": ["null", {"type": "array", "items": ["null", "string"]}]})
-        ),
-        "text[]"
-    );
-    assert_eq!(
-        t(
-            json!({"pg.type": "public.pair", "type": ["null", {"type": "record", "name": "pair", "fields": []}]})
-        ),
-        "jsonb"
-    );
-    assert_eq!(
-        t(
-            json!({"pg.type": "public.hstore", "type": ["null", {"type": "map", "values": "string"}]})
-        ),
-        "jsonb"
-    );
-    assert_eq!(
-        t(json!({"pg.type": "public.posint", "type": ["null", "int"]})),
+        t(domain("public.posint", builtin(PgType::Int4), -1), -1),
         "integer"
     );
     assert_eq!(
-        t(
-            json!({"pg.type": "public.ts", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}, "string"]})
-        ),
+        t(domain("public.ts", builtin(PgType::Timestamptz), -1), -1),
         "timestamptz"
     );
     assert_eq!(
-        t(json!({"pg.type": "public.citext", "type": ["null", "string"]})),
-        "text"
+        t(
+            domain(
+                "public.price",
+                builtin(PgType::Numeric),
+                numeric_modifier(8, 3)
+            ),
+            -1
+        ),
+        "numeric(8,3)"
     );
-    assert_eq!(
-        t(json!({"pg.type": "oid:12345", "type": ["null", "string"]})),
-        "text"
-    );
+    assert_eq!(t(text("public.citext"), -1), "text");
+    assert_eq!(t(text("oid:12345"), -1), "text");
 }
 
 #[test]
@@ -282,8 +255,12 @@ fn sqlstates_split_into_transient_and_definite() {
 
 #[test]
 fn a_schema_without_a_key_is_refused() {
-    let e = TableShape::from_avro(
-        &json!({"pg.schema": "s", "pg.table": "t", "fields": [{"name": "a", "type": ["null", "int"], "pg.type": "int4"}]}),
+    let e = TableShape::from_table(
+        &table(
+            "s",
+            "t",
+            vec![column("a", builtin(PgType::Int4), -1, false)],
+        ),
         Some("other"),
     )
     .unwrap_err();
