@@ -12,6 +12,7 @@ pub mod error;
 pub mod import;
 pub mod migrations;
 pub mod model;
+pub mod pg;
 pub mod ops;
 pub mod retry;
 pub mod secret;

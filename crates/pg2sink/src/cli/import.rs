@@ -1,7 +1,7 @@
 //! `pg2sink import status` and `pg2sink import resync <schema.table>`.
 
 use super::args::{ImportCommand, SourceArgs};
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{Error, Problem};
 use crate::import::jobs::Jobs;
 

@@ -6,7 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::args::SourceArgs;
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::import::jobs::Jobs;
 use crate::ops::slot::{self, human_bytes, SlotState};

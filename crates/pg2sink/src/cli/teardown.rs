@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::SourceArgs;
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::ops::slot::{self, SlotState};
 use crate::source::catalog::quote_ident;

@@ -26,7 +26,7 @@ use super::jobs::{Job, Jobs};
 use super::reader::{self, ChunkRead, Reader};
 use super::table::{self, ImportTable, KeyChoice};
 use super::watermark::Watermarks;
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::model::{Lsn, Table};
 use crate::source::publication::Publication;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 
 use crate::cli::args::StreamArgs;
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{Error, Problem};
 use crate::source::subscription::SubscriptionOptions;
 use slot::SlotState;

@@ -7,7 +7,7 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{query, Error, ExitStatus, Problem};
 use crate::model::Lsn;
 

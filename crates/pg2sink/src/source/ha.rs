@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::retry::Backoff;
 

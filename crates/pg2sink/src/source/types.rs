@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio_postgres::Client;
 
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{query, Error};
 use crate::model::pgtype::{CompositeField, TypeInfo, TypeKind};
 use crate::model::TypeOid;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::TableState;
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::error::{Error, Problem};
 use crate::import::table::{self, KeyChoice};
 use crate::sink::postgres::PostgresSinkConfig;

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::config::PostgresSinkConfig;
 use super::encoding::TableBatch;
 use super::schema::{quote_ident, quote_literal, TableShape};
-use crate::config::connection::ConnectionConfig;
+use crate::pg::settings::ConnectionConfig;
 use crate::model::Lsn;
 use crate::sink::SinkError;
 
@@ -423,11 +423,6 @@ pub fn definite(
     }
 }
 
-/// Whether an error of this SQLSTATE may pass if tried again.
-pub fn is_transient_sqlstate(code: &str) -> bool {
-    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))
-}
-
 /// A server or connection error as transient or definite, with the
 /// server's message, detail and a hint saying what to do.
 pub fn classify(context: impl Into<String>, e: tokio_postgres::Error) -> SinkError {
@@ -441,7 +436,7 @@ pub fn classify(context: impl Into<String>, e: tokio_postgres::Error) -> SinkErr
     if let Some(detail) = db.detail() {
         let _ = write!(text, "\n  detail: {detail}");
     }
-    if is_transient_sqlstate(code) {
+    if crate::pg::error::sqlstate_is_transient(code) {
         return transient(context, text);
     }
     let hint = match code {

@@ -26,17 +26,16 @@ use rustls::{
 use super::channel_binding::{ChannelBindingMode, MakeTls};
 use super::pgpass;
 use super::tls_files::{self, Roots, SYSTEM_ROOTS};
-use crate::config::socket::{Silence, Socket, TcpSettings};
-use crate::source::connection::{ReplicationConnection, ServerError};
+use crate::pg::socket::{Silence, Socket, TcpSettings};
+use super::error::{into_io_error, error_chain, BoxError, ConfigError, ConnectError, ServerError};
+use crate::pg::replication::ReplicationConnection;
 
 /// Session settings of every query connection: the same as the replication
-/// connection's startup parameters (`source::connection`), so a value reads
+/// connection's startup parameters (`pg::replication`), so a value reads
 /// the same through either and `model::value` can render it.
 const QUERY_SESSION_OPTIONS: &str =
     "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=1 -c bytea_output=hex";
 
-/// A boxed error that can cross threads, used to keep causes attached.
-pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 const DEFAULT_PORT: u16 = 5432;
 /// The default of `--silence-timeout` (see [`ConnectionConfig::silence_timeout`]).
@@ -142,219 +141,6 @@ impl FromStr for SslMode {
     }
 }
 
-/// A setting that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The `postgres://` URL is malformed.
-    #[error("invalid connection URL: {reason}")]
-    BadUrl {
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The `key=value` connection string is malformed.
-    #[error("invalid connection string: {reason}")]
-    BadConnString {
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A port that is not a number from 1 to 65535.
-    #[error("invalid port {value:?} (from {origin}): expected a number from 1 to 65535")]
-    BadPort {
-        /// The value given.
-        value: String,
-        /// Where it came from (the URL or an environment variable).
-        origin: &'static str,
-    },
-    /// An sslmode libpq does not know.
-    #[error(
-        "invalid sslmode {value:?} (from {origin}): valid values are disable, allow, prefer, \
-         require, verify-ca, verify-full"
-    )]
-    BadSslMode {
-        /// The value given.
-        value: String,
-        /// Where it came from.
-        origin: &'static str,
-    },
-    /// Any other setting with an unusable value.
-    #[error("invalid {key} {value:?} (from {origin}): {reason}")]
-    BadValue {
-        /// The setting's name.
-        key: &'static str,
-        /// The value given.
-        value: String,
-        /// Where it came from.
-        origin: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The `sslrootcert` file cannot be read or holds no certificate.
-    #[error("cannot use the sslrootcert file {}: {source}", path.display())]
-    SslRootCert {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// No user given anywhere and the OS user is unknown.
-    #[error("could not determine the database user: give it in --url or set PGUSER")]
-    NoUser,
-    /// sslmode verify-ca/verify-full without a root certificate (libpq's rule).
-    #[error(
-        "sslmode={mode} verifies the server's certificate, but no sslrootcert was given{}: \
-         point sslrootcert (or PGSSLROOTCERT) at the certificate of the CA that signed the \
-         server's, use sslrootcert=system for the system's trusted roots, or use sslmode=require \
-         (encrypted, not verified)",
-        match default_path {
-            Some(path) => format!(" and {} does not exist", path.display()),
-            None => String::new(),
-        }
-    )]
-    NoRootCert {
-        /// The sslmode that needs it.
-        mode: SslMode,
-        /// The default file that was looked for (`~/.postgresql/root.crt`).
-        default_path: Option<PathBuf>,
-    },
-    /// `sslrootcert=system` and the system's trust store is unusable.
-    #[error("sslrootcert=system: {reason}")]
-    SystemRoots {
-        /// What is wrong and what to do.
-        reason: String,
-    },
-    /// The client certificate file (`sslcert`) is unusable.
-    #[error("cannot use the client certificate file {} (sslcert): {reason}", path.display())]
-    SslCert {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// The client key file (`sslkey`) is unusable.
-    #[error("cannot use the client key file {} (sslkey): {reason}", path.display())]
-    SslKey {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Why a connection could not be made (or broke).
-///
-/// The `Display` text of each variant is complete on its own (it includes the
-/// cause); the cause is also attached as [`std::error::Error::source`].
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The settings are unusable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The TCP or Unix-socket connection could not be established.
-    #[error(
-        "could not connect to the server at {target}: {source} (is the server running and \
-         accepting connections there? check --url / PGHOST / PGPORT)"
-    )]
-    Unreachable {
-        /// `host:port` or the socket path.
-        target: String,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The server rejected the credentials (or has no pg_hba.conf entry for us).
-    #[error("authentication failed for user \"{user}\": {source}{}", auth_hint(.source))]
-    Auth {
-        /// The user we tried to log in as.
-        user: String,
-        /// The server's error (a [`ServerError`]) or a client-side reason.
-        #[source]
-        source: BoxError,
-    },
-    /// The TLS handshake or the certificate verification failed, or the
-    /// server refused TLS while the sslmode requires it.
-    #[error("TLS with the server at {target} failed: {source}{}", tls_hint(.source))]
-    Tls {
-        /// `host:port`.
-        target: String,
-        /// The TLS library's error.
-        #[source]
-        source: BoxError,
-    },
-    /// Any other error the server reported.
-    #[error("{0}")]
-    Server(ServerError),
-    /// The server sent something the protocol does not allow here.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// Reading from or writing to the connection failed.
-    #[error("I/O error on the connection to the server: {0}")]
-    Io(#[source] io::Error),
-}
-
-impl ConnectError {
-    /// Whether retrying later may succeed: the server was unreachable, the
-    /// connection broke, or the server reported a connection-class (08),
-    /// shutdown (57P01-57P03) or too-many-connections (53300) error.
-    /// Authentication, TLS, configuration and protocol errors are definite.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ConnectError::Unreachable { .. } | ConnectError::Io(_) => true,
-            ConnectError::Server(error) => error.is_transient(),
-            ConnectError::Config(_)
-            | ConnectError::Auth { .. }
-            | ConnectError::Tls { .. }
-            | ConnectError::Protocol(_) => false,
-        }
-    }
-
-    /// Whether, with several hosts, the next one is tried (as libpq does
-    /// for anything short of the server refusing the login itself).
-    pub fn tries_next_host(&self) -> bool {
-        match self {
-            ConnectError::Unreachable { .. } | ConnectError::Io(_) | ConnectError::Tls { .. } => {
-                true
-            }
-            ConnectError::Server(error) => error.is_transient(),
-            ConnectError::Config(_) | ConnectError::Auth { .. } | ConnectError::Protocol(_) => {
-                false
-            }
-        }
-    }
-
-    /// The server's error, if the server reported one (also for `Auth`).
-    pub fn server_error(&self) -> Option<&ServerError> {
-        match self {
-            ConnectError::Server(error) => Some(error),
-            ConnectError::Auth { source, .. } => source.downcast_ref::<ServerError>(),
-            _ => None,
-        }
-    }
-
-    /// The SQLSTATE of the server's error, if any.
-    pub fn sqlstate(&self) -> Option<&str> {
-        self.server_error().map(|error| error.code.as_str())
-    }
-
-    /// Classifies an ErrorResponse received while logging in or later:
-    /// invalid password (28P01) and invalid authorization (28000, e.g. no
-    /// pg_hba.conf entry) become `Auth`, anything else `Server`.
-    pub(crate) fn from_server(error: ServerError, user: &str) -> Self {
-        match error.code.as_str() {
-            "28P01" | "28000" => ConnectError::Auth {
-                user: user.to_owned(),
-                source: Box::new(error),
-            },
-            _ => ConnectError::Server(error),
-        }
-    }
-}
-
-impl From<io::Error> for ConnectError {
-    fn from(error: io::Error) -> Self {
-        ConnectError::Io(error)
-    }
-}
 
 /// Where and how to connect.
 #[derive(Clone, PartialEq, Eq)]
@@ -1266,67 +1052,6 @@ impl ConnectionConfig {
                 .into()
             })
     }
-}
-
-/// What to do about a refused login: a missing client certificate (cert
-/// authentication), channel binding, or else the password and pg_hba.conf.
-fn auth_hint(source: &BoxError) -> &'static str {
-    let text = source.to_string();
-    if text.contains("client certificate") {
-        " (the server wants a client certificate signed by a CA it trusts, whose common name \
-         is the user: give it with sslcert and sslkey in --url, or PGSSLCERT and PGSSLKEY, or \
-         put it in ~/.postgresql/postgresql.crt and postgresql.key)"
-    } else if text.contains("channel binding") {
-        " (channel_binding=require needs SCRAM-SHA-256 authentication (pg_hba.conf method \
-         scram-sha-256, a SCRAM password) over TLS; or use channel_binding=prefer)"
-    } else {
-        " (check the password in --url, PGPASSWORD or the password file, and the server's \
-         pg_hba.conf)"
-    }
-}
-
-/// What to do about the certificate checks that fail most often, which
-/// rustls names tersely.
-fn tls_hint(source: &BoxError) -> &'static str {
-    let text = source.to_string();
-    if text.contains("UnknownCA")
-        || text.contains("BadCertificate")
-        || text.contains("CertificateRequired")
-    {
-        " (the server refused pg2sink's client certificate: it must be signed by a CA in the \
-         server's ssl_ca_file; check sslcert/sslkey or PGSSLCERT/PGSSLKEY)"
-    } else if text.contains("UnknownIssuer") {
-        " (the server's certificate was not signed by a CA in sslrootcert: point sslrootcert or PGSSLROOTCERT at the CA that signed it)"
-    } else if text.contains("not valid for name") {
-        " (connect with a host name the certificate lists, or use sslmode=verify-ca, which checks the chain but not the name)"
-    } else if text.contains("xpired") || text.contains("NotValidYet") {
-        " (the server's certificate is outside its validity period: renew it, or check the clocks)"
-    } else {
-        ""
-    }
-}
-
-fn into_io_error(error: tokio_postgres::Error) -> io::Error {
-    let text = error.to_string();
-    match error.into_source() {
-        Some(source) => match source.downcast::<io::Error>() {
-            Ok(io_error) => *io_error,
-            Err(other) => io::Error::other(other),
-        },
-        None => io::Error::other(text),
-    }
-}
-
-/// `error: cause: cause's cause ...`
-fn error_chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
 }
 
 fn default_socket_dir() -> &'static str {

@@ -18,10 +18,11 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::socket::Socket;
+use crate::pg::socket::Socket;
 
-use crate::config::channel_binding::{self, ChannelBindingMode};
-use crate::config::connection::{BoxError, ConnectError, ConnectionConfig};
+use crate::pg::channel_binding::{self, ChannelBindingMode};
+use crate::pg::error::{BoxError, ConnectError, ServerError};
+use crate::pg::settings::ConnectionConfig;
 
 /// The largest message accepted from the server: PostgreSQL's own limit for
 /// one allocation (1 GiB) plus room for the framing.
@@ -32,86 +33,6 @@ const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
 /// How long `finish` waits to hand the server its Terminate message.
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A server ErrorResponse, in PostgreSQL's primary/detail/hint shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerError {
-    /// `ERROR`, `FATAL` or `PANIC` (the non-localized one when the server sends it).
-    pub severity: String,
-    /// The SQLSTATE.
-    pub code: String,
-    /// The primary message.
-    pub message: String,
-    /// The optional detail.
-    pub detail: Option<String>,
-    /// The optional hint.
-    pub hint: Option<String>,
-}
-
-impl ServerError {
-    /// Connection exceptions (class 08), shutdowns (57P01 admin_shutdown,
-    /// 57P02 crash_shutdown, 57P03 cannot_connect_now) and 53300
-    /// too_many_connections may go away on their own.
-    pub fn is_transient(&self) -> bool {
-        self.code.starts_with("08")
-            || matches!(self.code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
-    }
-
-    /// The same shape from a tokio-postgres error.
-    pub fn from_db_error(error: &tokio_postgres::error::DbError) -> Self {
-        ServerError {
-            severity: error.severity().to_owned(),
-            code: error.code().code().to_owned(),
-            message: error.message().to_owned(),
-            detail: error.detail().map(str::to_owned),
-            hint: error.hint().map(str::to_owned),
-        }
-    }
-
-    fn from_fields(mut fields: ErrorFields<'_>) -> Result<Self, ConnectError> {
-        let mut error = ServerError {
-            severity: String::new(),
-            code: String::new(),
-            message: String::new(),
-            detail: None,
-            hint: None,
-        };
-        let mut non_localized_severity = None;
-        while let Some(field) = fields.next().map_err(|e| {
-            ConnectError::Protocol(format!("malformed error or notice from the server: {e}"))
-        })? {
-            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
-            match field.type_() {
-                b'S' => error.severity = value,
-                b'V' => non_localized_severity = Some(value),
-                b'C' => error.code = value,
-                b'M' => error.message = value,
-                b'D' => error.detail = Some(value),
-                b'H' => error.hint = Some(value),
-                _ => {}
-            }
-        }
-        if let Some(severity) = non_localized_severity {
-            error.severity = severity;
-        }
-        Ok(error)
-    }
-}
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
-        if let Some(detail) = &self.detail {
-            write!(f, "\nDETAIL: {detail}")?;
-        }
-        if let Some(hint) = &self.hint {
-            write!(f, "\nHINT: {hint}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ServerError {}
 
 /// One row of a simple-query result, every column as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
