@@ -16,7 +16,7 @@ use super::args::SourceArgs;
 use crate::pg::settings::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::ops::slot::{self, SlotState};
-use crate::source::catalog::quote_ident;
+use crate::pg::sql::quote_ident;
 
 #[derive(Args, Debug, Clone)]
 pub struct TeardownArgs {

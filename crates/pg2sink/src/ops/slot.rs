@@ -73,7 +73,7 @@ impl SlotState {
 pub async fn slot_name(client: &Client, schema: &str, publication: &str) -> Result<String, Error> {
     let table = format!(
         "{}.subscriptions",
-        crate::source::catalog::quote_ident(schema)
+        crate::pg::sql::quote_ident(schema)
     );
     match client
         .query_opt(

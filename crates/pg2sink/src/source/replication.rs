@@ -32,7 +32,7 @@ use crate::model::{
     format_timestamp, Column, ImportChunk, Lsn, Modification, Op, RelationId, Row, Schema, Table,
 };
 use crate::sink::SinkEvent;
-use crate::source::catalog::{quote_ident, quote_literal};
+use crate::pg::sql::{quote_ident, quote_literal};
 use crate::pg::replication::ReplicationStream;
 use crate::source::pgoutput::{
     self, ColumnValue, LogicalMessage, OldTuple, PgOutputMessage, PgTimestamp, TupleData,

@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use super::config::PostgresSinkConfig;
 use super::encoding::TableBatch;
-use super::schema::{quote_ident, quote_literal, TableShape};
+use super::schema::TableShape;
+use crate::pg::sql::{quote_ident, quote_literal};
 use crate::pg::settings::ConnectionConfig;
 use crate::model::Lsn;
 use crate::sink::SinkError;

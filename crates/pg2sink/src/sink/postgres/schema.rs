@@ -12,6 +12,8 @@
 
 use serde_json::Value;
 
+use crate::pg::sql::quote_ident;
+
 /// One column of a target table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetColumn {
@@ -124,17 +126,6 @@ impl TableShape {
             column.sql_type
         )
     }
-}
-
-/// `"name"`, with `"` doubled: always quoted, so case and any character
-/// survive.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'text'`, with `'` doubled.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The target type of one Avro field (see the module's promises).
