@@ -9,15 +9,15 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::args::StreamArgs;
-use crate::pg::settings::ConnectionConfig;
 use crate::error::{Error, ExitStatus, Problem};
 use crate::import::{self, watermark::Watermarks, worker::ImportOptions};
 use crate::migrations;
 use crate::model::Lsn;
+use crate::pg::replication::ReplicationStream;
+use crate::pg::settings::ConnectionConfig;
 use crate::retry::Backoff;
 use crate::sink::FlushPolicy;
 use crate::source::catalog::{self, slot_name_for};
-use crate::pg::replication::ReplicationStream;
 use crate::source::ha::{self, set_role, Role};
 use crate::source::pgoutput::{self, PgTimestamp};
 use crate::source::replication::{

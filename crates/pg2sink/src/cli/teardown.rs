@@ -13,9 +13,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::SourceArgs;
-use crate::pg::settings::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::ops::slot::{self, SlotState};
+use crate::pg::settings::ConnectionConfig;
 use crate::pg::sql::quote_ident;
 
 #[derive(Args, Debug, Clone)]

@@ -279,7 +279,10 @@ mod tests {
         assert!(TypeInfo::builtin(TypeOid(600)).is_none());
         assert_eq!(builtin_type_name(TypeOid(1043)).as_deref(), Some("varchar"));
         assert_eq!(builtin_type_name(TypeOid(1009)).as_deref(), Some("_text"));
-        assert_eq!(builtin_type_name(TypeOid(4072)).as_deref(), Some("jsonpath"));
+        assert_eq!(
+            builtin_type_name(TypeOid(4072)).as_deref(),
+            Some("jsonpath")
+        );
         assert_eq!(builtin_type_name(TypeOid(16400)), None);
     }
 }

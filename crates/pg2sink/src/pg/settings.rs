@@ -24,18 +24,17 @@ use rustls::{
 };
 
 use super::channel_binding::{ChannelBindingMode, MakeTls};
+use super::error::{error_chain, into_io_error, BoxError, ConfigError, ConnectError, ServerError};
 use super::pgpass;
 use super::tls_files::{self, Roots, SYSTEM_ROOTS};
-use crate::pg::socket::{Silence, Socket, TcpSettings};
-use super::error::{into_io_error, error_chain, BoxError, ConfigError, ConnectError, ServerError};
 use crate::pg::replication::ReplicationConnection;
+use crate::pg::socket::{Silence, Socket, TcpSettings};
 
 /// Session settings of every query connection: the same as the replication
 /// connection's startup parameters (`pg::replication`), so a value reads
 /// the same through either and `model::value` can render it.
 const QUERY_SESSION_OPTIONS: &str =
     "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=1 -c bytea_output=hex";
-
 
 const DEFAULT_PORT: u16 = 5432;
 /// The default of `--silence-timeout` (see [`ConnectionConfig::silence_timeout`]).
@@ -140,7 +139,6 @@ impl FromStr for SslMode {
         SslMode::parse(s, "sslmode")
     }
 }
-
 
 /// Where and how to connect.
 #[derive(Clone, PartialEq, Eq)]

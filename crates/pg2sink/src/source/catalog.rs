@@ -7,10 +7,10 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use crate::pg::settings::ConnectionConfig;
-use crate::pg::sql::quote_ident;
 use crate::error::{query, Error, ExitStatus, Problem};
 use crate::model::Lsn;
+use crate::pg::settings::ConnectionConfig;
+use crate::pg::sql::quote_ident;
 
 /// The slot's name, derived from the publication and the database: slots
 /// are cluster-wide, so two databases of one cluster each running pg2sink

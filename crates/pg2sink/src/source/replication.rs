@@ -31,9 +31,9 @@ use crate::model::value::{text_to_json, utf8_text, value_to_json};
 use crate::model::{
     format_timestamp, Column, ImportChunk, Lsn, Modification, Op, RelationId, Row, Schema, Table,
 };
-use crate::sink::SinkEvent;
-use crate::pg::sql::{quote_ident, quote_literal};
 use crate::pg::replication::ReplicationStream;
+use crate::pg::sql::{quote_ident, quote_literal};
+use crate::sink::SinkEvent;
 use crate::source::pgoutput::{
     self, ColumnValue, LogicalMessage, OldTuple, PgOutputMessage, PgTimestamp, TupleData,
 };

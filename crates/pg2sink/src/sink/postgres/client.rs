@@ -16,9 +16,9 @@ use serde_json::Value;
 use super::config::PostgresSinkConfig;
 use super::encoding::TableBatch;
 use super::schema::TableShape;
-use crate::pg::sql::{quote_ident, quote_literal};
-use crate::pg::settings::ConnectionConfig;
 use crate::model::Lsn;
+use crate::pg::settings::ConnectionConfig;
+use crate::pg::sql::{quote_ident, quote_literal};
 use crate::sink::SinkError;
 
 /// The last change the target applied: (`lsn`, `sequence`).
