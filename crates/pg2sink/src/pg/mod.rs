@@ -6,6 +6,7 @@
 //! the errors, classified once by SQLSTATE (`error`). Promise: nothing here imports `source`, `sink`,
 //! `cli` or `ops`, so the rest of the crate builds on it, not around it.
 
+pub(crate) mod auth;
 pub(crate) mod channel_binding;
 pub mod error;
 pub(crate) mod pgpass;
@@ -14,3 +15,4 @@ pub mod settings;
 pub(crate) mod socket;
 pub mod sql;
 pub(crate) mod tls_files;
+pub(crate) mod wire;
