@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::ErrorFields;
 
-use super::settings::SslMode;
+use super::tls::SslMode;
 
 /// Whether an error with this SQLSTATE may pass if tried again, after a
 /// back-off, on the same or a new connection. One table for the whole

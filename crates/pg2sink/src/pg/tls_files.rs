@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
 use super::error::ConfigError;
-use super::settings::SslMode;
+use super::tls::SslMode;
 
 /// libpq's default root certificate file, under the home directory.
 pub(crate) const DEFAULT_ROOT_CERT: &str = ".postgresql/root.crt";
