@@ -493,6 +493,47 @@ impl ReplicationStream {
     }
 }
 
+/// Opening a walsender connection lives beside the session rather than in
+/// `settings`, so the settings know nothing of the walsender protocol.
+impl ConnectionConfig {
+    /// A walsender connection in logical replication mode (startup
+    /// parameter `replication=database`), to the first of `hosts` that
+    /// accepts it and matches `target_session_attrs`.
+    pub async fn connect_replication(&self) -> Result<ReplicationConnection, ConnectError> {
+        let mut last = None;
+        for endpoint in self.endpoints() {
+            match ReplicationConnection::connect(&endpoint).await {
+                Ok(mut connection) => {
+                    match endpoint.check_replication_session(&mut connection).await {
+                        Ok(()) => return Ok(connection),
+                        Err(e) => {
+                            connection.close().await;
+                            last = Some(e);
+                        }
+                    }
+                }
+                Err(e) if e.tries_next_host() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ConnectError::Protocol("no host to connect to".into())))
+    }
+
+    async fn check_replication_session(
+        &self,
+        connection: &mut ReplicationConnection,
+    ) -> Result<(), ConnectError> {
+        let Some(sql) = self.target_session_attrs.check_sql() else {
+            return Ok(());
+        };
+        let rows = connection.simple_query(sql).await?;
+        match rows.first().and_then(|row| row.get_index(0)) {
+            Some("t") => Ok(()),
+            _ => Err(self.wrong_session_kind()),
+        }
+    }
+}
+
 /// `15.18 (Debian 15.18-1.pgdg120+1)` → 150018, `17devel` → 170000,
 /// `16beta2` → 160000, `9.6.24` → 90624.
 fn parse_server_version(text: &str) -> Option<u32> {

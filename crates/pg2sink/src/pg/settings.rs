@@ -27,7 +27,6 @@ use super::pgpass;
 use super::tls::SslMode;
 use super::tls::{load_root_certs, NoVerification, PgCertVerifier};
 use super::tls_files::{self, Roots, SYSTEM_ROOTS};
-use crate::pg::replication::ReplicationConnection;
 use crate::pg::socket::{Silence, Socket, TcpSettings};
 
 /// Session settings of every query connection: the same as the replication
@@ -169,7 +168,7 @@ impl TargetSessionAttrs {
     }
 
     /// The query that tells whether a server is acceptable, as libpq asks it.
-    fn check_sql(self) -> Option<&'static str> {
+    pub(super) fn check_sql(self) -> Option<&'static str> {
         match self {
             TargetSessionAttrs::Any => None,
             TargetSessionAttrs::ReadWrite => {
@@ -711,43 +710,6 @@ impl ConnectionConfig {
                 let connected = pg.connect_raw(socket, tls).await;
                 self.spawn_query_connection(connected)
             }
-        }
-    }
-
-    /// A walsender connection in logical replication mode (startup
-    /// parameter `replication=database`), to the first of `hosts` that
-    /// accepts it and matches `target_session_attrs`.
-    pub async fn connect_replication(&self) -> Result<ReplicationConnection, ConnectError> {
-        let mut last = None;
-        for endpoint in self.endpoints() {
-            match ReplicationConnection::connect(&endpoint).await {
-                Ok(mut connection) => {
-                    match endpoint.check_replication_session(&mut connection).await {
-                        Ok(()) => return Ok(connection),
-                        Err(e) => {
-                            connection.close().await;
-                            last = Some(e);
-                        }
-                    }
-                }
-                Err(e) if e.tries_next_host() => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| ConnectError::Protocol("no host to connect to".into())))
-    }
-
-    async fn check_replication_session(
-        &self,
-        connection: &mut ReplicationConnection,
-    ) -> Result<(), ConnectError> {
-        let Some(sql) = self.target_session_attrs.check_sql() else {
-            return Ok(());
-        };
-        let rows = connection.simple_query(sql).await?;
-        match rows.first().and_then(|row| row.get_index(0)) {
-            Some("t") => Ok(()),
-            _ => Err(self.wrong_session_kind()),
         }
     }
 
