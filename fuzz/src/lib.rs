@@ -165,7 +165,7 @@ pub fn copy_rows(data: &[u8]) {
 
 /// A connection string (URL or key=value) and a configuration file.
 pub fn config(data: &[u8]) {
-    use pg2sink::config::connection::ConnectionConfig;
+    use pg2sink::pg::settings::ConnectionConfig;
     let text = String::from_utf8_lossy(data);
     if let Ok(c) = ConnectionConfig::resolve(Some(&text), &|_| None) {
         // What is logged must never carry the password.

@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::config::connection::ConnectError;
+use crate::pg::error::{describe_query_error, query_error_is_transient, ConnectError};
 use crate::sink::SinkError;
 use crate::source::pgoutput::DecodeError;
 
@@ -162,40 +162,6 @@ impl Error {
 pub fn query(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
     let context = context.into();
     move |source| Error::Query { context, source }
-}
-
-fn query_error_is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.as_db_error() {
-        // Connection exceptions, admin shutdown, too many connections,
-        // serialization failures and deadlocks pass.
-        Some(db) => {
-            let code = db.code().code();
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code == "53300"
-                || code == "40001"
-                || code == "40P01"
-        }
-        // No server error: the connection broke.
-        None => e.is_closed() || std::error::Error::source(e).is_some(),
-    }
-}
-
-/// tokio-postgres prints only "db error"; the server's words are inside.
-fn describe_query_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut text = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-            if let Some(detail) = db.detail() {
-                text.push_str(&format!("; detail: {detail}"));
-            }
-            if let Some(hint) = db.hint() {
-                text.push_str(&format!("; hint: {hint}"));
-            }
-            text
-        }
-        None => e.to_string(),
-    }
 }
 
 #[cfg(test)]

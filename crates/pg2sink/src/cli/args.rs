@@ -350,7 +350,7 @@ pub struct StreamArgs {
 
 impl SourceArgs {
     /// The connection URL (from --url, PG2SINK_URL or their file), for
-    /// [`crate::config::connection::ConnectionConfig::from_env`].
+    /// [`crate::pg::settings::ConnectionConfig::from_env`].
     pub fn url(&self) -> Option<&str> {
         self.url.as_ref().map(Secret::expose)
     }

@@ -1,9 +1,9 @@
 //! `pg2sink import status` and `pg2sink import resync <schema.table>`.
 
 use super::args::{ImportCommand, SourceArgs};
-use crate::config::connection::ConnectionConfig;
 use crate::error::{Error, Problem};
 use crate::import::jobs::Jobs;
+use crate::pg::settings::ConnectionConfig;
 
 pub async fn run(command: ImportCommand) -> Result<(), Error> {
     match command {

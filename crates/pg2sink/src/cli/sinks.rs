@@ -115,7 +115,7 @@ pub fn postgres_config(args: &StreamArgs) -> PostgresSinkConfig {
     let a = &args.postgres;
     // The position is kept per stream: the slot's name, as the source
     // derives it (one target may take several sources).
-    let database = crate::config::connection::ConnectionConfig::from_env(args.source.url())
+    let database = crate::pg::settings::ConnectionConfig::from_env(args.source.url())
         .map(|c| c.dbname().to_string())
         .unwrap_or_default();
     PostgresSinkConfig {

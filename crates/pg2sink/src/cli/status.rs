@@ -6,11 +6,11 @@ use clap::Args;
 use serde::Serialize;
 
 use super::args::SourceArgs;
-use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::import::jobs::Jobs;
 use crate::ops::slot::{self, human_bytes, SlotState};
 use crate::ops::tables::ImportInfo;
+use crate::pg::settings::ConnectionConfig;
 use crate::source::ha::{self, LockHolder};
 
 #[derive(Args, Debug, Clone)]

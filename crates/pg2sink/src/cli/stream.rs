@@ -9,15 +9,15 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use super::args::StreamArgs;
-use crate::config::connection::ConnectionConfig;
 use crate::error::{Error, ExitStatus, Problem};
 use crate::import::{self, watermark::Watermarks, worker::ImportOptions};
 use crate::migrations;
 use crate::model::Lsn;
+use crate::pg::replication::ReplicationStream;
+use crate::pg::settings::ConnectionConfig;
 use crate::retry::Backoff;
 use crate::sink::FlushPolicy;
 use crate::source::catalog::{self, slot_name_for};
-use crate::source::connection::ReplicationStream;
 use crate::source::ha::{self, set_role, Role};
 use crate::source::pgoutput::{self, PgTimestamp};
 use crate::source::replication::{
@@ -450,7 +450,7 @@ async fn end_own_walsender(connection: &ConnectionConfig, slot: &str) -> bool {
 
 /// The server's `wal_sender_timeout`, or `None` if it cannot be read.
 async fn server_wal_sender_timeout(
-    conn: &mut crate::source::connection::ReplicationConnection,
+    conn: &mut crate::pg::replication::ReplicationConnection,
 ) -> Option<Duration> {
     let rows = conn.simple_query("SHOW wal_sender_timeout").await.ok()?;
     parse_pg_duration(rows.first()?.get_index(0)?)

@@ -13,10 +13,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::SourceArgs;
-use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::ops::slot::{self, SlotState};
-use crate::source::catalog::quote_ident;
+use crate::pg::settings::ConnectionConfig;
+use crate::pg::sql::quote_ident;
 
 #[derive(Args, Debug, Clone)]
 pub struct TeardownArgs {

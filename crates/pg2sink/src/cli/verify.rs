@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::args::{SinkKind, StreamArgs};
-use crate::config::connection::ConnectionConfig;
 use crate::error::{Error, Problem};
+use crate::pg::settings::ConnectionConfig;
 use crate::source::types::TypeRegistry;
 use crate::verify::{self, Report, TableState, VerifyOptions};
 

@@ -1,9 +1,5 @@
-//! Configuration: one place for each setting's parsing and defaults.
+//! Configuration: the config file and logging. Connection settings (libpq
+//! conventions) live in `pg::settings`.
 
-pub mod channel_binding;
-pub mod connection;
 pub mod file;
 pub mod logging;
-pub mod pgpass;
-pub mod socket;
-pub mod tls_files;

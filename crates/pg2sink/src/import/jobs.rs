@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::error::{query, Error};
-use crate::source::catalog::quote_ident;
+use crate::pg::sql::quote_ident;
 
 #[derive(Clone, Debug)]
 pub struct Job {

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use crate::error::{query, Error, Problem};
 use crate::model::{Column, RelationId, Table, TypeOid};
-use crate::source::catalog::quote_ident;
+use crate::pg::sql::quote_ident;
 use crate::source::publication::{key_not_published, published_table, PublishedTable};
 
 /// A table to import: its shape and the key it is walked by.
@@ -316,7 +316,7 @@ impl ImportTable {
         let literals: Vec<String> = values
             .iter()
             .zip(&self.key)
-            .map(|(v, (_, ty))| format!("{}::{ty}", crate::source::catalog::quote_literal(v)))
+            .map(|(v, (_, ty))| format!("{}::{ty}", crate::pg::sql::quote_literal(v)))
             .collect();
         literals.join(", ")
     }

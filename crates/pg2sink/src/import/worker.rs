@@ -26,9 +26,9 @@ use super::jobs::{Job, Jobs};
 use super::reader::{self, ChunkRead, Reader};
 use super::table::{self, ImportTable, KeyChoice};
 use super::watermark::Watermarks;
-use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, Problem};
 use crate::model::{Lsn, Table};
+use crate::pg::settings::ConnectionConfig;
 use crate::source::publication::Publication;
 use crate::source::types::TypeRegistry;
 

@@ -7,7 +7,7 @@
 use tokio_postgres::Client;
 
 use crate::error::{query, Error, Problem};
-use crate::source::catalog::quote_ident;
+use crate::pg::sql::quote_ident;
 
 /// (version, name, SQL with `{schema}` standing for the quoted schema name).
 const MIGRATIONS: &[(i32, &str, &str)] = &[

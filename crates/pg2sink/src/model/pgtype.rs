@@ -92,6 +92,22 @@ builtin_types! {
     Box = 603, 1020, "box";
 }
 
+/// Built-in types pg2sink maps as text but names in logs (oid, name), so
+/// one table holds every oid pg2sink knows by name.
+const NAMED_ONLY: &[(u32, &str)] = &[(27, "tid"), (28, "xid"), (4072, "jsonpath")];
+
+/// The `pg_type.typname` of a built-in type (`_int4` for arrays), for
+/// display; `None` for a type pg2sink does not know by oid.
+pub fn builtin_type_name(oid: TypeOid) -> Option<String> {
+    match PgType::from_oid(oid) {
+        PgType::Other(_) => NAMED_ONLY
+            .iter()
+            .find(|(known, _)| *known == oid.0)
+            .map(|(_, name)| name.to_string()),
+        ty => Some(ty.name()),
+    }
+}
+
 impl PgType {
     pub fn from_oid(oid: TypeOid) -> PgType {
         for (ty, scalar, array, _) in SCALARS {
@@ -261,5 +277,12 @@ mod tests {
         ));
         assert_eq!(TypeInfo::builtin(TypeOid(20)).unwrap().oid, TypeOid(20));
         assert!(TypeInfo::builtin(TypeOid(600)).is_none());
+        assert_eq!(builtin_type_name(TypeOid(1043)).as_deref(), Some("varchar"));
+        assert_eq!(builtin_type_name(TypeOid(1009)).as_deref(), Some("_text"));
+        assert_eq!(
+            builtin_type_name(TypeOid(4072)).as_deref(),
+            Some("jsonpath")
+        );
+        assert_eq!(builtin_type_name(TypeOid(16400)), None);
     }
 }

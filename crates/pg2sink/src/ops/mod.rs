@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 
 use crate::cli::args::StreamArgs;
-use crate::config::connection::ConnectionConfig;
 use crate::error::{Error, Problem};
+use crate::pg::settings::ConnectionConfig;
 use crate::source::subscription::SubscriptionOptions;
 use slot::SlotState;
 use tables::Scope;

@@ -7,7 +7,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::error::{query, Error};
-use crate::source::catalog::quote_ident;
+use crate::pg::sql::quote_ident;
 
 /// The overrides of one publication, as `schema.table` names.
 #[derive(Clone, Debug, Default)]

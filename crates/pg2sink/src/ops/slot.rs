@@ -71,10 +71,7 @@ impl SlotState {
 /// The slot of `publication` on the connected database: the one recorded
 /// in pg2sink's schema, else the name pg2sink would give it.
 pub async fn slot_name(client: &Client, schema: &str, publication: &str) -> Result<String, Error> {
-    let table = format!(
-        "{}.subscriptions",
-        crate::source::catalog::quote_ident(schema)
-    );
+    let table = format!("{}.subscriptions", crate::pg::sql::quote_ident(schema));
     match client
         .query_opt(
             &format!("select slot from {table} where publication = $1"),

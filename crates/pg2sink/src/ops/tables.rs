@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use crate::error::{query, Error};
 use crate::import::jobs::{JobStatus, Jobs};
 use crate::ops::overrides::{self, Overrides};
-use crate::source::catalog::quote_ident;
+use crate::pg::sql::quote_ident;
 use crate::source::subscription::{Candidate, SubscriptionManager, SubscriptionOptions};
 
 /// What pg2sink is set to capture and where its state lives.

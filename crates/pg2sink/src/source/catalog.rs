@@ -7,19 +7,10 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, ExitStatus, Problem};
 use crate::model::Lsn;
-
-/// Quotes an identifier for SQL (`my "t"` → `"my ""t"""`).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a string literal for SQL.
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
+use crate::pg::settings::ConnectionConfig;
+use crate::pg::sql::quote_ident;
 
 /// The slot's name, derived from the publication and the database: slots
 /// are cluster-wide, so two databases of one cluster each running pg2sink
@@ -436,9 +427,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quoting() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
+    fn slot_names() {
         assert_eq!(slot_name_for("My-Pub", "app"), "my_pub_app");
         let long = slot_name_for(&"x".repeat(100), "a");
         assert_eq!(long.len(), 63);

@@ -38,8 +38,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error, Problem};
+use crate::pg::settings::ConnectionConfig;
 use crate::retry::Backoff;
 
 /// The first key of every pg2sink lock ("pg2s"), so the locks do not clash

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error};
 use crate::model::Lsn;
 use crate::ops::metrics;
+use crate::pg::settings::ConnectionConfig;
 
 /// The prefix of heartbeat messages (consumers of the slot may ignore it).
 pub const PREFIX: &str = "pg2sink.heartbeat";

@@ -1,8 +1,7 @@
-//! The source: a logical replication connection to Postgres, the pgoutput
+//! The source: the replication session over `pg::replication`, the pgoutput
 //! decoder, the catalog queries, and the subscription manager.
 
 pub mod catalog;
-pub mod connection;
 pub mod ha;
 pub mod heartbeat;
 pub mod pgoutput;

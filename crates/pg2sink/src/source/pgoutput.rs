@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::model::pgtype::builtin_type_name;
 use crate::model::{Lsn, RelationId, TypeOid, Xid};
 
 /// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01 00:00:00 UTC).
@@ -819,58 +820,6 @@ impl fmt::Display for OldTuple {
             OldTuple::Full(t) => write!(f, "old={t}"),
         }
     }
-}
-
-/// Names of common built-in types, for display only.
-fn builtin_type_name(oid: TypeOid) -> Option<&'static str> {
-    Some(match oid.0 {
-        16 => "bool",
-        17 => "bytea",
-        18 => "char",
-        19 => "name",
-        20 => "int8",
-        21 => "int2",
-        23 => "int4",
-        25 => "text",
-        26 => "oid",
-        27 => "tid",
-        28 => "xid",
-        114 => "json",
-        142 => "xml",
-        199 => "_json",
-        650 => "cidr",
-        700 => "float4",
-        701 => "float8",
-        790 => "money",
-        829 => "macaddr",
-        869 => "inet",
-        1000 => "_bool",
-        1005 => "_int2",
-        1007 => "_int4",
-        1009 => "_text",
-        1015 => "_varchar",
-        1016 => "_int8",
-        1021 => "_float4",
-        1022 => "_float8",
-        1042 => "bpchar",
-        1043 => "varchar",
-        1082 => "date",
-        1083 => "time",
-        1114 => "timestamp",
-        1184 => "timestamptz",
-        1186 => "interval",
-        1266 => "timetz",
-        1560 => "bit",
-        1562 => "varbit",
-        1700 => "numeric",
-        2950 => "uuid",
-        2951 => "_uuid",
-        3220 => "pg_lsn",
-        3802 => "jsonb",
-        3807 => "_jsonb",
-        4072 => "jsonpath",
-        _ => return None,
-    })
 }
 
 impl fmt::Display for RelationColumn {

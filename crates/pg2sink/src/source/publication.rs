@@ -14,7 +14,7 @@
 use tokio_postgres::Client;
 
 use crate::error::{query, Error, Problem};
-use crate::source::catalog::quote_ident;
+use crate::pg::sql::quote_ident;
 
 /// The first version with column lists and row filters.
 pub const COLUMN_LISTS_VERSION: u32 = 150000;

@@ -31,9 +31,9 @@ use crate::model::value::{text_to_json, utf8_text, value_to_json};
 use crate::model::{
     format_timestamp, Column, ImportChunk, Lsn, Modification, Op, RelationId, Row, Schema, Table,
 };
+use crate::pg::replication::ReplicationStream;
+use crate::pg::sql::{quote_ident, quote_literal};
 use crate::sink::SinkEvent;
-use crate::source::catalog::{quote_ident, quote_literal};
-use crate::source::connection::ReplicationStream;
 use crate::source::pgoutput::{
     self, ColumnValue, LogicalMessage, OldTuple, PgOutputMessage, PgTimestamp, TupleData,
 };
@@ -681,7 +681,7 @@ impl<'a> Session<'a> {
 /// The error for a replication connection that stayed silent too long:
 /// transient, so the stream reconnects.
 pub(crate) fn silent(limit: Duration) -> Error {
-    Error::Connect(crate::config::connection::ConnectError::Io(std::io::Error::new(
+    Error::Connect(crate::pg::error::ConnectError::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!(
             "the server sent nothing for {} although asked to reply (--replication-timeout): the replication connection is taken for dead",

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use tokio_postgres::Client;
 
 use crate::error::{query, Error};
-use crate::source::catalog::quote_ident;
+use crate::pg::sql::quote_ident;
 
 #[derive(Clone, Debug)]
 pub struct SubscriptionOptions {

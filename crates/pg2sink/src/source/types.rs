@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio_postgres::Client;
 
-use crate::config::connection::ConnectionConfig;
 use crate::error::{query, Error};
 use crate::model::pgtype::{CompositeField, TypeInfo, TypeKind};
 use crate::model::TypeOid;
+use crate::pg::settings::ConnectionConfig;
 
 /// Composite types nest at most this deep here (Postgres forbids cycles;
 /// this only bounds a malformed catalog).

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use super::TableState;
-use crate::config::connection::ConnectionConfig;
 use crate::error::{Error, Problem};
 use crate::import::table::{self, KeyChoice};
+use crate::pg::settings::ConnectionConfig;
 use crate::sink::postgres::PostgresSinkConfig;
 use crate::source::types::TypeRegistry;
 

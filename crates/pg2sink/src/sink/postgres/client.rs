@@ -15,9 +15,10 @@ use serde_json::Value;
 
 use super::config::PostgresSinkConfig;
 use super::encoding::TableBatch;
-use super::schema::{quote_ident, quote_literal, TableShape};
-use crate::config::connection::ConnectionConfig;
+use super::schema::TableShape;
 use crate::model::Lsn;
+use crate::pg::settings::ConnectionConfig;
+use crate::pg::sql::{quote_ident, quote_literal};
 use crate::sink::SinkError;
 
 /// The last change the target applied: (`lsn`, `sequence`).
@@ -416,11 +417,6 @@ pub fn definite(context: impl Into<String>, detail: impl std::fmt::Display) -> S
     SinkError::definite(context, detail)
 }
 
-/// Whether an error of this SQLSTATE may pass if tried again.
-pub fn is_transient_sqlstate(code: &str) -> bool {
-    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))
-}
-
 /// A server or connection error as transient or definite, with the
 /// server's message, detail and a hint saying what to do.
 pub fn classify(context: impl Into<String>, e: tokio_postgres::Error) -> SinkError {
@@ -434,7 +430,7 @@ pub fn classify(context: impl Into<String>, e: tokio_postgres::Error) -> SinkErr
     if let Some(detail) = db.detail() {
         let _ = write!(text, "\n  detail: {detail}");
     }
-    if is_transient_sqlstate(code) {
+    if crate::pg::error::sqlstate_is_transient(code) {
         return transient(context, text);
     }
     let hint = match code {

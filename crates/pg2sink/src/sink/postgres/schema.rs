@@ -12,6 +12,8 @@
 
 use crate::model::table::{Column, Scalar, Table, ValueType};
 
+use crate::pg::sql::quote_ident;
+
 /// One column of a target table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetColumn {
@@ -114,17 +116,6 @@ impl TableShape {
             column.sql_type
         )
     }
-}
-
-/// `"name"`, with `"` doubled: always quoted, so case and any character
-/// survive.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'text'`, with `'` doubled.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The target type of one column (see the module's promises).

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::client::{delete_sql, is_transient_sqlstate, partial_sql, upsert_sql};
+use super::client::{delete_sql, partial_sql, upsert_sql};
 use super::encoding::{Effect, TableBatch};
 use super::schema::{target_type, TableShape};
 use crate::model::message::format_timestamp_for_tests;
@@ -241,16 +241,6 @@ fn a_row_without_its_key_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(e.to_string().contains("a key column is missing"), "{e}");
     assert!(b.apply(&s, &m(Op::Delete, 2, None, None, &[])).is_err());
-}
-
-#[test]
-fn sqlstates_split_into_transient_and_definite() {
-    for code in ["08006", "40001", "40P01", "53300", "57P01", "58030"] {
-        assert!(is_transient_sqlstate(code), "{code}");
-    }
-    for code in ["42501", "22P02", "23505", "42P10", "XX000"] {
-        assert!(!is_transient_sqlstate(code), "{code}");
-    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A walsender connection: the PostgreSQL wire protocol spoken directly (via
 //! `postgres_protocol`'s message codecs), in logical replication mode
 //! (`replication=database`), for the replication commands and the CopyBoth
-//! stream that tokio-postgres does not support.
+//! stream that tokio-postgres does not support. The framing is in `wire`,
+//! logging in (TLS, SCRAM) in `auth`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,109 +10,19 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
-use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::config::socket::Socket;
+use super::auth::{authenticate, negotiate_tls, Startup, TlsBinding};
+use super::wire::{log_notice, unexpected, Frame, Transport, Wire};
+use crate::pg::error::{ConnectError, ServerError};
+use crate::pg::settings::ConnectionConfig;
+use crate::pg::socket::Socket;
 
-use crate::config::channel_binding::{self, ChannelBindingMode};
-use crate::config::connection::{BoxError, ConnectError, ConnectionConfig};
-
-/// The largest message accepted from the server: PostgreSQL's own limit for
-/// one allocation (1 GiB) plus room for the framing.
-const MAX_MESSAGE_LEN: usize = (1 << 30) + 1024;
-/// Tag of CopyBothResponse, which `postgres_protocol` does not parse.
-const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
-/// Tag of NegotiateProtocolVersion, which `postgres_protocol` does not parse.
-const NEGOTIATE_PROTOCOL_VERSION_TAG: u8 = b'v';
 /// How long `finish` waits to hand the server its Terminate message.
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A server ErrorResponse, in PostgreSQL's primary/detail/hint shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerError {
-    /// `ERROR`, `FATAL` or `PANIC` (the non-localized one when the server sends it).
-    pub severity: String,
-    /// The SQLSTATE.
-    pub code: String,
-    /// The primary message.
-    pub message: String,
-    /// The optional detail.
-    pub detail: Option<String>,
-    /// The optional hint.
-    pub hint: Option<String>,
-}
-
-impl ServerError {
-    /// Connection exceptions (class 08), shutdowns (57P01 admin_shutdown,
-    /// 57P02 crash_shutdown, 57P03 cannot_connect_now) and 53300
-    /// too_many_connections may go away on their own.
-    pub fn is_transient(&self) -> bool {
-        self.code.starts_with("08")
-            || matches!(self.code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
-    }
-
-    /// The same shape from a tokio-postgres error.
-    pub fn from_db_error(error: &tokio_postgres::error::DbError) -> Self {
-        ServerError {
-            severity: error.severity().to_owned(),
-            code: error.code().code().to_owned(),
-            message: error.message().to_owned(),
-            detail: error.detail().map(str::to_owned),
-            hint: error.hint().map(str::to_owned),
-        }
-    }
-
-    fn from_fields(mut fields: ErrorFields<'_>) -> Result<Self, ConnectError> {
-        let mut error = ServerError {
-            severity: String::new(),
-            code: String::new(),
-            message: String::new(),
-            detail: None,
-            hint: None,
-        };
-        let mut non_localized_severity = None;
-        while let Some(field) = fields.next().map_err(|e| {
-            ConnectError::Protocol(format!("malformed error or notice from the server: {e}"))
-        })? {
-            let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
-            match field.type_() {
-                b'S' => error.severity = value,
-                b'V' => non_localized_severity = Some(value),
-                b'C' => error.code = value,
-                b'M' => error.message = value,
-                b'D' => error.detail = Some(value),
-                b'H' => error.hint = Some(value),
-                _ => {}
-            }
-        }
-        if let Some(severity) = non_localized_severity {
-            error.severity = severity;
-        }
-        Ok(error)
-    }
-}
-
-impl fmt::Display for ServerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (SQLSTATE {})", self.message, self.code)?;
-        if let Some(detail) = &self.detail {
-            write!(f, "\nDETAIL: {detail}")?;
-        }
-        if let Some(hint) = &self.hint {
-            write!(f, "\nHINT: {hint}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ServerError {}
 
 /// One row of a simple-query result, every column as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,215 +45,6 @@ impl Row {
     pub fn get_index(&self, index: usize) -> Option<&str> {
         self.values.get(index)?.as_deref()
     }
-}
-
-/// Any byte stream the connection can run on (TCP, Unix socket, TLS, or an
-/// in-memory pipe in tests).
-trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
-
-/// A message from the server.
-enum Frame {
-    Message(Message),
-    CopyBothResponse,
-}
-
-/// The framing layer: buffered reads of whole messages and queued writes.
-struct Wire {
-    io: Box<dyn Transport>,
-    read_buf: BytesMut,
-    write_buf: BytesMut,
-}
-
-impl Wire {
-    fn new(io: Box<dyn Transport>) -> Self {
-        Wire {
-            io,
-            read_buf: BytesMut::with_capacity(64 * 1024),
-            write_buf: BytesMut::with_capacity(1024),
-        }
-    }
-
-    /// Appends one encoded message to the output queue.
-    fn queue(
-        &mut self,
-        encode: impl FnOnce(&mut BytesMut) -> io::Result<()>,
-    ) -> Result<(), ConnectError> {
-        let before = self.write_buf.len();
-        encode(&mut self.write_buf)
-            .map_err(|e| {
-                ConnectError::Protocol(format!("cannot encode a message for the server: {e}"))
-            })
-            .inspect_err(|_| self.write_buf.truncate(before))
-    }
-
-    /// Writes out everything queued. If this future is dropped midway, the
-    /// unwritten rest stays queued and goes out with the next flush, so the
-    /// stream never carries a torn message.
-    async fn flush(&mut self) -> Result<(), ConnectError> {
-        while self.write_buf.has_remaining() {
-            let written = self.io.write_buf(&mut self.write_buf).await?;
-            if written == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
-            }
-        }
-        self.io.flush().await?;
-        Ok(())
-    }
-
-    /// The next whole message. Cancel-safe: bytes read are kept in
-    /// `read_buf` until a whole message is there.
-    async fn read_frame(&mut self) -> Result<Frame, ConnectError> {
-        loop {
-            if let Some(frame) = self.parse_frame()? {
-                return Ok(frame);
-            }
-            if self.read_buf.capacity() - self.read_buf.len() < 8 * 1024 {
-                self.read_buf.reserve(64 * 1024);
-            }
-            if self.io.read_buf(&mut self.read_buf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                )
-                .into());
-            }
-        }
-    }
-
-    fn parse_frame(&mut self) -> Result<Option<Frame>, ConnectError> {
-        if self.read_buf.len() < 5 {
-            return Ok(None);
-        }
-        let tag = self.read_buf[0];
-        let len = u32::from_be_bytes([
-            self.read_buf[1],
-            self.read_buf[2],
-            self.read_buf[3],
-            self.read_buf[4],
-        ]) as usize;
-        if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-            return Err(ConnectError::Protocol(format!(
-                "the server sent a message of type {:?} with an invalid length {len}",
-                char::from(tag)
-            )));
-        }
-        match tag {
-            COPY_BOTH_RESPONSE_TAG => {
-                if self.read_buf.len() < len + 1 {
-                    self.read_buf.reserve(len + 1 - self.read_buf.len());
-                    return Ok(None);
-                }
-                self.read_buf.advance(len + 1);
-                Ok(Some(Frame::CopyBothResponse))
-            }
-            NEGOTIATE_PROTOCOL_VERSION_TAG => Err(ConnectError::Protocol(
-                "the server does not support protocol version 3.0 (NegotiateProtocolVersion)"
-                    .into(),
-            )),
-            _ => match Message::parse(&mut self.read_buf) {
-                Ok(message) => Ok(message.map(Frame::Message)),
-                Err(e) => Err(ConnectError::Protocol(format!(
-                    "malformed message from the server: {e}"
-                ))),
-            },
-        }
-    }
-
-    /// Best effort: Terminate, then close the stream.
-    async fn terminate(&mut self) {
-        if self
-            .queue(|buf| {
-                frontend::terminate(buf);
-                Ok(())
-            })
-            .is_ok()
-            && self.flush().await.is_ok()
-        {
-            let _ = self.io.shutdown().await;
-        }
-    }
-}
-
-/// Logs a NoticeResponse.
-fn log_notice(fields: ErrorFields<'_>) {
-    match ServerError::from_fields(fields) {
-        Ok(notice) if notice.severity == "WARNING" => {
-            tracing::warn!(code = %notice.code, "server warning: {notice}");
-        }
-        Ok(notice) => {
-            tracing::info!(code = %notice.code, severity = %notice.severity, "server notice: {notice}")
-        }
-        Err(error) => tracing::warn!(%error, "unreadable notice from the server"),
-    }
-}
-
-fn message_name(message: &Message) -> &'static str {
-    match message {
-        Message::AuthenticationOk
-        | Message::AuthenticationCleartextPassword
-        | Message::AuthenticationMd5Password(_)
-        | Message::AuthenticationSasl(_)
-        | Message::AuthenticationSaslContinue(_)
-        | Message::AuthenticationSaslFinal(_)
-        | Message::AuthenticationGss
-        | Message::AuthenticationGssContinue(_)
-        | Message::AuthenticationKerberosV5
-        | Message::AuthenticationScmCredential
-        | Message::AuthenticationSspi => "Authentication",
-        Message::BackendKeyData(_) => "BackendKeyData",
-        Message::BindComplete => "BindComplete",
-        Message::CloseComplete => "CloseComplete",
-        Message::CommandComplete(_) => "CommandComplete",
-        Message::CopyData(_) => "CopyData",
-        Message::CopyDone => "CopyDone",
-        Message::CopyInResponse(_) => "CopyInResponse",
-        Message::CopyOutResponse(_) => "CopyOutResponse",
-        Message::DataRow(_) => "DataRow",
-        Message::EmptyQueryResponse => "EmptyQueryResponse",
-        Message::ErrorResponse(_) => "ErrorResponse",
-        Message::NoData => "NoData",
-        Message::NoticeResponse(_) => "NoticeResponse",
-        Message::NotificationResponse(_) => "NotificationResponse",
-        Message::ParameterDescription(_) => "ParameterDescription",
-        Message::ParameterStatus(_) => "ParameterStatus",
-        Message::ParseComplete => "ParseComplete",
-        Message::PortalSuspended => "PortalSuspended",
-        Message::ReadyForQuery(_) => "ReadyForQuery",
-        Message::RowDescription(_) => "RowDescription",
-        _ => "unknown",
-    }
-}
-
-fn unexpected(frame: &Frame, during: &str) -> ConnectError {
-    let name = match frame {
-        Frame::Message(message) => message_name(message),
-        Frame::CopyBothResponse => "CopyBothResponse",
-    };
-    ConnectError::Protocol(format!(
-        "unexpected {name} message from the server during {during}"
-    ))
-}
-
-/// What the startup packet carries.
-struct Startup<'a> {
-    user: &'a str,
-    password: Option<&'a str>,
-    dbname: &'a str,
-    application_name: &'a str,
-    /// The channel_binding setting.
-    channel_binding: ChannelBindingMode,
-    /// What TLS gives channel binding on this connection.
-    tls: TlsBinding,
-}
-
-/// Whether the connection runs over TLS and, if so, the server
-/// certificate's `tls-server-end-point` data (`None` when its signature
-/// algorithm names no usable hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum TlsBinding {
-    Plaintext,
-    Tls { server_end_point: Option<Vec<u8>> },
 }
 
 /// A walsender connection in logical replication mode, ready for commands.
@@ -791,260 +493,45 @@ impl ReplicationStream {
     }
 }
 
-/// SSLRequest and the TLS handshake per sslmode, on a fresh TCP stream;
-/// also what the TLS session gives channel binding.
-async fn negotiate_tls(
-    mut tcp: TcpStream,
-    config: &ConnectionConfig,
-) -> Result<(Box<dyn Transport>, TlsBinding), ConnectError> {
-    let Some(tls) = config.tls_config()? else {
-        return Ok((Box::new(tcp), TlsBinding::Plaintext));
-    };
-    let server_name = config.tls_server_name()?;
-    let mut request = BytesMut::new();
-    frontend::ssl_request(&mut request);
-    tcp.write_all(&request).await?;
-    // Exactly one byte: nothing the server sends before the handshake may be
-    // taken as part of the encrypted stream.
-    let mut answer = [0_u8; 1];
-    tcp.read_exact(&mut answer).await?;
-    match answer[0] {
-        b'S' => {
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-            let stream = connector.connect(server_name, tcp).await.map_err(|e| {
-                // The rustls error inside the io::Error, if there is one.
-                let source: BoxError = if e.get_ref().is_some() {
-                    e.into_inner()
-                        .unwrap_or_else(|| "TLS handshake failed".into())
-                } else {
-                    Box::new(e)
-                };
-                ConnectError::Tls {
-                    target: config.target(),
-                    source,
+/// Opening a walsender connection lives beside the session rather than in
+/// `settings`, so the settings know nothing of the walsender protocol.
+impl ConnectionConfig {
+    /// A walsender connection in logical replication mode (startup
+    /// parameter `replication=database`), to the first of `hosts` that
+    /// accepts it and matches `target_session_attrs`.
+    pub async fn connect_replication(&self) -> Result<ReplicationConnection, ConnectError> {
+        let mut last = None;
+        for endpoint in self.endpoints() {
+            match ReplicationConnection::connect(&endpoint).await {
+                Ok(mut connection) => {
+                    match endpoint.check_replication_session(&mut connection).await {
+                        Ok(()) => return Ok(connection),
+                        Err(e) => {
+                            connection.close().await;
+                            last = Some(e);
+                        }
+                    }
                 }
-            })?;
-            let server_end_point = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|certificate| channel_binding::tls_server_end_point(certificate));
-            Ok((Box::new(stream), TlsBinding::Tls { server_end_point }))
+                Err(e) if e.tries_next_host() => last = Some(e),
+                Err(e) => return Err(e),
+            }
         }
-        b'N' if config.ssl_mode.allows_plaintext() => Ok((Box::new(tcp), TlsBinding::Plaintext)),
-        b'N' => Err(ConnectError::Tls {
-            target: config.target(),
-            source: format!(
-                "the server does not accept TLS connections, but sslmode is {}",
-                config.ssl_mode
-            )
-            .into(),
-        }),
-        other => Err(ConnectError::Protocol(format!(
-            "unexpected answer {:?} to the TLS request",
-            char::from(other)
-        ))),
+        Err(last.unwrap_or_else(|| ConnectError::Protocol("no host to connect to".into())))
     }
-}
 
-fn need_password<'a>(startup: &Startup<'a>) -> Result<&'a str, ConnectError> {
-    startup.password.ok_or_else(|| ConnectError::Auth {
-        user: startup.user.to_owned(),
-        source: "the server asks for a password, but none was given".into(),
-    })
-}
-
-/// Answers the server's authentication requests until AuthenticationOk.
-async fn authenticate(wire: &mut Wire, startup: &Startup<'_>) -> Result<(), ConnectError> {
-    let auth_error = |reason: String| ConnectError::Auth {
-        user: startup.user.to_owned(),
-        source: reason.into(),
-    };
-    let require_binding = startup.channel_binding == ChannelBindingMode::Require;
-    // As libpq with channel_binding=require: answer no request that is not
-    // SCRAM (it could leak the password to whoever stands in the middle).
-    let refuse_unbound = |what: &str| -> Result<(), ConnectError> {
-        if require_binding {
-            return Err(auth_error(format!(
-                "channel_binding=require, but the server asks for {what}, which has no channel \
-                 binding"
-            )));
-        }
-        Ok(())
-    };
-    let mut scram: Option<ScramSha256> = None;
-    let mut plus = false;
-    let mut channel_bound = false;
-    loop {
-        let frame = wire.read_frame().await?;
-        let message = match frame {
-            Frame::Message(message) => message,
-            other => return Err(unexpected(&other, "authentication")),
+    async fn check_replication_session(
+        &self,
+        connection: &mut ReplicationConnection,
+    ) -> Result<(), ConnectError> {
+        let Some(sql) = self.target_session_attrs.check_sql() else {
+            return Ok(());
         };
-        match message {
-            Message::AuthenticationOk => {
-                // A server that let us in without SCRAM-SHA-256-PLUS (trust,
-                // cert, ...) was not authenticated by channel binding.
-                if require_binding && !channel_bound {
-                    return Err(auth_error(
-                        "channel_binding=require, but the server logged pg2sink in without \
-                         channel binding"
-                            .into(),
-                    ));
-                }
-                return Ok(());
-            }
-            Message::AuthenticationCleartextPassword => {
-                refuse_unbound("a cleartext password")?;
-                let password = need_password(startup)?;
-                wire.queue(|buf| frontend::password_message(password.as_bytes(), buf))?;
-                wire.flush().await?;
-            }
-            Message::AuthenticationMd5Password(body) => {
-                refuse_unbound("an MD5 password")?;
-                let password = need_password(startup)?;
-                let hash = md5_hash(startup.user.as_bytes(), password.as_bytes(), body.salt());
-                wire.queue(|buf| frontend::password_message(hash.as_bytes(), buf))?;
-                wire.flush().await?;
-            }
-            Message::AuthenticationSasl(body) => {
-                let offered: Vec<String> = body
-                    .mechanisms()
-                    .map(|mechanism| Ok(mechanism.to_owned()))
-                    .collect()
-                    .map_err(|e| {
-                        ConnectError::Protocol(format!("malformed AuthenticationSASL: {e}"))
-                    })?;
-                let (mechanism, binding) = choose_scram(&offered, startup)?;
-                let password = need_password(startup)?;
-                let exchange = ScramSha256::new(password.as_bytes(), binding);
-                wire.queue(|buf| {
-                    frontend::sasl_initial_response(mechanism, exchange.message(), buf)
-                })?;
-                wire.flush().await?;
-                plus = mechanism == sasl::SCRAM_SHA_256_PLUS;
-                scram = Some(exchange);
-            }
-            Message::AuthenticationSaslContinue(body) => {
-                let exchange = scram.as_mut().ok_or_else(|| {
-                    ConnectError::Protocol("SASL continuation without a SASL exchange".into())
-                })?;
-                exchange
-                    .update(body.data())
-                    .map_err(|e| auth_error(format!("SCRAM exchange failed: {e}")))?;
-                wire.queue(|buf| frontend::sasl_response(exchange.message(), buf))?;
-                wire.flush().await?;
-            }
-            Message::AuthenticationSaslFinal(body) => {
-                let exchange = scram.as_mut().ok_or_else(|| {
-                    ConnectError::Protocol("SASL final message without a SASL exchange".into())
-                })?;
-                exchange.finish(body.data()).map_err(|e| {
-                    auth_error(format!("the server's SCRAM signature did not verify: {e}"))
-                })?;
-                channel_bound = plus;
-            }
-            Message::ErrorResponse(body) => {
-                return Err(ConnectError::from_server(
-                    ServerError::from_fields(body.fields())?,
-                    startup.user,
-                ));
-            }
-            Message::NoticeResponse(body) => log_notice(body.fields()),
-            Message::AuthenticationGss | Message::AuthenticationGssContinue(_) => {
-                return Err(auth_error(
-                    "the server asks for GSSAPI authentication, which pg2sink does not support"
-                        .into(),
-                ));
-            }
-            Message::AuthenticationSspi => {
-                return Err(auth_error(
-                    "the server asks for SSPI authentication, which pg2sink does not support"
-                        .into(),
-                ));
-            }
-            Message::AuthenticationKerberosV5 | Message::AuthenticationScmCredential => {
-                return Err(auth_error("the server asks for an obsolete authentication method pg2sink does not support".into()));
-            }
-            other => return Err(unexpected(&Frame::Message(other), "authentication")),
+        let rows = connection.simple_query(sql).await?;
+        match rows.first().and_then(|row| row.get_index(0)) {
+            Some("t") => Ok(()),
+            _ => Err(self.wrong_session_kind()),
         }
     }
-}
-
-/// The SASL mechanism and channel-binding flag, as libpq chooses them:
-/// SCRAM-SHA-256-PLUS with the server certificate's hash when the server
-/// offers it over TLS and channel_binding is not `disable`; else
-/// SCRAM-SHA-256, telling the server (flag `y`) that pg2sink could have
-/// bound the channel when it runs TLS with binding enabled, so a server
-/// whose -PLUS offer was stripped in transit refuses the login.
-fn choose_scram(
-    offered: &[String],
-    startup: &Startup<'_>,
-) -> Result<(&'static str, ChannelBinding), ConnectError> {
-    let auth_error = |reason: String| ConnectError::Auth {
-        user: startup.user.to_owned(),
-        source: reason.into(),
-    };
-    let offers = |name: &str| offered.iter().any(|mechanism| mechanism == name);
-    let wanted = startup.channel_binding != ChannelBindingMode::Disable;
-    let require = startup.channel_binding == ChannelBindingMode::Require;
-    if offers(sasl::SCRAM_SHA_256_PLUS) {
-        match &startup.tls {
-            // Postgres offers -PLUS only over TLS: seen in plaintext, TLS
-            // was stripped by something in between (libpq refuses too).
-            TlsBinding::Plaintext => {
-                return Err(auth_error(
-                    "the server offers SCRAM-SHA-256-PLUS over a connection without TLS; \
-                     something between pg2sink and the server may have removed TLS"
-                        .into(),
-                ))
-            }
-            TlsBinding::Tls {
-                server_end_point: Some(data),
-            } if wanted => {
-                return Ok((
-                    sasl::SCRAM_SHA_256_PLUS,
-                    ChannelBinding::tls_server_end_point(data.clone()),
-                ));
-            }
-            TlsBinding::Tls {
-                server_end_point: None,
-            } if require => {
-                return Err(auth_error(
-                    "channel_binding=require, but the server's certificate has a signature \
-                     algorithm without a hash for channel binding (tls-server-end-point)"
-                        .into(),
-                ))
-            }
-            TlsBinding::Tls { .. } => {}
-        }
-    }
-    if require {
-        return Err(auth_error(format!(
-            "channel_binding=require, but the server does not offer channel binding \
-             (SCRAM-SHA-256-PLUS){}; it offers: {}",
-            if startup.tls == TlsBinding::Plaintext {
-                " and the connection does not use TLS"
-            } else {
-                ""
-            },
-            offered.join(", ")
-        )));
-    }
-    if !offers(sasl::SCRAM_SHA_256) {
-        return Err(auth_error(format!(
-            "the server offers only SASL mechanisms pg2sink does not support: {}",
-            offered.join(", ")
-        )));
-    }
-    let binding = match &startup.tls {
-        TlsBinding::Tls { .. } if wanted && !offers(sasl::SCRAM_SHA_256_PLUS) => {
-            ChannelBinding::unrequested()
-        }
-        _ => ChannelBinding::unsupported(),
-    };
-    Ok((sasl::SCRAM_SHA_256, binding))
 }
 
 /// `15.18 (Debian 15.18-1.pgdg120+1)` → 150018, `17devel` → 170000,
@@ -1074,7 +561,9 @@ fn parse_server_version(text: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::DuplexStream;
+    use crate::pg::channel_binding::ChannelBindingMode;
+    use postgres_protocol::authentication::{md5_hash, sasl};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     // ---- a scripted fake server over an in-memory pipe ----
 

@@ -1,8 +1,9 @@
 //! Where to connect, following libpq's conventions: a `postgres://` URL or a
 //! `key=value` string, then the standard `PG*` environment variables, then
-//! libpq's defaults. Also the TLS setup for each `sslmode` and the two kinds
-//! of connection pg2sink opens (an ordinary query connection and a walsender
-//! connection in logical replication mode).
+//! libpq's defaults. Also the TLS configuration of a connection (from the
+//! parts in `tls` and `tls_files`) and the two kinds of connection pg2sink
+//! opens (an ordinary query connection and a walsender connection in logical
+//! replication mode, `pg::replication`).
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -10,33 +11,29 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::channel_binding::{ChannelBindingMode, MakeTls};
+use super::error::{error_chain, into_io_error, BoxError, ConfigError, ConnectError, ServerError};
 use super::pgpass;
+use super::tls::SslMode;
+use super::tls::{load_root_certs, NoVerification, PgCertVerifier};
 use super::tls_files::{self, Roots, SYSTEM_ROOTS};
-use crate::config::socket::{Silence, Socket, TcpSettings};
-use crate::source::connection::{ReplicationConnection, ServerError};
+use crate::pg::socket::{Silence, Socket, TcpSettings};
 
 /// Session settings of every query connection: the same as the replication
-/// connection's startup parameters (`source::connection`), so a value reads
+/// connection's startup parameters (`pg::replication`), so a value reads
 /// the same through either and `model::value` can render it.
 const QUERY_SESSION_OPTIONS: &str =
     "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=1 -c bytea_output=hex";
-
-/// A boxed error that can cross threads, used to keep causes attached.
-pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 const DEFAULT_PORT: u16 = 5432;
 /// The default of `--silence-timeout` (see [`ConnectionConfig::silence_timeout`]).
@@ -70,291 +67,6 @@ const KNOWN_KEYS: &[&str] = &[
     "sslkey",
     "channel_binding",
 ];
-
-/// libpq's sslmode values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum SslMode {
-    /// Plaintext only.
-    Disable,
-    /// Treated like [`SslMode::Prefer`].
-    Allow,
-    /// TLS if the server offers it (no certificate checks), else plaintext.
-    #[default]
-    Prefer,
-    /// TLS, no certificate checks (unless `sslrootcert` is given: then as `VerifyCa`).
-    Require,
-    /// TLS, the certificate chain must lead to a trusted root; the host name is not checked.
-    VerifyCa,
-    /// TLS, chain and host name are checked.
-    VerifyFull,
-}
-
-impl SslMode {
-    /// Every mode, in libpq's order from weakest to strongest.
-    pub const ALL: [SslMode; 6] = [
-        SslMode::Disable,
-        SslMode::Allow,
-        SslMode::Prefer,
-        SslMode::Require,
-        SslMode::VerifyCa,
-        SslMode::VerifyFull,
-    ];
-
-    /// The libpq spelling (`verify-full`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Allow => "allow",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-
-    /// Whether a server that refuses TLS is acceptable (plaintext fallback).
-    pub fn allows_plaintext(self) -> bool {
-        matches!(self, SslMode::Disable | SslMode::Allow | SslMode::Prefer)
-    }
-
-    fn parse(value: &str, origin: &'static str) -> Result<Self, ConfigError> {
-        SslMode::ALL
-            .into_iter()
-            .find(|mode| mode.as_str() == value)
-            .ok_or_else(|| ConfigError::BadSslMode {
-                value: value.to_owned(),
-                origin,
-            })
-    }
-}
-
-impl fmt::Display for SslMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SslMode {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        SslMode::parse(s, "sslmode")
-    }
-}
-
-/// A setting that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The `postgres://` URL is malformed.
-    #[error("invalid connection URL: {reason}")]
-    BadUrl {
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The `key=value` connection string is malformed.
-    #[error("invalid connection string: {reason}")]
-    BadConnString {
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A port that is not a number from 1 to 65535.
-    #[error("invalid port {value:?} (from {origin}): expected a number from 1 to 65535")]
-    BadPort {
-        /// The value given.
-        value: String,
-        /// Where it came from (the URL or an environment variable).
-        origin: &'static str,
-    },
-    /// An sslmode libpq does not know.
-    #[error(
-        "invalid sslmode {value:?} (from {origin}): valid values are disable, allow, prefer, \
-         require, verify-ca, verify-full"
-    )]
-    BadSslMode {
-        /// The value given.
-        value: String,
-        /// Where it came from.
-        origin: &'static str,
-    },
-    /// Any other setting with an unusable value.
-    #[error("invalid {key} {value:?} (from {origin}): {reason}")]
-    BadValue {
-        /// The setting's name.
-        key: &'static str,
-        /// The value given.
-        value: String,
-        /// Where it came from.
-        origin: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The `sslrootcert` file cannot be read or holds no certificate.
-    #[error("cannot use the sslrootcert file {}: {source}", path.display())]
-    SslRootCert {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
-    /// No user given anywhere and the OS user is unknown.
-    #[error("could not determine the database user: give it in --url or set PGUSER")]
-    NoUser,
-    /// sslmode verify-ca/verify-full without a root certificate (libpq's rule).
-    #[error(
-        "sslmode={mode} verifies the server's certificate, but no sslrootcert was given{}: \
-         point sslrootcert (or PGSSLROOTCERT) at the certificate of the CA that signed the \
-         server's, use sslrootcert=system for the system's trusted roots, or use sslmode=require \
-         (encrypted, not verified)",
-        match default_path {
-            Some(path) => format!(" and {} does not exist", path.display()),
-            None => String::new(),
-        }
-    )]
-    NoRootCert {
-        /// The sslmode that needs it.
-        mode: SslMode,
-        /// The default file that was looked for (`~/.postgresql/root.crt`).
-        default_path: Option<PathBuf>,
-    },
-    /// `sslrootcert=system` and the system's trust store is unusable.
-    #[error("sslrootcert=system: {reason}")]
-    SystemRoots {
-        /// What is wrong and what to do.
-        reason: String,
-    },
-    /// The client certificate file (`sslcert`) is unusable.
-    #[error("cannot use the client certificate file {} (sslcert): {reason}", path.display())]
-    SslCert {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// The client key file (`sslkey`) is unusable.
-    #[error("cannot use the client key file {} (sslkey): {reason}", path.display())]
-    SslKey {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Why a connection could not be made (or broke).
-///
-/// The `Display` text of each variant is complete on its own (it includes the
-/// cause); the cause is also attached as [`std::error::Error::source`].
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The settings are unusable.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The TCP or Unix-socket connection could not be established.
-    #[error(
-        "could not connect to the server at {target}: {source} (is the server running and \
-         accepting connections there? check --url / PGHOST / PGPORT)"
-    )]
-    Unreachable {
-        /// `host:port` or the socket path.
-        target: String,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The server rejected the credentials (or has no pg_hba.conf entry for us).
-    #[error("authentication failed for user \"{user}\": {source}{}", auth_hint(.source))]
-    Auth {
-        /// The user we tried to log in as.
-        user: String,
-        /// The server's error (a [`ServerError`]) or a client-side reason.
-        #[source]
-        source: BoxError,
-    },
-    /// The TLS handshake or the certificate verification failed, or the
-    /// server refused TLS while the sslmode requires it.
-    #[error("TLS with the server at {target} failed: {source}{}", tls_hint(.source))]
-    Tls {
-        /// `host:port`.
-        target: String,
-        /// The TLS library's error.
-        #[source]
-        source: BoxError,
-    },
-    /// Any other error the server reported.
-    #[error("{0}")]
-    Server(ServerError),
-    /// The server sent something the protocol does not allow here.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// Reading from or writing to the connection failed.
-    #[error("I/O error on the connection to the server: {0}")]
-    Io(#[source] io::Error),
-}
-
-impl ConnectError {
-    /// Whether retrying later may succeed: the server was unreachable, the
-    /// connection broke, or the server reported a connection-class (08),
-    /// shutdown (57P01-57P03) or too-many-connections (53300) error.
-    /// Authentication, TLS, configuration and protocol errors are definite.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            ConnectError::Unreachable { .. } | ConnectError::Io(_) => true,
-            ConnectError::Server(error) => error.is_transient(),
-            ConnectError::Config(_)
-            | ConnectError::Auth { .. }
-            | ConnectError::Tls { .. }
-            | ConnectError::Protocol(_) => false,
-        }
-    }
-
-    /// Whether, with several hosts, the next one is tried (as libpq does
-    /// for anything short of the server refusing the login itself).
-    pub fn tries_next_host(&self) -> bool {
-        match self {
-            ConnectError::Unreachable { .. } | ConnectError::Io(_) | ConnectError::Tls { .. } => {
-                true
-            }
-            ConnectError::Server(error) => error.is_transient(),
-            ConnectError::Config(_) | ConnectError::Auth { .. } | ConnectError::Protocol(_) => {
-                false
-            }
-        }
-    }
-
-    /// The server's error, if the server reported one (also for `Auth`).
-    pub fn server_error(&self) -> Option<&ServerError> {
-        match self {
-            ConnectError::Server(error) => Some(error),
-            ConnectError::Auth { source, .. } => source.downcast_ref::<ServerError>(),
-            _ => None,
-        }
-    }
-
-    /// The SQLSTATE of the server's error, if any.
-    pub fn sqlstate(&self) -> Option<&str> {
-        self.server_error().map(|error| error.code.as_str())
-    }
-
-    /// Classifies an ErrorResponse received while logging in or later:
-    /// invalid password (28P01) and invalid authorization (28000, e.g. no
-    /// pg_hba.conf entry) become `Auth`, anything else `Server`.
-    pub(crate) fn from_server(error: ServerError, user: &str) -> Self {
-        match error.code.as_str() {
-            "28P01" | "28000" => ConnectError::Auth {
-                user: user.to_owned(),
-                source: Box::new(error),
-            },
-            _ => ConnectError::Server(error),
-        }
-    }
-}
-
-impl From<io::Error> for ConnectError {
-    fn from(error: io::Error) -> Self {
-        ConnectError::Io(error)
-    }
-}
 
 /// Where and how to connect.
 #[derive(Clone, PartialEq, Eq)]
@@ -456,7 +168,7 @@ impl TargetSessionAttrs {
     }
 
     /// The query that tells whether a server is acceptable, as libpq asks it.
-    fn check_sql(self) -> Option<&'static str> {
+    pub(super) fn check_sql(self) -> Option<&'static str> {
         match self {
             TargetSessionAttrs::Any => None,
             TargetSessionAttrs::ReadWrite => {
@@ -1008,43 +720,6 @@ impl ConnectionConfig {
         }
     }
 
-    /// A walsender connection in logical replication mode (startup
-    /// parameter `replication=database`), to the first of `hosts` that
-    /// accepts it and matches `target_session_attrs`.
-    pub async fn connect_replication(&self) -> Result<ReplicationConnection, ConnectError> {
-        let mut last = None;
-        for endpoint in self.endpoints() {
-            match ReplicationConnection::connect(&endpoint).await {
-                Ok(mut connection) => {
-                    match endpoint.check_replication_session(&mut connection).await {
-                        Ok(()) => return Ok(connection),
-                        Err(e) => {
-                            connection.close().await;
-                            last = Some(e);
-                        }
-                    }
-                }
-                Err(e) if e.tries_next_host() => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| ConnectError::Protocol("no host to connect to".into())))
-    }
-
-    async fn check_replication_session(
-        &self,
-        connection: &mut ReplicationConnection,
-    ) -> Result<(), ConnectError> {
-        let Some(sql) = self.target_session_attrs.check_sql() else {
-            return Ok(());
-        };
-        let rows = connection.simple_query(sql).await?;
-        match rows.first().and_then(|row| row.get_index(0)) {
-            Some("t") => Ok(()),
-            _ => Err(self.wrong_session_kind()),
-        }
-    }
-
     fn spawn_query_connection<S, T>(
         &self,
         connected: Result<
@@ -1289,67 +964,6 @@ impl ConnectionConfig {
     }
 }
 
-/// What to do about a refused login: a missing client certificate (cert
-/// authentication), channel binding, or else the password and pg_hba.conf.
-fn auth_hint(source: &BoxError) -> &'static str {
-    let text = source.to_string();
-    if text.contains("client certificate") {
-        " (the server wants a client certificate signed by a CA it trusts, whose common name \
-         is the user: give it with sslcert and sslkey in --url, or PGSSLCERT and PGSSLKEY, or \
-         put it in ~/.postgresql/postgresql.crt and postgresql.key)"
-    } else if text.contains("channel binding") {
-        " (channel_binding=require needs SCRAM-SHA-256 authentication (pg_hba.conf method \
-         scram-sha-256, a SCRAM password) over TLS; or use channel_binding=prefer)"
-    } else {
-        " (check the password in --url, PGPASSWORD or the password file, and the server's \
-         pg_hba.conf)"
-    }
-}
-
-/// What to do about the certificate checks that fail most often, which
-/// rustls names tersely.
-fn tls_hint(source: &BoxError) -> &'static str {
-    let text = source.to_string();
-    if text.contains("UnknownCA")
-        || text.contains("BadCertificate")
-        || text.contains("CertificateRequired")
-    {
-        " (the server refused pg2sink's client certificate: it must be signed by a CA in the \
-         server's ssl_ca_file; check sslcert/sslkey or PGSSLCERT/PGSSLKEY)"
-    } else if text.contains("UnknownIssuer") {
-        " (the server's certificate was not signed by a CA in sslrootcert: point sslrootcert or PGSSLROOTCERT at the CA that signed it)"
-    } else if text.contains("not valid for name") {
-        " (connect with a host name the certificate lists, or use sslmode=verify-ca, which checks the chain but not the name)"
-    } else if text.contains("xpired") || text.contains("NotValidYet") {
-        " (the server's certificate is outside its validity period: renew it, or check the clocks)"
-    } else {
-        ""
-    }
-}
-
-fn into_io_error(error: tokio_postgres::Error) -> io::Error {
-    let text = error.to_string();
-    match error.into_source() {
-        Some(source) => match source.downcast::<io::Error>() {
-            Ok(io_error) => *io_error,
-            Err(other) => io::Error::other(other),
-        },
-        None => io::Error::other(text),
-    }
-}
-
-/// `error: cause: cause's cause ...`
-fn error_chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
-}
-
 fn default_socket_dir() -> &'static str {
     if Path::new(DEBIAN_SOCKET_DIR).is_dir() {
         DEBIAN_SOCKET_DIR
@@ -1422,25 +1036,6 @@ fn parse_connect_timeout(
         1 => Some(Duration::from_secs(2)),
         n => Some(Duration::from_secs(n.unsigned_abs())),
     })
-}
-
-/// Reads a PEM file of root certificates.
-fn load_root_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let cert_error = |source: io::Error| ConfigError::SslRootCert {
-        path: path.to_owned(),
-        source,
-    };
-    let data = std::fs::read(path).map_err(cert_error)?;
-    let certs = rustls_pemfile::certs(&mut data.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(cert_error)?;
-    if certs.is_empty() {
-        return Err(cert_error(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "it contains no PEM certificate",
-        )));
-    }
-    Ok(certs)
 }
 
 fn canonical_key(key: &str) -> Option<&'static str> {
@@ -1644,134 +1239,6 @@ fn quote_conninfo(value: &str) -> String {
     }
     quoted.push('\'');
     quoted
-}
-
-/// sslmode allow/prefer/require without a root certificate: encryption
-/// without authentication of the server, as libpq. Handshake signatures are
-/// still checked.
-#[derive(Debug)]
-struct NoVerification {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// verify-ca / verify-full (and require with a root certificate): the
-/// WebPKI chain check, with two libpq/OpenSSL behaviours added:
-/// verify-ca ignores a host name mismatch, and a server certificate that is
-/// itself listed in the sslrootcert file is trusted as is (a self-signed
-/// certificate that is its own root, which WebPKI rejects when it is marked
-/// as a CA); for verify-full its names are still checked.
-#[derive(Debug)]
-struct PgCertVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    check_name: bool,
-    pinned: Vec<CertificateDer<'static>>,
-}
-
-impl ServerCertVerifier for PgCertVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Ok(verified) => Ok(verified),
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
-            Err(error) => {
-                if !self
-                    .pinned
-                    .iter()
-                    .any(|pinned| pinned.as_ref() == end_entity.as_ref())
-                {
-                    return Err(error);
-                }
-                if self.check_name {
-                    let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-                    rustls::client::verify_server_name(&parsed, server_name)?;
-                }
-                Ok(ServerCertVerified::assertion())
-            }
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 #[cfg(test)]

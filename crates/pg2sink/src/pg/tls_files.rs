@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
 
-use super::connection::{ConfigError, SslMode};
+use super::error::ConfigError;
+use super::tls::SslMode;
 
 /// libpq's default root certificate file, under the home directory.
 pub(crate) const DEFAULT_ROOT_CERT: &str = ".postgresql/root.crt";
