@@ -199,6 +199,8 @@ pub struct Leadership {
     /// Becomes true if the lock's connection was lost while active.
     pub lost: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Ends the lock's own thread (and so its connection) when dropped.
+    release: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Leadership {
@@ -207,6 +209,7 @@ impl Leadership {
         Leadership {
             lost,
             task: tokio::spawn(async {}),
+            release: None,
         }
     }
 }
@@ -214,12 +217,66 @@ impl Leadership {
 impl Drop for Leadership {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(release) = self.release.take() {
+            let _ = release.send(());
+        }
     }
 }
 
 /// Waits until this process holds the lock for `slot`, or until
 /// `shutdown` (then `None`). Connection failures are retried with back-off.
+///
+/// The lock's connection and its checks run on a thread of their own:
+/// its session has `idle_session_timeout`, so a check delayed because
+/// CPU-heavy work (rendering a huge row) held the process's runtime would
+/// let the server end the session and hand the slot to a standby.
 pub async fn acquire(
+    connection: &ConnectionConfig,
+    slot: &str,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<Leadership>, Error> {
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let connection = connection.clone();
+    let slot = slot.to_owned();
+    std::thread::Builder::new()
+        .name("pg2sink-ha-lock".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = result_tx.send(Err(Problem::new(format!(
+                        "cannot start the HA lock's runtime: {e}"
+                    ))
+                    .into()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let result = acquire_here(&connection, &slot, shutdown).await;
+                let holds = matches!(result, Ok(Some(_)));
+                if result_tx.send(result).is_ok() && holds {
+                    // Keeps the lock's connection and its checks running
+                    // until the Leadership is dropped.
+                    let _ = release_rx.await;
+                }
+            });
+        })
+        .map_err(|e| Problem::new(format!("cannot start the HA lock's thread: {e}")))?;
+    match result_rx.await {
+        Ok(Ok(Some(mut leadership))) => {
+            leadership.release = Some(release_tx);
+            Ok(Some(leadership))
+        }
+        Ok(other) => other,
+        Err(_) => Err(Problem::new("the HA lock's thread ended without a result").into()),
+    }
+}
+
+async fn acquire_here(
     connection: &ConnectionConfig,
     slot: &str,
     shutdown: watch::Receiver<bool>,
@@ -307,7 +364,11 @@ pub async fn acquire(
                 }
                 let (lost_tx, lost) = watch::channel(false);
                 let task = tokio::spawn(watch_lock(client, lost_tx, shutdown.clone()));
-                return Ok(Some(Leadership { lost, task }));
+                return Ok(Some(Leadership {
+                    lost,
+                    task,
+                    release: None,
+                }));
             }
             Err(e) if e.is_transient() => {
                 let delay = backoff.next_delay();
