@@ -618,7 +618,7 @@ class Bench:
             "serving pg_recvlogical (pgoutput; wal2json).", "",
             "| workload | rows | pg2sink s | pgoutput→/dev/null s | wal2json→file s | wall ratio vs limit | "
             "pg2sink vs wal2json | rows/s pg2sink | peak RSS MiB | pg2sink CPU s | its walsender CPU s | "
-            "CPU ratio | walsender CPU s (pgoutput; wal2json) | runs s (pg2sink; pgoutput; wal2json) |",
+            "CPU ratio | walsender CPU s (pgoutput; wal2json) | runs s (pg2sink; pgoutput; wal2json); CPU ratio of each pg2sink run |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in self.results:
@@ -632,7 +632,8 @@ class Bench:
                              f"{vs_w2j} | {r['rows'] / r['pg2sink_s']:,.0f} | "
                              f"{r['pg2sink_rss_mib']:.0f} | {r['pg2sink_cpu_s']:.2f} | {fmt(r['walsender_cpu_s'])} | "
                              f"{fmt(c)} | {fmt(r['pgoutput_walsender_cpu_s'])}; "
-                             f"{fmt(r['wal2json_walsender_cpu_s'])} | {runs_text(r)} |")
+                             f"{fmt(r['wal2json_walsender_cpu_s'])} | {runs_text(r)}; CPU ratios "
+                             f"{', '.join(fmt(c) for c in r['cpu_ratios'])} |")
         lines += ["", "## Import", "",
                   "pg2sink's import (chunks of the batch limit, each between watermarks, fsynced) against "
                   "`COPY table TO STDOUT` into /dev/null through psql. Ratio = pg2sink's rows/s ÷ COPY's "
