@@ -46,7 +46,7 @@ WIDE_COLUMNS = ("id bigint primary key, account int, seq bigint, amount numeric,
 
 def wide_rows(first, last):
     """A SELECT of the wide table's rows `first`..`last` (g is the id)."""
-    return ("select g, (g % 100000)::int, g * 7919, round((g % 100000) / 7.0, 4), (g % 10000) / 100.0, "
+    return ("select g, (g % 100000)::int, g::bigint * 7919, round((g % 100000) / 7.0, 4), (g % 10000) / 100.0, "
             "timestamptz '2026-01-01 00:00+00' + g * interval '1 second', clock_timestamp(), "
             "date '2020-01-01' + (g % 3650)::int, g % 2 = 0, g % 3 = 0, "
             "'customer ' || md5(g::text), "
