@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make bench`: builds pg2sink (release), boots a Postgres tuned for load
 # generation, and runs every workload side by side with the server's own
-# limit (pg_recvlogical + pgoutput to /dev/null), wal2json, and COPY.
-# Writes docs/benchmarks.md. Usage: scripts/bench.sh [--quick]
+# limit (pg_recvlogical + pgoutput to /dev/null), wal2json, and COPY,
+# with the CPU time of the walsender serving each slot beside pg2sink's.
+# Writes docs/benchmarks.md (with the CPU model and the issue's targets as
+# ratios). Usage: scripts/bench.sh [--quick] [--only=abcdefghi]
+# [--repeat=N] [--out=FILE] [--note="a sentence about the machine"]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
