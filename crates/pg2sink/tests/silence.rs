@@ -176,15 +176,13 @@ fn lock_pid(db: &TestDb) -> String {
     )
 }
 
-/// pg2sink streaming through `proxy` into files, with imports of the
-/// tables `create_tables` made.
-fn start_through(proxy: &BlackholeProxy, db: &TestDb, s: &Streamer) -> Pg2Sink {
-    let url = format!("--url={}", proxy.url(db));
-    let mut p = Pg2Sink::spawn(
+/// pg2sink streaming from `url` into `s`'s files.
+fn spawn_to_files(url: &str, s: &Streamer) -> Pg2Sink {
+    Pg2Sink::spawn(
         &[
             "stream",
             "--sink=file",
-            &url,
+            &format!("--url={url}"),
             &format!("--sink.file.schemas-path={}", s.schemas.display()),
             &format!(
                 "--sink.file.modifications-path={}",
@@ -195,7 +193,25 @@ fn start_through(proxy: &BlackholeProxy, db: &TestDb, s: &Streamer) -> Pg2Sink {
             "--heartbeat-interval=1s",
         ],
         &[("RUST_LOG", "pg2sink=info")],
+    )
+}
+
+/// Writes a row keyed `key` and waits until it reaches the file.
+fn row_arrives(db: &TestDb, s: &Streamer, key: &str) {
+    db.psql(&format!(
+        "insert into b values ('{key}', 1, '{{}}', '{{}}')"
+    ));
+    wait_until(
+        RESUME_WITHIN + Duration::from_secs(30),
+        "the row written after the silence",
+        || s.modifications().iter().any(|m| m["after"]["k"] == key),
     );
+}
+
+/// pg2sink streaming through `proxy` into files, with imports of the
+/// tables `create_tables` made.
+fn start_through(proxy: &BlackholeProxy, db: &TestDb, s: &Streamer) -> Pg2Sink {
+    let mut p = spawn_to_files(&proxy.url(db), s);
     wait_until(WAIT, "the slot to stream", || {
         assert!(p.is_running(), "{}", p.stderr());
         slot_streaming(db) && lock_port(db).is_some()
@@ -228,16 +244,7 @@ fn silence_and_recover(
             !now.is_empty() && now != walsender_before && slot_streaming(db)
         },
     );
-    db.psql("insert into b values ('after-silence', 1, '{}', '{}')");
-    wait_until(
-        RESUME_WITHIN + Duration::from_secs(30),
-        "the row written after the silence",
-        || {
-            s.modifications()
-                .iter()
-                .any(|m| m["after"]["k"] == "after-silence")
-        },
-    );
+    row_arrives(db, s, "after-silence");
     let resumed = silenced_at.elapsed();
     let commits = load.stop();
     eprintln!("resumed after {resumed:?}; {commits} transactions during the test");
@@ -323,23 +330,7 @@ fn a_host_gone_silent_hands_over_to_a_standby_elsewhere() {
     let proxy = BlackholeProxy::start(db.server().port());
     let s = Streamer::new(&db, dir.path());
     let mut active = start_through(&proxy, &db, &s);
-    let url = format!("--url={}", db.url());
-    let mut standby = Pg2Sink::spawn(
-        &[
-            "stream",
-            "--sink=file",
-            &url,
-            &format!("--sink.file.schemas-path={}", s.schemas.display()),
-            &format!(
-                "--sink.file.modifications-path={}",
-                s.modifications.display()
-            ),
-            "--subscription-manager.poll-interval=1s",
-            "--metrics-address=off",
-            "--heartbeat-interval=1s",
-        ],
-        &[("RUST_LOG", "pg2sink=info")],
-    );
+    let mut standby = spawn_to_files(&db.url(), &s);
     standby.wait_for_stderr("standby: another pg2sink is active", WAIT);
     wait_until(WAIT, "the imports to finish", || {
         db.try_psql(
@@ -370,16 +361,7 @@ fn a_host_gone_silent_hands_over_to_a_standby_elsewhere() {
                 && slot_streaming(&db)
         },
     );
-    db.psql("insert into b values ('after-handover', 1, '{}', '{}')");
-    wait_until(
-        RESUME_WITHIN + Duration::from_secs(30),
-        "the row written after the silence",
-        || {
-            s.modifications()
-                .iter()
-                .any(|m| m["after"]["k"] == "after-handover")
-        },
-    );
+    row_arrives(&db, &s, "after-handover");
     let resumed = silenced_at.elapsed();
     let commits = load.stop();
     eprintln!("handed over after {resumed:?}; {commits} transactions during the test");
