@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{custom_server, test_db, test_db_on, wait_until, Pg2Sink, TestDb};
+use crate::harness::{
+    custom_server, test_db, test_db_on, wait_until, BlackholeProxy, Pg2Sink, TestDb,
+};
 use crate::streaming::{slot_streaming, stop, Streamer};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -409,72 +411,15 @@ fn postgres_restarted_fast_and_immediate_mid_stream_loses_nothing() {
     stop(&mut p);
 }
 
-/// A TCP proxy to `upstream` that can cut every connection through it.
-struct Proxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<u64>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Proxy {
-    fn start(upstream: u16) -> Proxy {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, cuts) = tokio::sync::watch::channel(0u64);
-        runtime.spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                // Only cuts after this connection opened end it.
-                let mut cuts = cuts.clone();
-                cuts.borrow_and_update();
-                tokio::spawn(async move {
-                    let Ok(mut server) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    // Dropping both sockets mid-stream is the cut.
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cuts.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            port,
-            cut,
-            _runtime: runtime,
-        }
-    }
-
-    fn cut_all(&self) {
-        self.cut.send_modify(|n| *n += 1);
-    }
-}
-
 #[test]
 fn connections_cut_now_and_then_lose_nothing() {
     let db = test_db("faults_cut");
     let dir = tempfile::tempdir().unwrap();
     create_tables(&db, 5_000);
-    let proxy = Proxy::start(db.server().port());
+    let proxy = BlackholeProxy::start(db.server().port());
     // pg2sink reaches Postgres only through the proxy; the load and verify
     // go straight to it.
-    let proxied = db.url().replace(
-        &format!(":{}/", db.server().port()),
-        &format!(":{}/", proxy.port),
-    );
-    assert_ne!(proxied, db.url());
+    let proxied = proxy.url(&db);
     let s = Streamer::new(&db, dir.path());
     let url = format!("--url={proxied}");
     let mut p = Pg2Sink::spawn(

@@ -6,138 +6,16 @@
 //! pg2sink must stream again within `2 × wal_sender_timeout + 30 s` (the
 //! test server's wal_sender_timeout is 10s) and lose nothing.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
-
 use crate::faults::{create_tables, file_args, settle_and_verify, Load};
-use crate::harness::{test_db, wait_until, Pg2Sink, TestDb};
+use crate::harness::{test_db, wait_until, BlackholeProxy, Pg2Sink, TestDb};
 use crate::streaming::{slot_streaming, stop, Streamer};
 
 const WAIT: Duration = Duration::from_secs(120);
 
 /// The rule of the issue, with the test server's wal_sender_timeout (10s).
 const RESUME_WITHIN: Duration = Duration::from_secs(2 * 10 + 30);
-
-/// A TCP proxy whose existing connections can be blackholed: from then on
-/// nothing is passed either way and nothing is closed.
-struct BlackholeProxy {
-    port: u16,
-    /// Upstream-side local ports (Postgres's `client_port`) to blackhole.
-    silenced: watch::Sender<HashSet<u16>>,
-    /// The upstream-side local port of every connection, in accept order.
-    opened: Arc<Mutex<Vec<u16>>>,
-    /// When set, new connections are closed at once (the host is gone).
-    refusing: Arc<std::sync::atomic::AtomicBool>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl BlackholeProxy {
-    fn start(upstream: u16) -> BlackholeProxy {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (silenced, silence) = watch::channel(HashSet::new());
-        let opened = Arc::new(Mutex::new(Vec::new()));
-        let opened_by_task = opened.clone();
-        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let refusing_by_task = refusing.clone();
-        runtime.spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
-                };
-                if refusing_by_task.load(std::sync::atomic::Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                else {
-                    continue;
-                };
-                let local = server.local_addr().unwrap().port();
-                opened_by_task.lock().unwrap().push(local);
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(pass(client_read, server_write, local, silence.clone()));
-                tokio::spawn(pass(server_read, client_write, local, silence.clone()));
-            }
-        });
-        BlackholeProxy {
-            port,
-            silenced,
-            opened,
-            refusing,
-            _runtime: runtime,
-        }
-    }
-
-    /// From now on, new connections are closed at once.
-    fn refuse_new(&self) {
-        self.refusing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Blackholes the connections whose Postgres-side port is in `ports`.
-    fn blackhole(&self, ports: &[u16]) {
-        self.silenced.send_modify(|set| set.extend(ports));
-    }
-
-    /// `url` with its port replaced by the proxy's.
-    fn url(&self, db: &TestDb) -> String {
-        let proxied = db.url().replace(
-            &format!(":{}/", db.server().port()),
-            &format!(":{}/", self.port),
-        );
-        assert_ne!(proxied, db.url());
-        proxied
-    }
-}
-
-/// Copies one direction until the connection is blackholed; then holds both
-/// halves open, reading and passing nothing, until the proxy is dropped.
-async fn pass(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    port: u16,
-    mut silence: watch::Receiver<HashSet<u16>>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if silence.borrow_and_update().contains(&port) {
-            break;
-        }
-        tokio::select! {
-            read = from.read(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    let _ = to.shutdown().await;
-                    return;
-                }
-                Ok(n) => {
-                    if silence.borrow().contains(&port) {
-                        break;
-                    }
-                    if to.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            },
-            _ = silence.changed() => {}
-        }
-    }
-    // Silent: keep the sockets, pass nothing.
-    let _hold = (from, to);
-    std::future::pending::<()>().await;
-}
 
 /// The Postgres-side port of the walsender streaming the test database's slot.
 fn walsender_port(db: &TestDb) -> Option<u16> {
@@ -311,7 +189,7 @@ fn every_connection_silent_at_once_and_streaming_resumes() {
     let proxy = BlackholeProxy::start(db.server().port());
     let s = Streamer::new(&db, dir.path());
     let mut p = start_through(&proxy, &db, &s);
-    let all = { proxy.opened.lock().unwrap().clone() };
+    let all = { proxy.opened() };
     assert!(all.len() >= 2, "{all:?}");
     silence_and_recover(&db, &s, &mut p, &proxy, &all);
     stop(&mut p);
@@ -343,7 +221,7 @@ fn a_host_gone_silent_hands_over_to_a_standby_elsewhere() {
     let walsender_before = walsender_pid(&db);
     let silenced_at = Instant::now();
     proxy.refuse_new();
-    let all = { proxy.opened.lock().unwrap().clone() };
+    let all = { proxy.opened() };
     proxy.blackhole(&all);
     wait_until(
         RESUME_WITHIN + Duration::from_secs(30),

@@ -60,12 +60,14 @@ macro_rules! hlog {
 mod db;
 mod install;
 mod process;
+mod proxy;
 mod server;
 mod tls;
 mod wait;
 pub use db::*;
 pub use install::*;
 pub use process::*;
+pub use proxy::BlackholeProxy;
 pub use server::*;
 use tls::*;
 pub use wait::*;
