@@ -15,14 +15,14 @@ use crate::sink::http::RetryPolicy;
 use crate::sink::kafka::{KafkaConfig, KafkaSink, ValueFormat};
 use crate::sink::nats::{NatsConfig, NatsSink};
 use crate::sink::postgres::{PostgresSink, PostgresSinkConfig};
-use crate::sink::{self, FlushPolicy, Sink, SinkError, SinkEvent};
+use crate::sink::{self, FlushPolicy, Sink, SinkBatch, SinkError};
 
 pub type SinkTask = JoinHandle<Result<(), SinkError>>;
 
 /// Opens and checks the sink, then spawns its driver.
 pub async fn spawn(
     args: &StreamArgs,
-    events: mpsc::Receiver<SinkEvent>,
+    events: mpsc::Receiver<SinkBatch>,
     durable: watch::Sender<Lsn>,
     policy: FlushPolicy,
 ) -> Result<SinkTask, Error> {

@@ -27,9 +27,10 @@ use crate::source::subscription::SubscriptionManager;
 use crate::source::types::TypeRegistry;
 use crate::source::walframe::{self, WalFrame};
 
-/// Events queued between the source and the sink: enough to keep both busy,
-/// few enough to bound memory.
-const SINK_QUEUE: usize = 4096;
+/// Batches queued between the source and the sink: enough to keep both
+/// busy, few enough to bound memory (at most this many times
+/// `BATCH_EVENTS` events, as many as before batches).
+const SINK_QUEUE: usize = 16;
 
 pub async fn run(args: StreamArgs) -> Result<(), Error> {
     let mut connection = ConnectionConfig::from_env(args.source.url())

@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::model::value::value_to_json;
-use crate::model::{CopyRow, Lsn, Row, Table};
+use crate::model::{CopyRow, JsonRow, Lsn, Row, Table};
 
 pub const WATERMARK_PREFIX: &str = "pg2sink.watermark";
 
@@ -65,7 +65,12 @@ impl ChunkRows {
 
     /// `latest` with the `untouched` columns filled from the chunk's `row`;
     /// also returns the columns still missing (absent from the chunk too).
-    fn complete(&self, latest: &Row, untouched: &[String], row: &CopyRow) -> (Row, Vec<String>) {
+    fn complete(
+        &self,
+        latest: &Row,
+        untouched: &[String],
+        row: &CopyRow,
+    ) -> (JsonRow, Vec<String>) {
         let mut values: HashMap<&str, Value> = HashMap::new();
         for (column, field) in self.table.columns.iter().zip(row.fields()) {
             if untouched.contains(&column.name) {
@@ -74,11 +79,11 @@ impl ChunkRows {
             }
         }
         let mut missing = vec![];
-        let mut out = Row::new();
+        let mut out = JsonRow::new();
         // In the table's column order, as every row is.
         for column in &self.table.columns {
             if let Some(value) = latest.get(&column.name) {
-                out.insert(column.name.clone(), value.clone());
+                out.insert(column.name.clone(), value.into_owned());
             } else if let Some(value) = values.remove(column.name.as_str()) {
                 out.insert(column.name.clone(), value);
             } else {
@@ -119,7 +124,7 @@ pub struct ReadyChunk {
     /// Latest versions of rows changed in the window with unchanged TOAST
     /// columns, completed from the chunk (see the module's notes): sent
     /// after the rows, each with the columns it still lacks.
-    pub completed: Vec<(Row, Vec<String>)>,
+    pub completed: Vec<(JsonRow, Vec<String>)>,
     pub notify: Option<oneshot::Sender<Lsn>>,
 }
 
@@ -345,7 +350,11 @@ mod tests {
     use serde_json::json;
 
     fn row(id: i64, v: &str) -> Row {
-        json!({"id": id, "v": v}).as_object().unwrap().clone()
+        json!({"id": id, "v": v})
+            .as_object()
+            .unwrap()
+            .clone()
+            .into()
     }
 
     fn chunk(ids: &[i64]) -> ChunkRows {
@@ -445,8 +454,9 @@ mod tests {
         w.changed("public.t", None, Some(&row(1, "new")), &big);
         w.changed("public.t", None, Some(&row(1, "newer")), &big);
         // 2: `big` set in the window, then left unchanged: the sink has it.
-        let mut with_big = row(2, "set");
+        let mut with_big = row(2, "set").into_json();
         with_big.insert("big".into(), json!("NEW"));
+        let with_big = Row::from(with_big);
         w.changed("public.t", None, Some(&with_big), &[]);
         w.changed("public.t", None, Some(&row(2, "later")), &big);
         // 3 moved to 30 with `big` unchanged: completed from row 3.

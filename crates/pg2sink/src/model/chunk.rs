@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::value::{utf8_text, value_to_json, write_json};
-use super::{Lsn, Modification, Op, Row, Table};
+use super::{JsonRow, Lsn, Modification, Op, Row, Table};
 
 /// One row of `COPY ... TO STDOUT` text output, without its newline;
 /// optionally with its JSON object already rendered (see
@@ -196,7 +196,8 @@ impl ImportChunk {
     /// Row `i` as a JSON object of typed values.
     pub fn row(&self, i: usize) -> Row {
         let mut fields = self.rows[i].fields();
-        self.table
+        let row: JsonRow = self
+            .table
             .columns
             .iter()
             .map(|column| {
@@ -206,7 +207,8 @@ impl ImportChunk {
                 };
                 (column.name.clone(), value)
             })
-            .collect()
+            .collect();
+        Row::Json(row)
     }
 
     /// Row `i` as the `Modification` sinks receive.
@@ -373,7 +375,10 @@ mod tests {
         assert_eq!(String::from_utf8(fast).unwrap(), slow);
         let m = c.modification(1);
         assert_eq!(m.sequence, 2);
-        assert_eq!(m.after.unwrap()["v"], "tab\there\nnewline \\ back\\slash");
+        assert_eq!(
+            m.after.unwrap().to_json()["v"],
+            "tab\there\nnewline \\ back\\slash"
+        );
     }
 
     proptest::proptest! {

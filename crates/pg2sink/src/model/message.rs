@@ -9,10 +9,11 @@ use std::io::Write;
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::row::Row;
 use super::table::Table;
-use super::value::{write_object, write_str};
+use super::value::write_str;
 use super::Lsn;
 
 /// A change's kind.
@@ -26,9 +27,6 @@ pub enum Op {
     /// A row read by an import, not a change: `before` is null, `after` the row.
     Import,
 }
-
-/// A row: column name to typed JSON value, in the table's column order.
-pub type Row = Map<String, Value>;
 
 /// One row change (or one truncated table).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -65,7 +63,7 @@ impl Modification {
     /// [`Modification::to_json`], appended to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let row = |row: &Option<Row>, out: &mut Vec<u8>| match row {
-            Some(row) => write_object(row, out),
+            Some(row) => row.write_json(out),
             None => out.extend_from_slice(b"null"),
         };
         out.extend_from_slice(br#"{"timestamp":"#);
@@ -147,6 +145,7 @@ pub fn format_timestamp_for_tests() -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::JsonRow;
 
     #[test]
     fn timestamps_are_utc_with_micros() {
@@ -168,11 +167,11 @@ mod tests {
             lsn in 0u64..u64::MAX,
             keyed in proptest::bool::ANY,
         ) {
-            let mut row = Row::new();
+            let mut row = JsonRow::new();
             row.insert(text.clone(), Value::String(text.clone()));
             row.insert("n".into(), serde_json::from_str(&number).unwrap());
             row.insert("nested".into(), serde_json::json!([[1, null], {"k": text.clone(), "b": true}, []]));
-            row.insert("empty".into(), Value::Object(Row::new()));
+            row.insert("empty".into(), Value::Object(JsonRow::new()));
             let m = Modification {
                 timestamp: text.as_str().into(),
                 lsn: Lsn(lsn),
@@ -180,8 +179,8 @@ mod tests {
                 op: if keyed { Op::Update } else { Op::Import },
                 namespace: text.as_str().into(),
                 name: "t".into(),
-                before: keyed.then(|| row.clone()),
-                after: Some(row),
+                before: keyed.then(|| row.clone().into()),
+                after: Some(row.into()),
                 unchanged: if keyed { vec![text.clone(), "x".into()] } else { vec![] },
             };
             let mut fast = Vec::new();
@@ -223,8 +222,9 @@ mod tests {
 
     #[test]
     fn modification_json_shape() {
-        let mut after = Row::new();
+        let mut after = JsonRow::new();
         after.insert("id".into(), Value::from(1));
+        let after = Row::from(after);
         let m = Modification {
             timestamp: format_timestamp(0).into(),
             lsn: Lsn(0x16_0000_0010),

@@ -6,6 +6,7 @@ pub mod ids;
 pub mod lsn;
 pub mod message;
 pub mod pgtype;
+pub mod row;
 pub mod table;
 pub mod value;
 
@@ -14,5 +15,6 @@ pub use ids::{RelationId, TypeOid, Xid};
 pub use lsn::Lsn;
 #[cfg(test)]
 pub use message::format_timestamp_for_tests;
-pub use message::{format_timestamp, Modification, Op, Row, Schema};
+pub use message::{format_timestamp, Modification, Op, Schema};
+pub use row::{ColumnValue, JsonRow, Row, TupleData};
 pub use table::{Column, Table};

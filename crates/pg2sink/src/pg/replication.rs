@@ -394,6 +394,12 @@ impl ReplicationStream {
         Ok(None)
     }
 
+    /// Whether the next payload is already received, so reading it will not
+    /// wait: the session hands its batch to the sink before it waits.
+    pub fn has_buffered_payload(&self) -> bool {
+        self.connection.wire.has_buffered_message()
+    }
+
     /// Sends one CopyData message (e.g. a standby status update) and flushes.
     ///
     /// If the future is dropped before it completes, the message is still

@@ -95,6 +95,16 @@ impl Wire {
         }
     }
 
+    /// Whether a whole message is already read and waiting: reading it
+    /// needs no wait on the network.
+    pub(super) fn has_buffered_message(&self) -> bool {
+        let b = &self.read_buf;
+        b.len() >= 5 && {
+            let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+            b.len() > len
+        }
+    }
+
     pub(super) fn parse_frame(&mut self) -> Result<Option<Frame>, ConnectError> {
         if self.read_buf.len() < 5 {
             return Ok(None);

@@ -230,6 +230,38 @@ impl Default for FlushPolicy {
     }
 }
 
+/// Events as the source hands them over: in order, many at a time, so the
+/// two sides meet once per batch rather than once per row.
+pub type SinkBatch = Vec<SinkEvent>;
+
+/// The driver's side of the queue: events one at a time out of batches.
+struct Inbox {
+    batches: mpsc::Receiver<SinkBatch>,
+    current: std::vec::IntoIter<SinkEvent>,
+}
+
+impl Inbox {
+    /// The next event if one is queued, without waiting.
+    fn try_recv(&mut self) -> Result<SinkEvent, mpsc::error::TryRecvError> {
+        loop {
+            if let Some(event) = self.current.next() {
+                return Ok(event);
+            }
+            self.current = self.batches.try_recv()?.into_iter();
+        }
+    }
+
+    /// The next event; `None` once the source is gone.
+    async fn recv(&mut self) -> Option<SinkEvent> {
+        loop {
+            if let Some(event) = self.current.next() {
+                return Some(event);
+            }
+            self.current = self.batches.recv().await?.into_iter();
+        }
+    }
+}
+
 /// Drives a sink: writes events in order and flushes when a finished
 /// transaction is waiting and either no more events are queued (group
 /// commit: under load, events queue up while a flush runs), the byte limit
@@ -237,10 +269,14 @@ impl Default for FlushPolicy {
 /// `durable`. Returns when `events` closes, after a final flush.
 pub async fn run<S: Sink>(
     mut sink: S,
-    mut events: mpsc::Receiver<SinkEvent>,
+    events: mpsc::Receiver<SinkBatch>,
     durable: watch::Sender<Lsn>,
     policy: FlushPolicy,
 ) -> Result<(), SinkError> {
+    let mut events = Inbox {
+        batches: events,
+        current: Vec::new().into_iter(),
+    };
     // The newest commit written but not yet flushed, and when the oldest
     // such commit arrived.
     let mut pending: Option<(Lsn, Instant)> = None;

@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::model::pgtype::builtin_type_name;
+pub use crate::model::row::{ColumnValue, TupleData};
 use crate::model::{Lsn, RelationId, TypeOid, Xid};
 
 /// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01 00:00:00 UTC).
@@ -191,22 +192,6 @@ pub struct LogicalMessage {
     pub lsn: Lsn,
     pub prefix: String,
     pub content: Bytes,
-}
-
-/// A row image: one value per column, in the relation's column order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TupleData(pub Vec<ColumnValue>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ColumnValue {
-    /// `n`
-    Null,
-    /// `u`: a TOASTed value that did not change; its value is not sent.
-    UnchangedToast,
-    /// `t`: the value in text format.
-    Text(Bytes),
-    /// `b`: the value in binary format (only with the `binary` option).
-    Binary(Bytes),
 }
 
 /// Why a message (or walsender frame) could not be decoded.

@@ -26,17 +26,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Problem};
 use crate::import::watermark::{self, Watermarks};
-use crate::model::pgtype::PgType;
-use crate::model::value::{text_to_json, utf8_text, value_to_json};
 use crate::model::{
-    format_timestamp, Column, ImportChunk, Lsn, Modification, Op, RelationId, Row, Schema, Table,
+    format_timestamp, Column, ColumnValue, ImportChunk, Lsn, Modification, Op, RelationId, Row,
+    Schema, Table, TupleData,
 };
 use crate::pg::replication::ReplicationStream;
 use crate::pg::sql::{quote_ident, quote_literal};
-use crate::sink::SinkEvent;
-use crate::source::pgoutput::{
-    self, ColumnValue, LogicalMessage, OldTuple, PgOutputMessage, PgTimestamp, TupleData,
-};
+use crate::sink::{SinkBatch, SinkEvent};
+use crate::source::pgoutput::{self, LogicalMessage, OldTuple, PgOutputMessage, PgTimestamp};
 use crate::source::types::TypeRegistry;
 use crate::source::walframe::{self, WalFrame};
 
@@ -84,7 +81,7 @@ struct OpenTransaction {
 /// A table as the last RELATION message described it, with the names every
 /// change of it carries, made once per shape rather than once per row.
 struct Relation {
-    table: Table,
+    table: Arc<Table>,
     namespace: Arc<str>,
     name: Arc<str>,
     qualified: String,
@@ -93,7 +90,10 @@ struct Relation {
 
 pub struct Session<'a> {
     stream: ReplicationStream,
-    events: &'a mpsc::Sender<SinkEvent>,
+    events: &'a mpsc::Sender<SinkBatch>,
+    /// Events not yet handed to the sink: sent as one batch before the
+    /// session waits for the network, or once it is full.
+    batch: SinkBatch,
     durable: watch::Receiver<Lsn>,
     progress: &'a mut Progress,
     status_interval: Duration,
@@ -160,10 +160,14 @@ pub fn parse_pg_duration(text: &str) -> Option<Duration> {
 /// A confirmation waits at most this long; data already durable does not.
 const CONFIRM_GAP: Duration = Duration::from_millis(20);
 
+/// Events per batch handed to the sink at most: one hand-over (and at most
+/// one wake-up of the sink's task) per batch instead of per row.
+pub const BATCH_EVENTS: usize = 256;
+
 impl<'a> Session<'a> {
     pub fn new(
         stream: ReplicationStream,
-        events: &'a mpsc::Sender<SinkEvent>,
+        events: &'a mpsc::Sender<SinkBatch>,
         durable: watch::Receiver<Lsn>,
         progress: &'a mut Progress,
         status_interval: Duration,
@@ -171,6 +175,7 @@ impl<'a> Session<'a> {
         Session {
             stream,
             events,
+            batch: Vec::with_capacity(BATCH_EVENTS),
             durable,
             progress,
             status_interval,
@@ -212,6 +217,24 @@ impl<'a> Session<'a> {
     /// returns `Ok`), or until an error.
     pub async fn run(
         mut self,
+        shutdown: watch::Receiver<bool>,
+        drain_timeout: Duration,
+    ) -> Result<(), Error> {
+        let result = self.stream(shutdown, drain_timeout).await;
+        if result.is_err() && !self.batch.is_empty() {
+            // What was decoded before the error still reaches the sink, as
+            // if handed over at once: `Progress` already counts its
+            // transactions as forwarded, so a reconnect will not resend them.
+            let batch = std::mem::take(&mut self.batch);
+            let _ = self.events.send(batch).await;
+        }
+        result?;
+        self.stream.finish(Duration::from_secs(5)).await?;
+        Ok(())
+    }
+
+    async fn stream(
+        &mut self,
         mut shutdown: watch::Receiver<bool>,
         drain_timeout: Duration,
     ) -> Result<(), Error> {
@@ -229,6 +252,12 @@ impl<'a> Session<'a> {
         let watchdog = tokio::time::sleep_until(self.heard + self.silence / 3);
         tokio::pin!(watchdog);
         while !(stopping && self.transaction.is_none()) {
+            // Whatever was decoded goes to the sink before any wait: under
+            // load a batch holds all that one read brought, and when the
+            // server is quiet nothing lingers here.
+            if !self.batch.is_empty() && !self.stream.has_buffered_payload() {
+                self.send_batch().await?;
+            }
             tokio::select! {
                 changed = shutdown.changed(), if !stopping => {
                     stopping = changed.is_err() || *shutdown.borrow();
@@ -279,6 +308,7 @@ impl<'a> Session<'a> {
                 _ = status.tick() => self.send_status(false).await?,
             }
         }
+        self.send_batch().await?;
         // Wait for the sink to make everything forwarded durable, then
         // confirm it, so a clean restart repeats nothing.
         let deadline = tokio::time::Instant::now() + drain_timeout;
@@ -294,7 +324,6 @@ impl<'a> Session<'a> {
         }
         self.send_status(false).await?;
         tracing::info!(confirmed = %self.progress.confirmed, "stopped streaming");
-        self.stream.finish(Duration::from_secs(5)).await?;
         Ok(())
     }
 
@@ -416,14 +445,12 @@ impl<'a> Session<'a> {
                     name: table.name.as_str().into(),
                     changes: crate::ops::metrics::TableChanges::of(&qualified),
                     qualified,
-                    table,
+                    table: Arc::new(table),
                 };
                 self.relations.insert(relation.table.id, relation);
             }
             PgOutputMessage::Insert(insert) => {
-                let (after, unchanged) = self
-                    .convert(insert.relation, insert.new, None, false)
-                    .await?;
+                let (after, unchanged) = self.convert(insert.relation, insert.new, None, false)?;
                 self.emit(insert.relation, Op::Insert, None, Some(after), unchanged)
                     .await?;
             }
@@ -431,22 +458,20 @@ impl<'a> Session<'a> {
                 let id = update.relation;
                 let (before, full_old) = match update.old {
                     None => (None, None),
-                    Some(OldTuple::Key(old)) => {
-                        (Some(self.convert(id, old, None, true).await?.0), None)
-                    }
+                    Some(OldTuple::Key(old)) => (Some(self.convert(id, old, None, true)?.0), None),
                     Some(OldTuple::Full(old)) => (
-                        Some(self.convert(id, old.clone(), None, false).await?.0),
+                        Some(self.convert(id, old.clone(), None, false)?.0),
                         Some(old),
                     ),
                 };
-                let (after, unchanged) = self.convert(id, update.new, full_old, false).await?;
+                let (after, unchanged) = self.convert(id, update.new, full_old.as_ref(), false)?;
                 self.emit(update.relation, Op::Update, before, Some(after), unchanged)
                     .await?;
             }
             PgOutputMessage::Delete(delete) => {
                 let before = match delete.old {
-                    OldTuple::Key(old) => self.convert(delete.relation, old, None, true).await?.0,
-                    OldTuple::Full(old) => self.convert(delete.relation, old, None, false).await?.0,
+                    OldTuple::Key(old) => self.convert(delete.relation, old, None, true)?.0,
+                    OldTuple::Full(old) => self.convert(delete.relation, old, None, false)?.0,
                 };
                 self.emit(delete.relation, Op::Delete, Some(before), None, vec![])
                     .await?;
@@ -470,44 +495,41 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// [`tuple_to_row`] for a change of relation `id`. A huge tuple is
-    /// converted on a blocking thread while this session keeps answering
-    /// the server: converting hundreds of megabytes can outlast the
-    /// server's `wal_sender_timeout`, which would drop the connection (and
-    /// the same row would arrive, and time out, again and again).
-    async fn convert(
-        &mut self,
+    /// The row `tuple` of relation `id`, and the columns it leaves out
+    /// because their TOASTed value did not change. `keys_only` keeps only
+    /// key columns (an old key tuple carries nulls elsewhere). Unchanged
+    /// TOAST values are taken from `full_old` when the old row was sent
+    /// whole. Nothing is rendered here: the sink renders the row once.
+    fn convert(
+        &self,
         id: RelationId,
-        tuple: TupleData,
-        full_old: Option<TupleData>,
+        mut tuple: TupleData,
+        full_old: Option<&TupleData>,
         keys_only: bool,
     ) -> Result<(Row, Vec<String>), Error> {
         let table = self.table(id)?;
-        let size = tuple_bytes(&tuple) + full_old.as_ref().map_or(0, tuple_bytes);
-        if size < BIG_TUPLE_BYTES {
-            return Ok(tuple_to_row(table, &tuple, full_old.as_ref(), keys_only));
-        }
-        tracing::debug!(
-            bytes = size,
-            "converting a huge row off the session's thread"
-        );
-        let table = table.clone();
-        let mut work = tokio::task::spawn_blocking(move || {
-            tuple_to_row(&table, &tuple, full_old.as_ref(), keys_only)
-        });
-        loop {
-            tokio::select! {
-                done = &mut work => {
-                    return done.map_err(|e| {
-                        Error::Definite(Problem::new(format!("converting a row failed: {e}")))
-                    });
+        let mut unchanged = Vec::new();
+        if !keys_only {
+            for (i, value) in tuple.0.iter_mut().enumerate() {
+                if !matches!(value, ColumnValue::UnchangedToast) {
+                    continue;
                 }
-                _ = tokio::time::sleep(self.status_interval) => self.send_status(false).await?,
+                match full_old.and_then(|old| old.0.get(i)) {
+                    Some(old) if !matches!(old, ColumnValue::UnchangedToast) => {
+                        *value = old.clone()
+                    }
+                    _ => {
+                        if let Some(column) = table.columns.get(i) {
+                            unchanged.push(column.name.clone());
+                        }
+                    }
+                }
             }
         }
+        Ok((Row::from_tuple(table.clone(), tuple, keys_only), unchanged))
     }
 
-    fn table(&self, id: RelationId) -> Result<&Table, Error> {
+    fn table(&self, id: RelationId) -> Result<&Arc<Table>, Error> {
         self.relation(id).map(|r| &r.table)
     }
 
@@ -547,7 +569,7 @@ impl<'a> Session<'a> {
             }
         }
         if !self.announced.contains(&relation) {
-            let table = Arc::new(rel.table.clone());
+            let table = rel.table.clone();
             self.announce(table, &timestamp).await?;
             self.announced.insert(relation);
         }
@@ -642,7 +664,7 @@ impl<'a> Session<'a> {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 before: None,
-                after: Some(row),
+                after: Some(row.into()),
                 unchanged,
             };
             self.forward(SinkEvent::Modification(modification)).await?;
@@ -653,9 +675,23 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Hands an event to the sink, answering the server meanwhile so a slow
-    /// sink does not make the server drop the connection.
+    /// Queues an event for the sink; a full batch is handed over at once.
     async fn forward(&mut self, event: SinkEvent) -> Result<(), Error> {
+        let big = matches!(event, SinkEvent::Import(_));
+        self.batch.push(event);
+        if big || self.batch.len() >= BATCH_EVENTS {
+            self.send_batch().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch to the sink, answering the server meanwhile so a
+    /// slow sink does not make the server drop the connection.
+    async fn send_batch(&mut self) -> Result<(), Error> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let event = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
         // The common case: room in the queue, no timer needed.
         let event = match self.events.try_send(event) {
             Ok(()) => return Ok(()),
@@ -695,61 +731,4 @@ fn protocol_violation(what: &str) -> Error {
         Problem::new(format!("unexpected replication stream: {what}"))
             .hint("this is a bug in pg2sink or an incompatible server; please report it with the server version"),
     )
-}
-
-/// Turns a tuple into a row. `keys_only` keeps only key columns (an old key
-/// tuple carries nulls elsewhere). Unchanged TOAST values are taken from
-/// `full_old` when the old row was sent whole, else left out and named in
-/// the returned list.
-/// Tuples past this size are converted off the session's thread.
-const BIG_TUPLE_BYTES: usize = 16 << 20;
-
-fn tuple_bytes(tuple: &TupleData) -> usize {
-    tuple
-        .0
-        .iter()
-        .map(|v| match v {
-            ColumnValue::Text(b) | ColumnValue::Binary(b) => b.len(),
-            ColumnValue::Null | ColumnValue::UnchangedToast => 0,
-        })
-        .sum()
-}
-
-fn tuple_to_row(
-    table: &Table,
-    tuple: &TupleData,
-    full_old: Option<&TupleData>,
-    keys_only: bool,
-) -> (Row, Vec<String>) {
-    let capacity = if keys_only {
-        table.columns.iter().filter(|c| c.is_key).count()
-    } else {
-        table.columns.len()
-    };
-    let mut row = Row::with_capacity(capacity);
-    let mut unchanged = Vec::new();
-    for (i, column) in table.columns.iter().enumerate() {
-        if keys_only && !column.is_key {
-            continue;
-        }
-        let mut value = tuple.0.get(i);
-        if matches!(value, Some(ColumnValue::UnchangedToast)) {
-            if let Some(old) = full_old.and_then(|old| old.0.get(i)) {
-                value = Some(old);
-            }
-        }
-        let json = match value {
-            None | Some(ColumnValue::Null) => Value::Null,
-            Some(ColumnValue::UnchangedToast) => {
-                unchanged.push(column.name.clone());
-                continue;
-            }
-            Some(ColumnValue::Text(text)) => value_to_json(&column.ty, &utf8_text(text)),
-            Some(ColumnValue::Binary(bytes)) => {
-                text_to_json(PgType::Bytea, &format!("\\x{}", hex::encode(bytes)))
-            }
-        };
-        row.insert(column.name.clone(), json);
-    }
-    (row, unchanged)
 }

@@ -11,18 +11,23 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::schema::{self, Column, Conv, TableLayout};
-use crate::model::{Modification, Op, Row};
+use crate::model::{JsonRow, Modification, Op, Row};
 use crate::sink::http::key_text;
 
 /// One row for `insertAll`: `{"insertId": ..., "json": {...}}`.
 pub fn rows(layout: &TableLayout, m: &Modification) -> Vec<Value> {
     let id = format!("{}:{}", m.lsn, m.sequence);
     let mut out = vec![];
+    // Typed once per row, then read by column.
+    let before = m.before.as_ref().map(Row::to_json);
+    let after = m.after.as_ref().map(Row::to_json);
     match m.op {
         Op::Insert | Op::Update | Op::Import => {
-            let Some(after) = &m.after else { return out };
+            let Some(after) = after.as_deref() else {
+                return out;
+            };
             let key = key_of(layout, after);
-            if let Some(before) = &m.before {
+            if let Some(before) = before.as_deref() {
                 let old = key_of(layout, before);
                 if old != key {
                     out.push(row(
@@ -39,15 +44,15 @@ pub fn rows(layout: &TableLayout, m: &Modification) -> Vec<Value> {
             out.push(row(layout, m, m.op, Some(after), key, &m.unchanged, id));
         }
         Op::Delete => {
-            let key = m.before.as_ref().and_then(|b| key_of(layout, b));
-            out.push(row(layout, m, Op::Delete, m.before.as_ref(), key, &[], id));
+            let key = before.as_deref().and_then(|b| key_of(layout, b));
+            out.push(row(layout, m, Op::Delete, before.as_deref(), key, &[], id));
         }
         Op::Truncate => out.push(row(layout, m, Op::Truncate, None, None, &[], id)),
     }
     out
 }
 
-fn key_of(layout: &TableLayout, values: &Row) -> Option<String> {
+fn key_of(layout: &TableLayout, values: &JsonRow) -> Option<String> {
     let keys: Vec<&Value> = layout
         .columns
         .iter()
@@ -61,7 +66,7 @@ fn row(
     layout: &TableLayout,
     m: &Modification,
     op: Op,
-    values: Option<&Row>,
+    values: Option<&JsonRow>,
     key: Option<String>,
     unchanged: &[String],
     insert_id: String,

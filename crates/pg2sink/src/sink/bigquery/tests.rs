@@ -178,8 +178,14 @@ fn key_change_writes_a_delete_for_the_old_key() {
         op: Op::Update,
         namespace: "public".into(),
         name: "t".into(),
-        before: Some(json!({"id": 1}).as_object().unwrap().clone()),
-        after: Some(json!({"id": 2, "body": "x"}).as_object().unwrap().clone()),
+        before: Some(json!({"id": 1}).as_object().unwrap().clone().into()),
+        after: Some(
+            json!({"id": 2, "body": "x"})
+                .as_object()
+                .unwrap()
+                .clone()
+                .into(),
+        ),
         unchanged: vec![],
     };
     let rows = encoding::rows(&layout(), &m);

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::mapping::TableMapping;
 use crate::model::{Lsn, Modification, Op, Row};
 use crate::sink::http::key_text;
-use crate::sink::{json_size, SinkError};
+use crate::sink::SinkError;
 
 /// Bits of the version that hold the sequence (saturating): the LSN gets
 /// the other 51, room for 2 PiB of WAL.
@@ -65,7 +65,7 @@ impl Action {
     /// Rough size, for the driver's byte limit.
     pub fn size(&self) -> usize {
         match self {
-            Action::Index { doc, .. } => 100 + json_size(doc),
+            Action::Index { doc, .. } => 100 + doc.json_size_estimate(),
             _ => 100,
         }
     }
@@ -94,6 +94,7 @@ pub fn document_id(table: &TableMapping, row: &Row) -> Result<String, SinkError>
             "documents are identified by the primary key (or replica identity)",
         ));
     }
+    let values: Vec<&Value> = values.iter().map(|v| v.as_ref()).collect();
     Ok(key_text(&values))
 }
 
@@ -160,7 +161,7 @@ pub fn append_bulk(body: &mut Vec<u8>, action: &Action) {
                 body,
                 &json!({"index": {"_index": index, "_id": id, "version": version, "version_type": "external_gte"}}),
             );
-            serde_json::to_writer(&mut *body, doc).expect("JSON values serialise");
+            doc.write_json(body);
             body.push(b'\n');
         }
         Action::Delete { index, id, version } => line(
@@ -211,12 +212,15 @@ pub fn item_outcome(item: &Value) -> ItemOutcome {
 /// Fills the TOAST columns an update did not send from the previous
 /// version of the document; a column with no previous value stays absent.
 pub fn fill_unchanged(doc: &mut Row, unchanged: &[String], previous: Option<&Map<String, Value>>) {
+    let Some(previous) = previous else { return };
+    let mut filled = std::mem::replace(doc, Row::Json(Map::new())).into_json();
     for column in unchanged {
-        if doc.contains_key(column) {
+        if filled.contains_key(column) {
             continue;
         }
-        if let Some(value) = previous.and_then(|p| p.get(column)) {
-            doc.insert(column.clone(), value.clone());
+        if let Some(value) = previous.get(column) {
+            filled.insert(column.clone(), value.clone());
         }
     }
+    *doc = Row::Json(filled);
 }

@@ -32,7 +32,7 @@ use self::encoding::{Action, ItemOutcome};
 use self::mapping::TableMapping;
 use super::http::SinkStats;
 use super::{table_of, Sink, SinkError};
-use crate::model::{Modification, Row, Schema};
+use crate::model::{JsonRow, Modification, Schema};
 use crate::retry::{Attempts, Failure};
 
 pub struct ElasticsearchSink {
@@ -111,7 +111,7 @@ impl ElasticsearchSink {
             return Ok(());
         }
         let stored = self.client.mget(&wanted).await?;
-        let mut latest: HashMap<(String, String), Row> = HashMap::new();
+        let mut latest: HashMap<(String, String), JsonRow> = HashMap::new();
         for action in actions.iter_mut() {
             if let Action::Index {
                 index,
@@ -133,7 +133,7 @@ impl ElasticsearchSink {
                     }
                     encoding::fill_unchanged(doc, unchanged, previous);
                 }
-                latest.insert((index.clone(), id.clone()), doc.clone());
+                latest.insert((index.clone(), id.clone()), doc.to_json().into_owned());
             }
         }
         Ok(())

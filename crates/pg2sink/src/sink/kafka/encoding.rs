@@ -64,7 +64,7 @@ fn row_key(table: &TableTopic, row: &Row) -> Option<Vec<u8>> {
     for column in &table.key_columns {
         key.insert(
             column.clone(),
-            row.get(column).cloned().unwrap_or(Value::Null),
+            row.get(column).map_or(Value::Null, |v| v.into_owned()),
         );
     }
     serde_json::to_vec(&key).ok()

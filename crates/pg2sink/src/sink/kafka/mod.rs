@@ -194,7 +194,7 @@ impl KafkaSink {
             // A truncate: no row to encode; the headers say what it is.
             return Ok(None);
         };
-        let datum = encoder.encode(row).map_err(|e| SinkError::definite(format!(
+        let datum = encoder.encode(&row.to_json()).map_err(|e| SinkError::definite(format!(
                 "cannot encode a change of {} (lsn {}, sequence {}) as Avro",
                 table.topic.qualified, m.lsn, m.sequence
             ), e).hint("this is a bug in pg2sink's type mapping; --sink.kafka.format=json writes the change as JSON"))?;

@@ -8,8 +8,9 @@ use crate::model::{Lsn, Modification, Op, Row};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 
 fn change(schema: &str, table: &str, sequence: u64) -> Modification {
-    let mut after = Row::new();
+    let mut after = crate::model::JsonRow::new();
     after.insert("id".into(), serde_json::json!(sequence));
+    let after = Row::from(after);
     Modification {
         timestamp: crate::model::message::format_timestamp_for_tests(),
         lsn: Lsn(0x16_0000_0010),
@@ -78,10 +79,9 @@ fn message_ids_name_one_change() {
     let c = change("public", "u", 1);
     assert_ne!(id, message_id(&c, &serde_json::to_vec(&c).unwrap()));
     let mut d = a.clone();
-    d.after
-        .as_mut()
-        .unwrap()
-        .insert("id".into(), serde_json::json!(99));
+    let mut changed = d.after.take().unwrap().into_json();
+    changed.insert("id".into(), serde_json::json!(99));
+    d.after = Some(changed.into());
     assert_ne!(id, message_id(&d, &serde_json::to_vec(&d).unwrap()));
     // A schema before the change has an id of its own.
     assert_ne!(id, schema_message_id(&a, &body));

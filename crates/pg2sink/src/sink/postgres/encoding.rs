@@ -16,23 +16,23 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::schema::TableShape;
-use crate::model::{Modification, Op, Row};
+use crate::model::{JsonRow, Modification, Op, Row};
 
 /// What a batch does to one key.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// The row becomes this (insert, import, update with every column).
-    Full(Row),
+    Full(JsonRow),
     /// The row becomes `row`, except the `unchanged` columns, which keep
     /// the value of the target's row at key `base` (its key before the
     /// update; the row read before this batch's statements run).
     Partial {
-        row: Row,
+        row: JsonRow,
         unchanged: Vec<String>,
-        base: Row,
+        base: JsonRow,
     },
     /// The row is deleted; the key's columns.
-    Delete(Row),
+    Delete(JsonRow),
 }
 
 /// A table's part of a batch.
@@ -68,32 +68,34 @@ impl TableBatch {
         };
         self.changes += 1;
         let keys = shape.key_names();
+        // Typed once per row, then read by column.
+        let before = m.before.as_ref().map(Row::to_json);
+        let after = m.after.as_ref().map(Row::to_json);
         match m.op {
             Op::Truncate => {
                 self.truncate = true;
                 self.effects.clear();
             }
             Op::Insert | Op::Import => {
-                let after = m.after.as_ref().ok_or_else(|| fail("no row"))?;
+                let after = after.as_deref().ok_or_else(|| fail("no row"))?;
                 let (key, _) =
                     key_of(after, &keys).ok_or_else(|| fail("a key column is missing"))?;
                 self.effects.insert(key, Effect::Full(after.clone()));
             }
             Op::Delete => {
-                let before = m.before.as_ref().ok_or_else(|| fail("no old key"))?;
+                let before = before.as_deref().ok_or_else(|| fail("no old key"))?;
                 let (key, key_row) =
                     key_of(before, &keys).ok_or_else(|| fail("a key column is missing"))?;
                 self.effects.insert(key, Effect::Delete(key_row));
             }
             Op::Update => {
-                let after = m.after.as_ref().ok_or_else(|| fail("no new row"))?;
+                let after = after.as_deref().ok_or_else(|| fail("no new row"))?;
                 let (new_key, new_key_row) = key_of(after, &keys)
                     .ok_or_else(|| fail("a key column is missing from the new row"))?;
                 // The old key: sent when it changed (or the whole old row
                 // with REPLICA IDENTITY FULL), else the new one.
-                let (old_key, old_key_row) = m
-                    .before
-                    .as_ref()
+                let (old_key, old_key_row) = before
+                    .as_deref()
                     .and_then(|b| key_of(b, &keys))
                     .unwrap_or_else(|| (new_key.clone(), new_key_row));
                 let effect = if m.unchanged.is_empty() {
@@ -103,7 +105,7 @@ impl TableBatch {
                 };
                 if old_key != new_key {
                     let (_, key_row) =
-                        key_of(m.before.as_ref().ok_or_else(|| fail("no old key"))?, &keys)
+                        key_of(before.as_deref().ok_or_else(|| fail("no old key"))?, &keys)
                             .ok_or_else(|| fail("a key column is missing from the old key"))?;
                     self.effects.insert(old_key, Effect::Delete(key_row));
                 }
@@ -115,7 +117,13 @@ impl TableBatch {
 
     /// An update lacking `unchanged` columns, completed from what the batch
     /// already holds for the old key.
-    fn complete(&self, after: &Row, unchanged: &[String], old_key: &str, base: Row) -> Effect {
+    fn complete(
+        &self,
+        after: &JsonRow,
+        unchanged: &[String],
+        old_key: &str,
+        base: JsonRow,
+    ) -> Effect {
         let mut row = after.clone();
         match self.effects.get(old_key) {
             Some(Effect::Full(previous)) => {
@@ -186,8 +194,8 @@ impl TableBatch {
 
 /// The key of a row: the JSON text of its key columns' values, and those
 /// columns as a row. `None` if the row lacks one.
-pub fn key_of(row: &Row, keys: &[&str]) -> Option<(String, Row)> {
-    let mut key_row = Row::new();
+pub fn key_of(row: &JsonRow, keys: &[&str]) -> Option<(String, JsonRow)> {
+    let mut key_row = JsonRow::new();
     let mut values = Vec::with_capacity(keys.len());
     for k in keys {
         let v = row.get(*k)?;

@@ -33,7 +33,7 @@ pub use self::config::PostgresSinkConfig;
 use self::encoding::TableBatch;
 use self::schema::TableShape;
 use super::http::SinkStats;
-use super::{json_size, table_of, Sink, SinkError};
+use super::{table_of, Sink, SinkError};
 use crate::model::{Lsn, Modification, Schema};
 use crate::retry::{Attempts, Stopped, Verdict};
 
@@ -232,6 +232,6 @@ impl Sink for PostgresSink {
 
 /// About the bytes a change takes in memory, for the driver's size limit.
 fn modification_size(m: &Modification) -> usize {
-    let row = |r: &Option<crate::model::Row>| r.as_ref().map_or(0, json_size);
+    let row = |r: &Option<crate::model::Row>| r.as_ref().map_or(0, |r| r.json_size_estimate());
     64 + m.namespace.len() + m.name.len() + row(&m.before) + row(&m.after)
 }

@@ -12,7 +12,7 @@ use crate::model::pgtype::{PgType, TypeInfo};
 use crate::model::table::testing::{
     array, builtin, column, composite, domain, enumeration, hstore, numeric_modifier, table, text,
 };
-use crate::model::{Lsn, Modification, Op, Row};
+use crate::model::{JsonRow, Lsn, Modification, Op, Row};
 
 fn shape() -> TableShape {
     TableShape::from_table(
@@ -31,6 +31,10 @@ fn shape() -> TableShape {
 }
 
 fn row(v: Value) -> Row {
+    json_row(v).into()
+}
+
+fn json_row(v: Value) -> JsonRow {
     v.as_object().unwrap().clone()
 }
 
@@ -145,7 +149,7 @@ fn a_batch_collapses_to_the_last_effect_per_key() {
     .unwrap();
     assert_eq!(
         b.effects["[1]"],
-        Effect::Full(row(json!({"id": 1, "v": "b", "big": "B"})))
+        Effect::Full(json_row(json!({"id": 1, "v": "b", "big": "B"})))
     );
     // The key moves: the old key is deleted, the TOAST value travels.
     b.apply(
@@ -159,10 +163,10 @@ fn a_batch_collapses_to_the_last_effect_per_key() {
         ),
     )
     .unwrap();
-    assert_eq!(b.effects["[1]"], Effect::Delete(row(json!({"id": 1}))));
+    assert_eq!(b.effects["[1]"], Effect::Delete(json_row(json!({"id": 1}))));
     assert_eq!(
         b.effects["[2]"],
-        Effect::Full(row(json!({"id": 2, "v": "c", "big": "B"})))
+        Effect::Full(json_row(json!({"id": 2, "v": "c", "big": "B"})))
     );
     // A row the batch has not seen: completed from the target's row.
     b.apply(
@@ -179,9 +183,9 @@ fn a_batch_collapses_to_the_last_effect_per_key() {
     assert_eq!(
         b.effects["[6]"],
         Effect::Partial {
-            row: row(json!({"id": 6, "v": "x"})),
+            row: json_row(json!({"id": 6, "v": "x"})),
             unchanged: vec!["big".into()],
-            base: row(json!({"id": 5}))
+            base: json_row(json!({"id": 5}))
         }
     );
     // A second partial update of it keeps the base.
@@ -199,9 +203,9 @@ fn a_batch_collapses_to_the_last_effect_per_key() {
     assert_eq!(
         b.effects["[6]"],
         Effect::Partial {
-            row: row(json!({"id": 6, "v": "y"})),
+            row: json_row(json!({"id": 6, "v": "y"})),
             unchanged: vec!["big".into()],
-            base: row(json!({"id": 5}))
+            base: json_row(json!({"id": 5}))
         }
     );
     let (partial, delete, upsert) = b.payloads();

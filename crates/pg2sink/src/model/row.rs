@@ -1,0 +1,340 @@
+//! Rows as they travel from the source to the sinks.
+//!
+//! A streamed row stays what pgoutput sent: one [`ColumnValue`] per column,
+//! each a slice of the received message (no copy, no per-column `String`),
+//! with the names and types of its [`Table`]. It is rendered once, where it
+//! is consumed: JSON sinks write its bytes straight from the text
+//! ([`Row::write_json`]); structured sinks read typed values by column
+//! ([`Row::get`], [`Row::to_json`]). The decoding thread does no rendering
+//! and allocates only the tuple's value list.
+//!
+//! Promises: every rendering of a row goes through the one value mapping
+//! (`model::value`), so [`Row::write_json`] is byte for byte what
+//! serialising [`Row::to_json`] gives; rendering never panics on any bytes.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::pgtype::PgType;
+use super::table::{Column, Table};
+use super::value::{text_to_json, utf8_text, value_to_json, write_json, write_object, write_str};
+
+/// A row image: one value per column, in the relation's column order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TupleData(pub Vec<ColumnValue>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnValue {
+    /// `n`
+    Null,
+    /// `u`: a TOASTed value that did not change; its value is not sent.
+    UnchangedToast,
+    /// `t`: the value in text format.
+    Text(Bytes),
+    /// `b`: the value in binary format (only with the `binary` option).
+    Binary(Bytes),
+}
+
+impl TupleData {
+    /// The bytes of its values, what converting it costs.
+    pub fn value_bytes(&self) -> usize {
+        self.0
+            .iter()
+            .map(|v| match v {
+                ColumnValue::Text(b) | ColumnValue::Binary(b) => b.len(),
+                ColumnValue::Null | ColumnValue::UnchangedToast => 0,
+            })
+            .sum()
+    }
+}
+
+/// A row as typed JSON: column name to value, in column order. What
+/// structured sinks build their requests from.
+pub type JsonRow = Map<String, Value>;
+
+/// One row of a change: as the source sent it, or already typed JSON (rows
+/// completed from an import's copy, rows built by tests).
+#[derive(Clone, Debug)]
+pub enum Row {
+    Tuple(TupleRow),
+    Json(JsonRow),
+}
+
+/// A row as pgoutput sent it, with its table's names and types.
+#[derive(Clone, Debug)]
+pub struct TupleRow {
+    table: Arc<Table>,
+    tuple: TupleData,
+    /// Only the key columns belong to the row (an old key image: pgoutput
+    /// sends nulls for the other columns).
+    keys_only: bool,
+}
+
+impl Row {
+    /// The row `tuple` of `table`. Columns whose value is an unchanged TOAST
+    /// value are left out of the row (the change names them).
+    pub fn from_tuple(table: Arc<Table>, tuple: TupleData, keys_only: bool) -> Row {
+        Row::Tuple(TupleRow {
+            table,
+            tuple,
+            keys_only,
+        })
+    }
+
+    /// The row's value of column `name`, typed; `None` when the row has no
+    /// such column.
+    pub fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
+        match self {
+            Row::Json(map) => map.get(name).map(Cow::Borrowed),
+            Row::Tuple(row) => row
+                .present()
+                .find(|(column, _)| column.name == name)
+                .map(|(column, value)| Cow::Owned(typed(column, value))),
+        }
+    }
+
+    /// The row as typed JSON, column name to value.
+    pub fn to_json(&self) -> Cow<'_, JsonRow> {
+        match self {
+            Row::Json(map) => Cow::Borrowed(map),
+            Row::Tuple(row) => Cow::Owned(
+                row.present()
+                    .map(|(column, value)| (column.name.clone(), typed(column, value)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// [`Row::to_json`], owned.
+    pub fn into_json(self) -> JsonRow {
+        match self {
+            Row::Json(map) => map,
+            tuple => tuple.to_json().into_owned(),
+        }
+    }
+
+    /// The names of the row's columns, in order.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Row::Json(map) => map.keys().map(String::as_str).collect(),
+            Row::Tuple(row) => row.present().map(|(c, _)| c.name.as_str()).collect(),
+        }
+    }
+
+    /// About the length of the row's JSON, without rendering it: what sinks
+    /// add up against their byte limits.
+    pub fn json_size_estimate(&self) -> usize {
+        match self {
+            Row::Json(map) => {
+                let mut count = Count(0);
+                let _ = serde_json::to_writer(&mut count, map);
+                count.0
+            }
+            Row::Tuple(row) => {
+                row.present()
+                    .map(|(column, value)| {
+                        let bytes = match value {
+                            Present::Null => 4,
+                            Present::Text(b) => b.len() + 2,
+                            Present::Binary(b) => 2 * b.len() + 4,
+                        };
+                        column.name.len() + 4 + bytes
+                    })
+                    .sum::<usize>()
+                    + 2
+            }
+        }
+    }
+
+    /// Appends the row's JSON object to `out`: the bytes serde_json writes
+    /// for [`Row::to_json`], rendered from the text without building it.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let row = match self {
+            Row::Json(map) => return write_object(map, out),
+            Row::Tuple(row) => row,
+        };
+        out.push(b'{');
+        for (i, (column, value)) in row.present().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(&column.name, out);
+            out.push(b':');
+            match value {
+                Present::Null => out.extend_from_slice(b"null"),
+                Present::Text(bytes) => write_json(&column.ty, &utf8_text(bytes), out),
+                Present::Binary(_) => super::value::write_value(&typed(column, value), out),
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+impl From<JsonRow> for Row {
+    fn from(map: JsonRow) -> Row {
+        Row::Json(map)
+    }
+}
+
+impl PartialEq for Row {
+    fn eq(&self, other: &Row) -> bool {
+        self.to_json() == other.to_json()
+    }
+}
+
+impl serde::Serialize for Row {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Row::Json(map) => map.serialize(serializer),
+            Row::Tuple(_) => self.to_json().serialize(serializer),
+        }
+    }
+}
+
+/// A writer that only counts.
+struct Count(usize);
+
+impl std::io::Write for Count {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A value that belongs to the row.
+#[derive(Clone, Copy)]
+enum Present<'a> {
+    Null,
+    Text(&'a [u8]),
+    Binary(&'a [u8]),
+}
+
+impl TupleRow {
+    /// The columns that belong to the row, with their values: key columns
+    /// only for a key image, unchanged TOAST values left out, a column the
+    /// tuple lacks (never sent by Postgres) as null.
+    fn present(&self) -> impl Iterator<Item = (&Column, Present<'_>)> {
+        let keys_only = self.keys_only;
+        self.table
+            .columns
+            .iter()
+            .enumerate()
+            .filter(move |(_, column)| !keys_only || column.is_key)
+            .filter_map(|(i, column)| {
+                let value = match self.tuple.0.get(i) {
+                    None | Some(ColumnValue::Null) => Present::Null,
+                    Some(ColumnValue::UnchangedToast) => return None,
+                    Some(ColumnValue::Text(bytes)) => Present::Text(bytes),
+                    Some(ColumnValue::Binary(bytes)) => Present::Binary(bytes),
+                };
+                Some((column, value))
+            })
+    }
+}
+
+fn typed(column: &Column, value: Present<'_>) -> Value {
+    match value {
+        Present::Null => Value::Null,
+        Present::Text(bytes) => value_to_json(&column.ty, &utf8_text(bytes)),
+        Present::Binary(bytes) => {
+            text_to_json(PgType::Bytea, &format!("\\x{}", hex::encode(bytes)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::table::testing::table;
+    use crate::model::TypeOid;
+
+    fn text(s: &str) -> ColumnValue {
+        ColumnValue::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn example() -> Arc<Table> {
+        Arc::new(table(
+            "public",
+            "t",
+            vec![
+                Column::new("id", TypeOid(20), -1, true),
+                Column::new("name \"q\"", TypeOid(25), -1, false),
+                Column::new("doc", TypeOid(3802), -1, false),
+                Column::new("at", TypeOid(1184), -1, false),
+                Column::new("b", TypeOid(17), -1, false),
+            ],
+        ))
+    }
+
+    #[test]
+    fn a_tuple_renders_like_its_json() {
+        let row = Row::from_tuple(
+            example(),
+            TupleData(vec![
+                text("12"),
+                text("a\"b\u{1}é"),
+                text(r#"{"a": [1, 2.50], "b": null}"#),
+                text("2024-01-02 03:04:05.123456+00"),
+                ColumnValue::Binary(Bytes::from_static(&[0, 0xff])),
+            ]),
+            false,
+        );
+        let mut out = Vec::new();
+        row.write_json(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, serde_json::to_string(&*row.to_json()).unwrap());
+        assert_eq!(
+            text,
+            r#"{"id":12,"name \"q\"":"a\"b\u0001é","doc":{"a":[1,2.50],"b":null},"at":"2024-01-02T03:04:05.123456+00:00","b":"\\x00ff"}"#
+        );
+        assert_eq!(row.get("id").as_deref(), Some(&Value::from(12)));
+        assert_eq!(row.get("missing"), None);
+    }
+
+    #[test]
+    fn key_images_and_unchanged_toast_leave_columns_out() {
+        let key = Row::from_tuple(
+            example(),
+            TupleData(vec![text("1"), ColumnValue::Null, ColumnValue::Null]),
+            true,
+        );
+        assert_eq!(key.names(), ["id"]);
+        assert_eq!(serde_json::to_string(&key).unwrap(), r#"{"id":1}"#);
+        let toast = Row::from_tuple(
+            example(),
+            TupleData(vec![text("1"), ColumnValue::UnchangedToast]),
+            false,
+        );
+        // A column the tuple lacks is null; an unchanged one is absent.
+        assert_eq!(toast.names(), ["id", "doc", "at", "b"]);
+        let mut out = Vec::new();
+        toast.write_json(&mut out);
+        assert_eq!(out, br#"{"id":1,"doc":null,"at":null,"b":null}"#);
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, rendering never panics and the fast writer
+        /// agrees with serde_json.
+        #[test]
+        fn any_bytes_render_alike(values in proptest::collection::vec(
+            proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..24)), 0..6)) {
+            let tuple = TupleData(values.into_iter().map(|v| match v {
+                None => ColumnValue::Null,
+                Some(bytes) => ColumnValue::Text(bytes.into()),
+            }).collect());
+            let row = Row::from_tuple(example(), tuple, false);
+            let mut out = Vec::new();
+            row.write_json(&mut out);
+            proptest::prop_assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(&row).unwrap()
+            );
+        }
+    }
+}
