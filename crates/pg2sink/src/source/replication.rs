@@ -94,6 +94,8 @@ pub struct Session<'a> {
     /// Events not yet handed to the sink: sent as one batch before the
     /// session waits for the network, or once it is full.
     batch: SinkBatch,
+    /// Whether the batch holds the end of a transaction.
+    batch_commits: bool,
     durable: watch::Receiver<Lsn>,
     progress: &'a mut Progress,
     status_interval: Duration,
@@ -176,6 +178,7 @@ impl<'a> Session<'a> {
             stream,
             events,
             batch: Vec::with_capacity(BATCH_EVENTS),
+            batch_commits: false,
             durable,
             progress,
             status_interval,
@@ -252,10 +255,11 @@ impl<'a> Session<'a> {
         let watchdog = tokio::time::sleep_until(self.heard + self.silence / 3);
         tokio::pin!(watchdog);
         while !(stopping && self.transaction.is_none()) {
-            // Whatever was decoded goes to the sink before any wait: under
-            // load a batch holds all that one read brought, and when the
-            // server is quiet nothing lingers here.
-            if !self.batch.is_empty() && !self.stream.has_buffered_payload() {
+            // A finished transaction goes to the sink before any wait, so
+            // nothing that could be made durable lingers here. The middle
+            // of a transaction waits for a full batch: the sink can confirm
+            // nothing before the commit, and every hand-over wakes it.
+            if self.batch_commits && !self.stream.has_buffered_payload() {
                 self.send_batch().await?;
             }
             tokio::select! {
@@ -678,6 +682,7 @@ impl<'a> Session<'a> {
     /// Queues an event for the sink; a full batch is handed over at once.
     async fn forward(&mut self, event: SinkEvent) -> Result<(), Error> {
         let big = matches!(event, SinkEvent::Import(_));
+        self.batch_commits |= matches!(event, SinkEvent::Commit { .. });
         self.batch.push(event);
         if big || self.batch.len() >= BATCH_EVENTS {
             self.send_batch().await?;
@@ -692,6 +697,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let event = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+        self.batch_commits = false;
         // The common case: room in the queue, no timer needed.
         let event = match self.events.try_send(event) {
             Ok(()) => return Ok(()),
