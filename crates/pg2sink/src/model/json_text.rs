@@ -34,21 +34,28 @@ pub fn copy_minified(text: &str, out: &mut Vec<u8>) -> bool {
     let mut scanner = Scanner {
         b: text.as_bytes(),
         pos: 0,
+        from: 0,
         out,
     };
     let ok = scanner.value(0).is_some() && {
         scanner.skip_whitespace();
         scanner.pos == scanner.b.len()
     };
-    if !ok {
+    if ok {
+        scanner.flush(scanner.pos);
+    } else {
         out.truncate(start);
     }
     ok
 }
 
+/// Checked text is copied in runs between whitespace (in Postgres's
+/// output, one run per item), not token by token.
 struct Scanner<'t, 'o> {
     b: &'t [u8],
     pos: usize,
+    /// Where the text not copied yet begins.
+    from: usize,
     out: &'o mut Vec<u8>,
 }
 
@@ -61,8 +68,20 @@ struct Key<'t> {
 
 impl<'t> Scanner<'t, '_> {
     fn skip_whitespace(&mut self) {
+        let start = self.pos;
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.pos) {
             self.pos += 1;
+        }
+        if self.pos > start {
+            self.flush(start);
+            self.from = self.pos;
+        }
+    }
+
+    /// Copies the checked text from `from` to `end`.
+    fn flush(&mut self, end: usize) {
+        if let Some(run) = self.b.get(self.from..end) {
+            self.out.extend_from_slice(run);
         }
     }
 
@@ -70,12 +89,11 @@ impl<'t> Scanner<'t, '_> {
         self.b.get(self.pos).copied()
     }
 
-    /// Copies `byte` if it is next.
+    /// Steps over `byte` if it is next.
     fn eat(&mut self, byte: u8) -> bool {
         let found = self.peek() == Some(byte);
         if found {
             self.pos += 1;
-            self.out.push(byte);
         }
         found
     }
@@ -169,7 +187,6 @@ impl<'t> Scanner<'t, '_> {
                 _ => pos += 1,
             }
         }
-        self.out.extend_from_slice(b.get(start..=pos)?);
         self.pos = pos + 1;
         Some(Key {
             raw: b.get(start + 1..pos)?,
@@ -182,7 +199,6 @@ impl<'t> Scanner<'t, '_> {
             return None;
         }
         self.pos += word.len();
-        self.out.extend_from_slice(word);
         Some(())
     }
 
@@ -218,7 +234,6 @@ impl<'t> Scanner<'t, '_> {
             Some(b'e' | b'E') => return None,
             _ => {}
         }
-        self.out.extend_from_slice(b.get(start..pos)?);
         self.pos = pos;
         Some(())
     }

@@ -1252,16 +1252,21 @@ mod tests {
         use std::time::Instant;
         let text = r#"{"id": 1234567, "tags": ["alpha", "beta", "gamma"], "user": {"name": "Jane Doe", "email": "jane.doe@example.com", "active": true}, "score": 97.25, "comment": null, "created": "2024-02-29T12:34:56.789Z"}"#;
         assert!(fast_path(text).is_some());
-        const N: u32 = 1_000_000;
+        // 1M renders in five rounds; the fastest round counts (the others
+        // met other work on the machine).
+        const N: u32 = 200_000;
         let ns_per_value = |render: &dyn Fn(&str, &mut Vec<u8>)| {
             let mut out = Vec::with_capacity(512);
-            let start = Instant::now();
-            for _ in 0..N {
-                out.clear();
-                render(black_box(text), &mut out);
-                black_box(&out);
-            }
-            start.elapsed().as_nanos() as f64 / f64::from(N)
+            let round = |out: &mut Vec<u8>| {
+                let start = Instant::now();
+                for _ in 0..N {
+                    out.clear();
+                    render(black_box(text), out);
+                    black_box(&*out);
+                }
+                start.elapsed().as_nanos() as f64 / f64::from(N)
+            };
+            (0..5).map(|_| round(&mut out)).fold(f64::MAX, f64::min)
         };
         let jsonb = TypeInfo::scalar(PgType::Jsonb);
         let old = ns_per_value(&|t, out| write_value(&text_to_json(PgType::Jsonb, t), out));
