@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod ids;
+mod json_text;
 pub mod lsn;
 pub mod message;
 pub mod pgtype;
