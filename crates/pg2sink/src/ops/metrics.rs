@@ -647,4 +647,14 @@ mod tests {
             assert!(line.starts_with("pg2sink_"), "{line}");
         }
     }
+
+    /// The count comes from the reader the binary hands over, read at each
+    /// scrape (feature `alloc-count`).
+    #[cfg(feature = "alloc-count")]
+    #[test]
+    fn allocations_are_read_at_scrape_time() {
+        count_allocations_with(|| 42);
+        assert!(render_text().contains("# TYPE pg2sink_allocations_total counter\n"));
+        assert!(render_text().contains("\npg2sink_allocations_total 42\n"));
+    }
 }
