@@ -233,8 +233,9 @@ class Bench:
 
     def names(self):
         """pg2sink's subscription names, one per repetition: each has its
-        own publication, slot (`<name>_bench`) and import jobs."""
-        return [f"pg2sink{r or ''}" for r in range(self.args.repeat)]
+        own publication, slot (`<name>_bench`) and import jobs; with
+        `--allocs`, one more for the counting build's run (last)."""
+        return [f"pg2sink{r or ''}" for r in range(self.args.repeat)] + (["pg2sinkallocs"] if self.args.allocs else [])
 
     def slots(self, prefix):
         """The comparison slots, one per tool and repetition, created before
@@ -338,6 +339,9 @@ class Bench:
         # early) start where the comparison slots are created.
         self.advance_pg2sink_slots()
         self.slots(prefix)
+        # With --allocs, the counting build streams the workload live (it
+        # must be idle before the rows come to give the baseline count).
+        counting = self.start_counting() if self.args.allocs else None
         t0 = time.time()
         for sql in workload_sql:
             self.pg.psql(sql)
@@ -345,6 +349,7 @@ class Bench:
         # The insert position: with synchronous_commit=off the write
         # position can still be short of the last commit record.
         end = self.pg.psql("select pg_current_wal_insert_lsn()")
+        allocs = self.finish_counting(counting, lsn(end)) if counting else None
         # Each tool reads the range `repeat` times, from its own slots, in
         # turns (pg2sink, pgoutput, wal2json, pg2sink, ...); the faster of
         # its runs counts. A noisy neighbour on this VM slows whichever tool
@@ -392,6 +397,8 @@ class Bench:
             "wal2json_walsender_cpu_s": min_known(cpus["wal2json_walsender"]),
             "cpu_ratios": [ratio(c, w) for c, w in zip(cpus["pg2sink"], cpus["pg2sink_walsender"])],
             "runs_s": runs, "cpus_s": cpus,
+            **({"allocations": allocs[0], "allocs_rows": allocs[1], "allocs_per_row": allocs[0] / max(allocs[1], 1)}
+               if allocs else {}),
         })
         self.report_line(self.results[-1])
 
@@ -415,7 +422,7 @@ class Bench:
         # pg2sink of its own subscription (its own import job).
         runs = {"pg2sink": [], "copy": []}
         imported = rss = cpu = 0
-        for name in self.names():
+        for name in self.names()[:self.args.repeat]:
             self.load_sample()
             t0 = time.time()
             subprocess.run([f"{self.args.bin_dir}/psql", "-X", "-q", self.pg.url, "-c", f"copy {table} to stdout"],
@@ -446,6 +453,53 @@ class Bench:
                              "pg2sink_s": min(runs["pg2sink"]), "copy_s": min(runs["copy"]), "pg2sink_rss_mib": rss,
                              "pg2sink_cpu_s": cpu, "runs_s": runs})
         self.report_line(self.results[-1])
+
+    def start_counting(self):
+        """Starts the `alloc-count` build on its own slot (set up and
+        advanced with the others) and waits until it streams and has been
+        idle a second: its allocation count then is the baseline."""
+        out = os.path.join(self.work, "allocs.jsonl")
+        p = subprocess.Popen([self.args.pg2sink_allocs, "--url", self.pg.url, "--subscription-name", "pg2sinkallocs",
+                              "--sink.file.modifications-path", out,
+                              "--sink.file.schemas-path", os.path.join(self.work, "schemas.jsonl"),
+                              "--status-interval=1s", "--import-worker-count=0",
+                              "--subscription-manager.poll-interval=1h"],
+                             stderr=open(os.path.join(self.work, "pg2sink.log"), "a"))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if p.poll() is not None:
+                raise SystemExit(f"the alloc-count pg2sink exited early; see {self.work}/pg2sink.log")
+            try:
+                if "pg2sink_streaming 1" in scrape():
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise SystemExit("the alloc-count pg2sink did not start streaming within 60 s")
+        time.sleep(1)
+        return p, out, allocations(scrape())
+
+    def finish_counting(self, counting, end):
+        """Waits until the counting build's slot confirms `end`; the
+        allocations it made since the baseline and the lines it wrote."""
+        p, out, idle = counting
+        poll = Poller(self.pg)
+        deadline = time.time() + 600
+        while lsn(poll.query("select confirmed_flush_lsn from pg_replication_slots "
+                             "where slot_name = 'pg2sinkallocs_bench'")) < end:
+            if p.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"the alloc-count pg2sink did not reach the end; see {self.work}/pg2sink.log")
+            time.sleep(0.05)
+        poll.close()
+        total = allocations(scrape())
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+        lines = sum(1 for _ in open(out))
+        os.remove(out)
+        print(f"  alloc-count: {total - idle:,} allocations for {lines:,} lines "
+              f"({(total - idle) / max(lines, 1):.2f} per row; {idle:,} at idle before)", file=sys.stderr)
+        return total - idle, lines
 
     def latency(self, rate, seconds):
         # Start with the page cache's dirty data on disk: the previous
@@ -565,6 +619,11 @@ class Bench:
                 else:
                     rows.append(("latency p99", r["workload"], f"{r['p99_ms']:.1f} ms{achieved}",
                                  "(reported, no target)", None))
+        for r in self.results:
+            if "allocs_per_row" in r:
+                a = r["allocs_per_row"]
+                rows.append(("allocations per streamed row (alloc-count build)", r["workload"],
+                             f"{a:.2f} ({r['allocations']:,} ÷ {r['allocs_rows']:,} rows)", "≤ 2", a <= 2))
         if self.results:
             top = max(self.results, key=lambda r: r["pg2sink_rss_mib"])
             mb = top["pg2sink_rss_mib"] * 1.048576
@@ -581,7 +640,7 @@ class Bench:
             "# Benchmarks", "",
             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} on **one machine**: CPU `{model}`, "
             f"{cores} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, PostgreSQL "
-            f"{self.pg.version}. Every figure below comes from that one machine and that one run of the command; "
+            f"{self.pg.version}, pg2sink's global allocator: {ALLOCATORS[self.args.allocator]}. Every figure below comes from that one machine and that one run of the command; "
             "on another machine the seconds will differ. The ratios are what should carry over: wall-time "
             "ratios compare tools on the same WAL range in the same run, and the CPU ratio divides pg2sink's "
             "CPU time by that of the walsender serving it (the server's own cost of decoding the same WAL, "
@@ -634,6 +693,16 @@ class Bench:
                              f"{fmt(c)} | {fmt(r['pgoutput_walsender_cpu_s'])}; "
                              f"{fmt(r['wal2json_walsender_cpu_s'])} | {runs_text(r)}; CPU ratios "
                              f"{', '.join(fmt(c) for c in r['cpu_ratios'])} |")
+        if any("allocs_per_row" in r for r in self.results):
+            lines += ["", "Allocations per streamed row (`--allocs`): a pg2sink built with `--features alloc-count` "
+                      "streams the workload live from a slot of its own; its `pg2sink_allocations_total` (heap "
+                      "allocations and reallocations) once it has reached the end, minus the count when it was idle "
+                      "before the workload began, divided by the lines it wrote.", "",
+                      "| workload | allocations | rows | per row |", "|---|---:|---:|---:|"]
+            for r in self.results:
+                if "allocs_per_row" in r:
+                    lines.append(f"| {r['workload']} | {r['allocations']:,} | {r['allocs_rows']:,} | "
+                                 f"{r['allocs_per_row']:.2f} |")
         lines += ["", "## Import", "",
                   "pg2sink's import (chunks of the batch limit, each between watermarks, fsynced) against "
                   "`COPY table TO STDOUT` into /dev/null through psql. Ratio = pg2sink's rows/s ÷ COPY's "
@@ -660,6 +729,23 @@ class Bench:
                              f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['pg2sink_rss_mib']:.0f} | "
                              f"{r['pg2sink_cpu_s']:.1f} |")
         return "\n".join(lines) + "\n"
+
+
+ALLOCATORS = {"system": "the system's (glibc malloc)", "mimalloc": "mimalloc (`--features mimalloc`)"}
+
+
+def scrape():
+    """pg2sink's /metrics (its default listen address); OSError if down."""
+    import urllib.request
+    return urllib.request.urlopen("http://127.0.0.1:9525/metrics", timeout=5).read().decode()
+
+
+def allocations(metrics):
+    """`pg2sink_allocations_total` from a /metrics text."""
+    for line in metrics.splitlines():
+        if line.startswith("pg2sink_allocations_total "):
+            return int(float(line.split()[1]))
+    raise SystemExit("no pg2sink_allocations_total in /metrics: is the binary built with --features alloc-count?")
 
 
 def ratio(a, b):
@@ -691,7 +777,7 @@ ALL = "abcdefghi"
 def given_args():
     """The arguments that shape the figures, as given to `make bench`:
     without the paths bench.sh adds, the output file and the note."""
-    skip = ("--bin-dir", "--pg2sink", "--out", "--note")
+    skip = ("--bin-dir", "--pg2sink", "--pg2sink-allocs", "--out", "--note")
     given, argv = [], iter(sys.argv[1:])
     for a in argv:
         if a in skip:
@@ -712,7 +798,14 @@ def main():
                     help="runs of each tool per workload (the best counts; (e) and (f) run once)")
     ap.add_argument("--only", default=ALL, help="the workloads to run, e.g. --only=d (default: all)")
     ap.add_argument("--note", default="", help="a sentence added to the report's header, e.g. about the machine")
+    ap.add_argument("--allocs", action="store_true",
+                    help="also count allocations per streamed row of (a)-(c), (f)-(h) with --pg2sink-allocs")
+    ap.add_argument("--pg2sink-allocs", help="a pg2sink built with --features alloc-count (bench.sh builds it)")
+    ap.add_argument("--allocator", choices=sorted(ALLOCATORS), default="system",
+                    help="the global allocator --pg2sink was built with, for the report (bench.sh builds it)")
     args = ap.parse_args()
+    if args.allocs and not args.pg2sink_allocs:
+        ap.error("--allocs needs --pg2sink-allocs, a binary built with --features alloc-count (make bench builds it)")
     scale = 10 if args.quick else 1
     b = Bench(args)
     model, cores = cpu_model()

@@ -5,7 +5,39 @@
 use pg2sink::cli::Command;
 use pg2sink::error::ExitStatus;
 
+// Allocator choices (Cargo features, both off by default; see DEVELOPERS.md).
+// stats_alloc can wrap only the system allocator on stable Rust (its
+// wrapping constructor is const on nightly only), so counting mimalloc's
+// allocations is not offered: the count is the program's, not the
+// allocator's, so counting with the system allocator says the same.
+#[cfg(all(feature = "alloc-count", feature = "mimalloc"))]
+compile_error!(
+    "features `alloc-count` and `mimalloc` cannot be combined: the counting \
+     allocator wraps only the system allocator; build with one of them"
+);
+
+/// Counts every allocation so `/metrics` can report
+/// `pg2sink_allocations_total` (feature `alloc-count`).
+#[cfg(all(feature = "alloc-count", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+/// mimalloc instead of glibc's malloc (feature `mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Heap allocations made so far (allocations plus reallocations, each of
+/// which may move the block), for `pg2sink_allocations_total`.
+#[cfg(all(feature = "alloc-count", not(feature = "mimalloc")))]
+fn allocations() -> u64 {
+    let stats = GLOBAL.stats();
+    (stats.allocations + stats.reallocations) as u64
+}
+
 fn main() -> std::process::ExitCode {
+    #[cfg(all(feature = "alloc-count", not(feature = "mimalloc")))]
+    pg2sink::ops::metrics::count_allocations_with(allocations);
     // Flags, then PG2SINK_* variables, then the --config file, then defaults.
     let parsed = match pg2sink::config::file::parse_args() {
         Ok(parsed) => parsed,

@@ -117,6 +117,10 @@ struct Metrics {
     up_streaming: Gauge,
     active: Gauge,
     streaming: AtomicBool,
+    /// Heap allocations of the process, set from the counting allocator
+    /// at each scrape (feature `alloc-count`).
+    #[cfg(feature = "alloc-count")]
+    allocations: Counter,
 }
 
 fn metrics() -> &'static Metrics {
@@ -289,6 +293,14 @@ impl Metrics {
             "1 while this process is the active instance (holds the slot's HA lock), 0 while it is a standby waiting to take over or starting",
             active.clone(),
         );
+        #[cfg(feature = "alloc-count")]
+        let allocations = Counter::default();
+        #[cfg(feature = "alloc-count")]
+        registry.register(
+            "pg2sink_allocations",
+            "Heap allocations (and reallocations) since the process started (built with feature alloc-count)",
+            allocations.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -318,6 +330,8 @@ impl Metrics {
             up_streaming,
             active,
             streaming: AtomicBool::new(false),
+            #[cfg(feature = "alloc-count")]
+            allocations,
         }
     }
 }
@@ -584,10 +598,26 @@ pub fn render() -> String {
     let m = metrics();
     m.seconds_since_commit
         .set(since_last_commit().map_or(-1.0, |d| d.as_secs_f64()));
+    #[cfg(feature = "alloc-count")]
+    if let Some(read) = ALLOCATIONS.get() {
+        m.allocations.inner().store(read(), Ordering::Relaxed);
+    }
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &m.registry);
     out
+}
+
+/// Where [`render`] reads the process's allocation count: set once by the
+/// binary, which owns the global allocator (feature `alloc-count`).
+#[cfg(feature = "alloc-count")]
+static ALLOCATIONS: OnceLock<fn() -> u64> = OnceLock::new();
+
+/// Has `/metrics` report `pg2sink_allocations_total` as `read` returns it
+/// (the counting allocator's total); the first call wins.
+#[cfg(feature = "alloc-count")]
+pub fn count_allocations_with(read: fn() -> u64) {
+    let _ = ALLOCATIONS.set(read);
 }
 
 #[cfg(test)]
@@ -616,5 +646,15 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("pg2sink_"), "{line}");
         }
+    }
+
+    /// The count comes from the reader the binary hands over, read at each
+    /// scrape (feature `alloc-count`).
+    #[cfg(feature = "alloc-count")]
+    #[test]
+    fn allocations_are_read_at_scrape_time() {
+        count_allocations_with(|| 42);
+        assert!(render_text().contains("# TYPE pg2sink_allocations_total counter\n"));
+        assert!(render_text().contains("\npg2sink_allocations_total 42\n"));
     }
 }
