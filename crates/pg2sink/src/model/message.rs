@@ -136,6 +136,24 @@ pub fn format_timestamp(unix_micros: i64) -> String {
     }
 }
 
+/// [`format_timestamp`] as the text every change of a transaction shares,
+/// in one allocation (a transaction of one row should not cost three).
+pub fn shared_timestamp(unix_micros: i64) -> Arc<str> {
+    let secs = unix_micros.div_euclid(1_000_000);
+    let nanos = (unix_micros.rem_euclid(1_000_000) * 1000) as u32;
+    if let Some(t) = chrono::DateTime::from_timestamp(secs, nanos) {
+        let mut buf = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        if write!(cursor, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")).is_ok() {
+            let len = cursor.position() as usize;
+            if let Ok(text) = std::str::from_utf8(&buf[..len]) {
+                return Arc::from(text);
+            }
+        }
+    }
+    format_timestamp(unix_micros).into()
+}
+
 /// A fixed timestamp for unit tests elsewhere in the crate.
 #[cfg(test)]
 pub fn format_timestamp_for_tests() -> Arc<str> {
@@ -146,6 +164,20 @@ pub fn format_timestamp_for_tests() -> Arc<str> {
 mod tests {
     use super::*;
     use crate::model::JsonRow;
+
+    #[test]
+    fn shared_timestamps_read_as_formatted_ones() {
+        for micros in [
+            0,
+            -1,
+            1_570_201_555_123_456,
+            i64::MAX,
+            i64::MIN,
+            253_402_300_800_000_000,
+        ] {
+            assert_eq!(&*shared_timestamp(micros), format_timestamp(micros));
+        }
+    }
 
     #[test]
     fn timestamps_are_utc_with_micros() {

@@ -16,6 +16,6 @@ pub use ids::{RelationId, TypeOid, Xid};
 pub use lsn::Lsn;
 #[cfg(test)]
 pub use message::format_timestamp_for_tests;
-pub use message::{format_timestamp, Modification, Op, Schema};
+pub use message::{format_timestamp, shared_timestamp, Modification, Op, Schema};
 pub use row::{ColumnValue, JsonRow, Row, TupleData};
 pub use table::{Column, Table};

@@ -232,33 +232,55 @@ impl Default for FlushPolicy {
 
 /// Events as the source hands them over: in order, many at a time, so the
 /// two sides meet once per batch rather than once per row.
-pub type SinkBatch = Vec<SinkEvent>;
+#[derive(Debug)]
+pub struct SinkBatch {
+    pub events: Vec<SinkEvent>,
+    /// Where the emptied vector goes back, for the source to fill again
+    /// instead of allocating one per batch.
+    pub recycle: Option<std::sync::mpsc::Sender<Vec<SinkEvent>>>,
+}
 
 /// The driver's side of the queue: events one at a time out of batches.
 struct Inbox {
     batches: mpsc::Receiver<SinkBatch>,
-    current: std::vec::IntoIter<SinkEvent>,
+    /// The batch being read, last event first.
+    current: Vec<SinkEvent>,
+    recycle: Option<std::sync::mpsc::Sender<Vec<SinkEvent>>>,
 }
 
 impl Inbox {
     /// The next event if one is queued, without waiting.
     fn try_recv(&mut self) -> Result<SinkEvent, mpsc::error::TryRecvError> {
         loop {
-            if let Some(event) = self.current.next() {
+            if let Some(event) = self.current.pop() {
                 return Ok(event);
             }
-            self.current = self.batches.try_recv()?.into_iter();
+            let batch = self.batches.try_recv()?;
+            self.open(batch);
         }
     }
 
     /// The next event; `None` once the source is gone.
     async fn recv(&mut self) -> Option<SinkEvent> {
         loop {
-            if let Some(event) = self.current.next() {
+            if let Some(event) = self.current.pop() {
                 return Some(event);
             }
-            self.current = self.batches.recv().await?.into_iter();
+            let batch = self.batches.recv().await?;
+            self.open(batch);
         }
+    }
+
+    /// Gives the emptied batch back and starts reading `batch`.
+    fn open(&mut self, mut batch: SinkBatch) {
+        let done = std::mem::take(&mut self.current);
+        if let Some(recycle) = self.recycle.take() {
+            // The source may be gone (a reconnect): then the vector is freed.
+            let _ = recycle.send(done);
+        }
+        batch.events.reverse();
+        self.current = batch.events;
+        self.recycle = batch.recycle;
     }
 }
 
@@ -275,7 +297,8 @@ pub async fn run<S: Sink>(
 ) -> Result<(), SinkError> {
     let mut events = Inbox {
         batches: events,
-        current: Vec::new().into_iter(),
+        current: Vec::new(),
+        recycle: None,
     };
     // The newest commit written but not yet flushed, and when the oldest
     // such commit arrived.

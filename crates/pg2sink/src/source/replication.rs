@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Error, Problem};
 use crate::import::watermark::{self, Watermarks};
 use crate::model::{
-    format_timestamp, Column, ColumnValue, ImportChunk, Lsn, Modification, Op, RelationId, Row,
+    shared_timestamp, Column, ColumnValue, ImportChunk, Lsn, Modification, Op, RelationId, Row,
     Schema, Table, TupleData,
 };
 use crate::pg::replication::ReplicationStream;
@@ -93,7 +93,10 @@ pub struct Session<'a> {
     events: &'a mpsc::Sender<SinkBatch>,
     /// Events not yet handed to the sink: sent as one batch before the
     /// session waits for the network, or once it is full.
-    batch: SinkBatch,
+    batch: Vec<SinkEvent>,
+    /// Batches the sink emptied, to fill again instead of allocating.
+    spares: std::sync::mpsc::Receiver<Vec<SinkEvent>>,
+    recycle: std::sync::mpsc::Sender<Vec<SinkEvent>>,
     /// Whether the batch holds the end of a transaction.
     batch_commits: bool,
     durable: watch::Receiver<Lsn>,
@@ -174,7 +177,10 @@ impl<'a> Session<'a> {
         progress: &'a mut Progress,
         status_interval: Duration,
     ) -> Session<'a> {
+        let (recycle, spares) = std::sync::mpsc::channel();
         Session {
+            spares,
+            recycle,
             stream,
             events,
             batch: Vec::with_capacity(BATCH_EVENTS),
@@ -228,7 +234,10 @@ impl<'a> Session<'a> {
             // What was decoded before the error still reaches the sink, as
             // if handed over at once: `Progress` already counts its
             // transactions as forwarded, so a reconnect will not resend them.
-            let batch = std::mem::take(&mut self.batch);
+            let batch = SinkBatch {
+                events: std::mem::take(&mut self.batch),
+                recycle: None,
+            };
             let _ = self.events.send(batch).await;
         }
         result?;
@@ -402,7 +411,7 @@ impl<'a> Session<'a> {
                 let skip = begin.final_lsn < self.progress.forwarded;
                 self.transaction = Some(OpenTransaction {
                     lsn: begin.final_lsn,
-                    timestamp: format_timestamp(begin.commit_time.unix_micros()).into(),
+                    timestamp: shared_timestamp(begin.commit_time.unix_micros()),
                     sequence: 0,
                     skip,
                     notify: Vec::new(),
@@ -696,7 +705,14 @@ impl<'a> Session<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let event = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_EVENTS));
+        let next = self
+            .spares
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH_EVENTS));
+        let event = SinkBatch {
+            events: std::mem::replace(&mut self.batch, next),
+            recycle: Some(self.recycle.clone()),
+        };
         self.batch_commits = false;
         // The common case: room in the queue, no timer needed.
         let event = match self.events.try_send(event) {
