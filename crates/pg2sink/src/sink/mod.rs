@@ -28,6 +28,10 @@
 //!   by size ([`FlushPolicy::max_unflushed_bytes`]) and time
 //!   ([`FlushPolicy::max_delay`]); a sink splits a flush into requests of
 //!   its own bulk size;
+//! - renders each change's rows once: a [`crate::model::Row`] is the tuple
+//!   as pgoutput sent it, written as JSON straight from its text
+//!   ([`crate::model::Row::write_json`]) or read as typed values
+//!   ([`crate::model::Row::to_json`], [`crate::model::Row::get`]);
 //! - reads a table's shape from [`SinkEvent::Schema`]'s `Arc<Table>` by
 //!   field (names, columns, `Column::value_type`, key); only the sinks that
 //!   publish the Avro schema render it ([`crate::model::Schema::avro`]);
