@@ -17,6 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use tokio_postgres::Client;
 
 use crate::error::{query, Error};
+
+/// Held for a whole [`SubscriptionManager::sync`] pass (an async mutex:
+/// a cancelled pass releases it).
+static SYNC_PASS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 use crate::pg::sql::quote_ident;
 
 #[derive(Clone, Debug)]
@@ -189,7 +193,14 @@ impl SubscriptionManager {
     }
 
     /// One pass: makes the publication hold exactly the capturable tables.
+    ///
+    /// Passes of this process run one at a time: a pass reads the users'
+    /// choices, then alters the publication, so a poll's pass that read
+    /// them before an API call changed them must end before the call's own
+    /// pass begins; otherwise it could put back a table the call had just
+    /// stopped, until the next poll.
     pub async fn sync(&mut self, client: &Client) -> Result<SyncReport, Error> {
+        let _one_at_a_time = SYNC_PASS.lock().await;
         let candidates = self.candidates(client).await?;
         let current: BTreeSet<(String, String)> = client
             .query(
