@@ -124,6 +124,15 @@ impl Row {
         }
     }
 
+    /// The bytes of the row's values as received (0 for a typed row): what
+    /// holding it costs.
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            Row::Tuple(row) => row.tuple.value_bytes(),
+            Row::Json(_) => 0,
+        }
+    }
+
     /// About the length of the row's JSON, without rendering it: what sinks
     /// add up against their byte limits.
     pub fn json_size_estimate(&self) -> usize {

@@ -99,6 +99,8 @@ pub struct Session<'a> {
     recycle: std::sync::mpsc::Sender<Vec<SinkEvent>>,
     /// Whether the batch holds the end of a transaction.
     batch_commits: bool,
+    /// The bytes of the values in the batch's rows.
+    batch_bytes: usize,
     durable: watch::Receiver<Lsn>,
     progress: &'a mut Progress,
     status_interval: Duration,
@@ -169,6 +171,11 @@ const CONFIRM_GAP: Duration = Duration::from_millis(20);
 /// one wake-up of the sink's task) per batch instead of per row.
 pub const BATCH_EVENTS: usize = 256;
 
+/// Bytes of row values per batch at most: a transaction of large rows goes
+/// to the sink as it arrives, not whole, so memory stays bounded by a few
+/// rows rather than by the transaction.
+pub const BATCH_BYTES: usize = 1 << 20;
+
 impl<'a> Session<'a> {
     pub fn new(
         stream: ReplicationStream,
@@ -185,6 +192,7 @@ impl<'a> Session<'a> {
             events,
             batch: Vec::with_capacity(BATCH_EVENTS),
             batch_commits: false,
+            batch_bytes: 0,
             durable,
             progress,
             status_interval,
@@ -692,8 +700,12 @@ impl<'a> Session<'a> {
     async fn forward(&mut self, event: SinkEvent) -> Result<(), Error> {
         let big = matches!(event, SinkEvent::Import(_));
         self.batch_commits |= matches!(event, SinkEvent::Commit { .. });
+        if let SinkEvent::Modification(m) = &event {
+            self.batch_bytes += m.before.as_ref().map_or(0, Row::value_bytes)
+                + m.after.as_ref().map_or(0, Row::value_bytes);
+        }
         self.batch.push(event);
-        if big || self.batch.len() >= BATCH_EVENTS {
+        if big || self.batch.len() >= BATCH_EVENTS || self.batch_bytes >= BATCH_BYTES {
             self.send_batch().await?;
         }
         Ok(())
@@ -714,6 +726,7 @@ impl<'a> Session<'a> {
             recycle: Some(self.recycle.clone()),
         };
         self.batch_commits = false;
+        self.batch_bytes = 0;
         // The common case: room in the queue, no timer needed.
         let event = match self.events.try_send(event) {
             Ok(()) => return Ok(()),
