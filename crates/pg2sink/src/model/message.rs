@@ -128,23 +128,26 @@ impl Serialize for Schema {
 
 /// Formats microseconds since the Unix epoch as the `timestamp` of messages.
 pub fn format_timestamp(unix_micros: i64) -> String {
-    let secs = unix_micros.div_euclid(1_000_000);
-    let nanos = (unix_micros.rem_euclid(1_000_000) * 1000) as u32;
-    match chrono::DateTime::from_timestamp(secs, nanos) {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string(),
+    match timestamp_text(unix_micros) {
+        Some(text) => text.to_string(),
         None => String::from("infinity"),
     }
+}
+
+/// The message form of a time, formatted lazily (`None` out of range).
+fn timestamp_text(unix_micros: i64) -> Option<impl std::fmt::Display> {
+    let secs = unix_micros.div_euclid(1_000_000);
+    let nanos = (unix_micros.rem_euclid(1_000_000) * 1000) as u32;
+    chrono::DateTime::from_timestamp(secs, nanos).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00"))
 }
 
 /// [`format_timestamp`] as the text every change of a transaction shares,
 /// in one allocation (a transaction of one row should not cost three).
 pub fn shared_timestamp(unix_micros: i64) -> Arc<str> {
-    let secs = unix_micros.div_euclid(1_000_000);
-    let nanos = (unix_micros.rem_euclid(1_000_000) * 1000) as u32;
-    if let Some(t) = chrono::DateTime::from_timestamp(secs, nanos) {
+    if let Some(text) = timestamp_text(unix_micros) {
         let mut buf = [0u8; 64];
         let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        if write!(cursor, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")).is_ok() {
+        if write!(cursor, "{text}").is_ok() {
             let len = cursor.position() as usize;
             if let Ok(text) = std::str::from_utf8(&buf[..len]) {
                 return Arc::from(text);

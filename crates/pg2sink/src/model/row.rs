@@ -137,11 +137,7 @@ impl Row {
     /// add up against their byte limits.
     pub fn json_size_estimate(&self) -> usize {
         match self {
-            Row::Json(map) => {
-                let mut count = Count(0);
-                let _ = serde_json::to_writer(&mut count, map);
-                count.0
-            }
+            Row::Json(map) => super::value::json_size(map),
             Row::Tuple(row) => {
                 row.present()
                     .map(|(column, value)| {
@@ -200,19 +196,6 @@ impl serde::Serialize for Row {
             Row::Json(map) => map.serialize(serializer),
             Row::Tuple(_) => self.to_json().serialize(serializer),
         }
-    }
-}
-
-/// A writer that only counts.
-struct Count(usize);
-
-impl std::io::Write for Count {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0 += bytes.len();
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

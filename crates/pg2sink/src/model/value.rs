@@ -114,6 +114,25 @@ pub fn write_json(ty: &TypeInfo, text: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// The length of `value` as JSON, counted without building the text: what
+/// sinks add up against their byte limit.
+pub fn json_size<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and a JSON value always serialises.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 pub fn write_str(text: &str, out: &mut Vec<u8>) {
     // Most text needs no escaping: copied as is. Otherwise serde_json's
     // own escaping, so the bytes match a serialised Value.

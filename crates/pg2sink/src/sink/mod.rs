@@ -157,24 +157,7 @@ pub fn table_of<'a, T>(
     })
 }
 
-/// The length of `value` as JSON, counted without building the text: what
-/// sinks add up against their byte limit.
-pub fn json_size<T: serde::Serialize + ?Sized>(value: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing to a counter cannot fail, and a JSON value always serialises.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
-}
+pub use crate::model::value::json_size;
 
 /// One destination. Implementations buffer as they like; `flush` is the
 /// only durability point.
